@@ -1,0 +1,1 @@
+"""Datasets: safe ingest, image checks, caption formats, aspect buckets and the dataset doctor."""
