@@ -1,0 +1,18 @@
+"""Model families, loading and the built-in tiny demo models."""
+
+from sdtune_ui.models.family import Family, ModelParts, detect_family, model_parts
+from sdtune_ui.models.loading import KNOWN_MODELS, load_pipeline, resolve_model
+from sdtune_ui.models.tiny import TINY_MODELS, build_tiny_pipeline, tiny_model_path
+
+__all__ = [
+    "KNOWN_MODELS",
+    "TINY_MODELS",
+    "Family",
+    "ModelParts",
+    "build_tiny_pipeline",
+    "detect_family",
+    "load_pipeline",
+    "model_parts",
+    "resolve_model",
+    "tiny_model_path",
+]

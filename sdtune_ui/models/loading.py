@@ -1,0 +1,97 @@
+"""Load a base model from a tiny demo name, a local diffusers folder, a single file, or a Hub id.
+
+Safetensors are preferred everywhere; pickle checkpoints (`.ckpt`, `.bin`, `.pt`) can run code when
+loaded, so they are refused unless the user explicitly allows them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sdtune_ui.errors import ModelLoadError
+from sdtune_ui.models.tiny import TINY_MODELS, tiny_model_path
+
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+
+# Well-known base models offered by the app and used in docs; any other Hub id or path works too.
+KNOWN_MODELS = {
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "SD 1.5 (512px)",
+    "stabilityai/stable-diffusion-2-1": "SD 2.1 (768px, v-prediction)",
+    "stabilityai/stable-diffusion-2-1-base": "SD 2.1 base (512px)",
+    "stabilityai/stable-diffusion-xl-base-1.0": "SDXL 1.0 (1024px)",
+    "riffusion/riffusion-model-v1": "Riffusion (SD1.x architecture)",
+}
+
+
+def resolve_model(name: str) -> str:
+    """Map a demo name to its cached folder; anything else is returned unchanged."""
+    if name in TINY_MODELS:
+        return str(tiny_model_path(name))
+    return name
+
+
+def _refuse_pickle(path: Path, allow_pickle: bool) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
+        raise ModelLoadError(
+            f"{path.name} is a pickle checkpoint, which can run arbitrary code when loaded. "
+            "Use a .safetensors file, or allow pickle files explicitly (--allow-pickle) if you trust its source."
+        )
+
+
+def _pipeline_class_for_single_file(path: Path):
+    """Pick the SDXL or SD pipeline class from the checkpoint's keys (no name guessing)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            keys = handle.keys()
+            is_sdxl = any(key.startswith("conditioner.embedders.1") for key in keys)
+    else:
+        is_sdxl = False
+    return StableDiffusionXLPipeline if is_sdxl else StableDiffusionPipeline
+
+
+def load_pipeline(name: str, *, dtype: torch.dtype = torch.float32, allow_pickle: bool = False):
+    """Load a Stable Diffusion pipeline (SD1.x, SD2.x or SDXL) from any of the accepted sources."""
+    from diffusers import DiffusionPipeline
+
+    source = resolve_model(name)
+    path = Path(source).expanduser()
+    try:
+        if path.is_file():
+            _refuse_pickle(path, allow_pickle)
+            pipeline_class = _pipeline_class_for_single_file(path)
+            pipe = pipeline_class.from_single_file(str(path), torch_dtype=dtype)
+        else:
+            pipe = _from_pretrained(DiffusionPipeline, source, path, dtype, allow_pickle)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, EnvironmentError) as err:
+        raise ModelLoadError(
+            f"Could not load the model {name!r}: {err}. Give a Hub id (e.g. stable-diffusion-v1-5/"
+            "stable-diffusion-v1-5), a local diffusers folder, a .safetensors file, or a demo model "
+            f"({', '.join(TINY_MODELS)})."
+        ) from err
+    if hasattr(pipe, "safety_checker"):
+        pipe.safety_checker = None
+    return pipe
+
+
+def _from_pretrained(pipeline_class, source: str, path: Path, dtype: torch.dtype, allow_pickle: bool):
+    if path.is_dir() and not (path / "model_index.json").exists():
+        raise ModelLoadError(f"{path} is a folder but not a diffusers pipeline (no model_index.json).")
+    try:
+        return pipeline_class.from_pretrained(source, torch_dtype=dtype, use_safetensors=True)
+    except (OSError, EnvironmentError, ValueError) as err:
+        if "safetensors" not in str(err).lower():
+            raise
+        if not allow_pickle:
+            raise ModelLoadError(
+                f"{source} has no safetensors weights, only pickle files, which can run arbitrary code "
+                "when loaded. Allow pickle explicitly (--allow-pickle) if you trust its source."
+            ) from err
+        return pipeline_class.from_pretrained(source, torch_dtype=dtype, use_safetensors=False)

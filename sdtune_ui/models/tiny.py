@@ -1,0 +1,176 @@
+"""Built-in offline demo models: tiny SD1-, SD2-v- and SDXL-shaped pipelines built from configs in code.
+
+Nothing here can be downloaded, so the demo, the tests and the docs use pipelines with the real
+architectures at toy width. Each is built once with a fixed seed, saved with `save_pretrained` to the
+cache, and from then on loaded through the same `from_pretrained` path a real Hub model takes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import string
+from pathlib import Path
+
+import torch
+
+from sdtune_ui.paths import cache_dir
+
+TINY_MODELS = ("tiny-sd1", "tiny-sd2-v", "tiny-sdxl")
+
+# A few whole words get one token each, so short prompts tokenise like real CLIP prompts and a
+# textual-inversion initializer such as "dog" is a single token.
+_WORDS = (
+    "a an the of in on at with and photo picture painting style dog cat person man woman toy "
+    "beach city forest red blue green yellow sks zwx ohwx"
+).split()
+_CHARS = string.ascii_lowercase + string.digits + "!\"#$%&'()*+,-./:;=?@[]_`{|}~<>"
+
+
+def _clip_tokenizer():
+    """A CLIP BPE tokenizer with a hand-written vocabulary: characters plus whole-word merges."""
+    from transformers import CLIPTokenizer
+
+    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in _CHARS:
+        vocab.setdefault(ch, len(vocab))
+    for ch in _CHARS:
+        vocab.setdefault(ch + "</w>", len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in _WORDS:
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        current = symbols[0]
+        for symbol in symbols[1:]:
+            merged = current + symbol
+            if (current, symbol) not in merges:
+                merges.append((current, symbol))
+            vocab.setdefault(merged, len(vocab))
+            current = merged
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def _text_encoder(vocab_size: int, hidden: int = 32, projection: bool = False, projection_dim: int = 32):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=projection_dim,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_act="gelu",
+    )
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def _vae(force_upcast: bool = False):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=64,
+        force_upcast=force_upcast,
+    )
+
+
+def _unet(cross_attention_dim: int, *, linear_projection: bool = False, sdxl: bool = False):
+    from diffusers import UNet2DConditionModel
+
+    extra: dict = {}
+    if sdxl:
+        # SDXL conditions on pooled text embeddings plus six size/crop "time ids".
+        extra = dict(
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=8 * 6 + 32,
+            transformer_layers_per_block=(1, 1),
+        )
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=(2, 4),
+        norm_num_groups=16,
+        use_linear_projection=linear_projection,
+        **extra,
+    )
+
+
+def build_tiny_pipeline(name: str):
+    """Build one of TINY_MODELS in memory, deterministically (same weights on every machine)."""
+    from diffusers import (
+        DDIMScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+    )
+
+    if name not in TINY_MODELS:
+        raise ValueError(f"unknown tiny model {name!r}; choose one of {', '.join(TINY_MODELS)}")
+    torch.manual_seed(0)
+    sd_betas = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+    tokenizer = _clip_tokenizer()
+    vocab_size = len(tokenizer)
+    if name == "tiny-sd1":
+        return StableDiffusionPipeline(
+            vae=_vae(),
+            text_encoder=_text_encoder(vocab_size),
+            tokenizer=tokenizer,
+            unet=_unet(32),
+            scheduler=PNDMScheduler(skip_prk_steps=True, steps_offset=1, **sd_betas),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    if name == "tiny-sd2-v":
+        return StableDiffusionPipeline(
+            vae=_vae(),
+            text_encoder=_text_encoder(vocab_size),
+            tokenizer=tokenizer,
+            unet=_unet(32, linear_projection=True),
+            scheduler=DDIMScheduler(prediction_type="v_prediction", steps_offset=1, clip_sample=False,
+                                    set_alpha_to_one=False, **sd_betas),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    return StableDiffusionXLPipeline(
+        vae=_vae(force_upcast=True),
+        text_encoder=_text_encoder(vocab_size),
+        text_encoder_2=_text_encoder(vocab_size, projection=True),
+        tokenizer=tokenizer,
+        tokenizer_2=_clip_tokenizer(),
+        unet=_unet(64, linear_projection=True, sdxl=True),
+        scheduler=EulerDiscreteScheduler(steps_offset=1, **sd_betas),
+    )
+
+
+def tiny_model_path(name: str) -> Path:
+    """The saved diffusers folder of a tiny model, building and saving it on first use."""
+    target = cache_dir("models") / name
+    if (target / "model_index.json").exists():
+        return target
+    pipe = build_tiny_pipeline(name)
+    # Save under a temporary name and rename, so a crash never leaves half a model in the cache.
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    pipe.save_pretrained(partial, safe_serialization=True)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target

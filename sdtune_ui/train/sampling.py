@@ -1,0 +1,30 @@
+"""Validation images during training, made with the very modules being trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdtune_ui.config import TrainConfig
+
+
+def sample_images(pipe: Any, config: TrainConfig, method: Any, step: int, samples_dir: Path, accelerator: Any,
+                  weight_dtype: torch.dtype) -> list[tuple[Path, str]]:
+    """One image per prompt (x num_validation_images), same seed every time so steps compare fairly."""
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    device = accelerator.device
+    written = []
+    autocast = torch.autocast(device.type, dtype=weight_dtype, enabled=weight_dtype != torch.float32)
+    for prompt_index, prompt in enumerate(config.validation_prompts):
+        generator = torch.Generator(device).manual_seed(config.validation_seed)
+        with autocast:
+            images = pipe(method.expand_prompt(prompt), num_inference_steps=config.validation_inference_steps,
+                          guidance_scale=config.validation_guidance_scale, generator=generator,
+                          num_images_per_prompt=config.num_validation_images).images
+        for image_index, image in enumerate(images):
+            path = samples_dir / f"step-{step:06d}-p{prompt_index}-{image_index}.png"
+            image.save(path)
+            written.append((path, prompt))
+    return written

@@ -1,0 +1,146 @@
+"""Everything a run needs before its first step: checked data, the loaded model, class images, optimizer."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdtune_ui.config import TrainConfig
+from sdtune_ui.data.datasets import Example, load_dataset
+from sdtune_ui.data.formats import read_captions, read_dataset_info
+from sdtune_ui.errors import ConfigError, DatasetError
+from sdtune_ui.models.family import ModelParts, model_parts
+from sdtune_ui.models.loading import load_pipeline
+from sdtune_ui.paths import cache_dir
+
+
+@dataclass
+class TrainingInputs:
+    parts: ModelParts
+    resolution: int
+    examples: list[Example]
+    class_examples: list[Example]
+
+
+def weight_dtype_for(mixed_precision: str) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def apply_dataset_info(config: TrainConfig) -> TrainConfig:
+    """Fill instance/class prompts from a DreamBooth folder's dataset_info.json when the user left them empty."""
+    folder = Path(config.data).expanduser()
+    info = read_dataset_info(folder) if folder.is_dir() else {}
+    # A captioned dataset keeps its captions for caption-driven methods; the folder's instance prompt is
+    # used for DreamBooth, or when there are no captions at all.
+    uses_instance_prompt = config.method == "dreambooth" or not any(read_captions(folder).values()) if info else False
+    updates = {}
+    if not config.instance_prompt and info.get("instance_prompt") and uses_instance_prompt:
+        updates["instance_prompt"] = info["instance_prompt"]
+    if not config.class_prompt and info.get("class_prompt"):
+        updates["class_prompt"] = info["class_prompt"]
+    return replace(config, **updates) if updates else config
+
+
+def check_captions(config: TrainConfig, examples: list[Example]) -> None:
+    """Fail early when the prompts the method needs are not there."""
+    if config.instance_prompt or (config.uses_textual_inversion and config.learnable_property != "captions"):
+        return
+    missing = [ex.name for ex in examples if not ex.caption.strip()]
+    if len(missing) == len(examples):
+        raise DatasetError(
+            "No image has a caption. Caption the dataset (Dataset tab or `python -m sdtune_ui caption`) or "
+            "give an instance prompt such as 'a photo of sks dog'.")
+    if config.uses_textual_inversion:
+        without = [ex.name for ex in examples if config.placeholder_token not in ex.caption]
+        if without:
+            raise DatasetError(
+                f"{len(without)} captions do not contain the placeholder {config.placeholder_token} "
+                f"(e.g. {without[0]}); textual inversion learns only from prompts that use it.")
+
+
+def load_training_inputs(config: TrainConfig, accelerator: Any, log: Callable[[str], None]) -> TrainingInputs:
+    # Data first: a bad dataset should fail before minutes of model loading.
+    loaded = load_dataset(config.data, image_column=config.image_column, caption_column=config.caption_column)
+    for warning in loaded.warnings:
+        log(warning)
+    check_captions(config, loaded.examples)
+    log(f"Dataset: {len(loaded.examples)} images from {config.data}")
+
+    log(f"Loading {config.model}")
+    pipe = load_pipeline(config.model, allow_pickle=config.allow_pickle)
+    pipe.set_progress_bar_config(disable=True)
+    parts = model_parts(pipe)
+    resolution = config.resolution or parts.family.native_resolution
+    log(f"Model family {parts.family.name} ({parts.family.prediction_type}), resolution {resolution}")
+
+    class_examples: list[Example] = []
+    if config.with_prior_preservation:
+        folder = class_images_folder(config, resolution)
+        ensure_class_images(pipe, config, folder, resolution, accelerator, log)
+        class_examples = load_dataset(str(folder)).examples[: config.num_class_images]
+        class_examples = [replace(ex, caption=config.class_prompt) for ex in class_examples]
+    return TrainingInputs(parts, resolution, loaded.examples, class_examples)
+
+
+def class_images_folder(config: TrainConfig, resolution: int) -> Path:
+    """The user's class folder, or a cache folder per (model, class prompt, resolution) reused across runs."""
+    if config.class_data:
+        return Path(config.class_data).expanduser()
+    key = hashlib.sha256(f"{config.model}|{config.class_prompt}|{resolution}".encode()).hexdigest()[:16]
+    return cache_dir("class_images") / key
+
+
+def ensure_class_images(pipe: Any, config: TrainConfig, folder: Path, resolution: int, accelerator: Any,
+                        log: Callable[[str], None]) -> None:
+    """Generate the missing class images with the base model (before any weight changes)."""
+    from sdtune_ui.data.images import is_image_name
+
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = [p for p in folder.iterdir() if p.is_file() and is_image_name(p.name)]
+    missing = config.num_class_images - len(existing)
+    if missing <= 0:
+        return
+    if accelerator.is_main_process:
+        log(f"Generating {missing} class images for {config.class_prompt!r} into {folder}")
+        pipe.to(accelerator.device)
+        generator = torch.Generator(accelerator.device).manual_seed(config.seed)
+        dtype = weight_dtype_for(config.mixed_precision)
+        with torch.autocast(accelerator.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            for index in range(len(existing), config.num_class_images):
+                image = pipe(config.class_prompt, num_inference_steps=config.validation_inference_steps,
+                             height=resolution, width=resolution, generator=generator).images[0]
+                image.save(folder / f"class-{index:05d}.png")
+                if (index + 1) % 10 == 0 or index + 1 == config.num_class_images:
+                    log(f"Class images: {index + 1}/{config.num_class_images}")
+    accelerator.wait_for_everyone()
+
+
+def build_optimizer(config: TrainConfig, groups: list[dict], *, device: torch.device | None = None,
+                    check_only: bool = False) -> Any:
+    """AdamW (fused on CUDA), 8-bit AdamW (bitsandbytes) or Prodigy (prodigyopt)."""
+    kwargs = dict(betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.adam_weight_decay,
+                  eps=config.adam_epsilon)
+    if config.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise ConfigError({"optimizer": "8-bit AdamW needs bitsandbytes: pip install bitsandbytes "
+                               "(or choose adamw)."}) from err
+        return None if check_only else bnb.optim.AdamW8bit(groups, **kwargs)
+    if config.optimizer == "prodigy":
+        try:
+            from prodigyopt import Prodigy
+        except ImportError as err:
+            raise ConfigError({"optimizer": "Prodigy needs prodigyopt: pip install prodigyopt "
+                               "(or choose adamw)."}) from err
+        return None if check_only else Prodigy(groups, **kwargs)
+    if check_only:
+        return None
+    # One fused kernel for the whole update on CUDA; the multi-tensor path elsewhere.
+    fused = device is not None and device.type == "cuda"
+    return torch.optim.AdamW(groups, fused=fused, foreach=None if fused else True, **kwargs)

@@ -1,0 +1,399 @@
+"""The one training loop every method shares: setup() -> fit() -> (validate(), checkpoints) -> output.
+
+Read it top to bottom. Methods (methods.py) decide what is trainable and what is saved; model families
+(models/family.py) decide how prompts are encoded and what the UNet predicts. The loop runs on
+accelerate, so the same code serves one CPU, one GPU or `accelerate launch` on several.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sdtune_ui.config import TrainConfig
+from sdtune_ui.errors import Cancelled, ConfigError, TrainingStopped
+from sdtune_ui.runs import EventLog, NullEventLog, RunDir
+from sdtune_ui.train import checkpoint as ckpt
+from sdtune_ui.train.data import TrainingData
+from sdtune_ui.train.methods import Method, make_method
+from sdtune_ui.train.setup import build_optimizer, load_training_inputs, weight_dtype_for
+
+
+@dataclass
+class Batch:
+    latents: torch.Tensor
+    hidden: torch.Tensor | None
+    pooled: torch.Tensor | None
+    input_ids: list[torch.Tensor] | None
+    time_ids: torch.Tensor | None
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    num_class: int
+    names: list[str]
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, run: RunDir, *, events: EventLog | None = None,
+                 cancel: Callable[[], bool] | None = None):
+        self.config = config
+        self.run = run
+        self.events = events
+        self.cancel = cancel or (lambda: False)
+        self.step = 0
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        cfg = self.config
+        build_optimizer(cfg, [], check_only=True)  # fail on a missing optimizer package before loading anything
+        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
+                                       gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+        acc = self.accelerator
+        if self.events is None:
+            self.events = self.run.events() if acc.is_main_process else NullEventLog()
+        set_seed(cfg.seed)
+        self.weight_dtype = weight_dtype_for(cfg.mixed_precision)
+
+        # Data and models: images decoded and checked, base model loaded, class images generated if needed.
+        inputs = load_training_inputs(cfg, acc, self.log)
+        self.parts, self.resolution = inputs.parts, inputs.resolution
+        self.data = TrainingData(inputs.examples, inputs.class_examples, resolution=self.resolution,
+                                 bucketing=cfg.bucketing, center_crop=cfg.center_crop or cfg.cache_latents,
+                                 random_flip=cfg.random_flip, seed=cfg.seed)
+
+        # Method: freeze, add adapters / tokens. Frozen weights go to half precision, trainable stay fp32.
+        self.method: Method = make_method(cfg)
+        parts = self.parts
+        keep_fp32 = {id(m) for m in self.method.full_precision_models(parts)}
+        for module in (parts.unet, parts.vae, *parts.text_encoders):
+            dtype = torch.float32 if id(module) in keep_fp32 else self.weight_dtype
+            module.to(acc.device, dtype=dtype)
+        if parts.vae.config.get("force_upcast"):
+            parts.vae.to(dtype=torch.float32)  # SDXL's VAE overflows in fp16
+        self.method.prepare(parts)
+        if cfg.uses_lora:
+            from diffusers.training_utils import cast_training_params
+
+            cast_training_params(self.method.trained_models(parts), dtype=torch.float32)
+        if cfg.gradient_checkpointing:
+            parts.unet.enable_gradient_checkpointing()
+            for encoder in parts.text_encoders if self.method.trains_text_encoders() else []:
+                encoder.gradient_checkpointing_enable()
+
+        # Caches: the VAE is always frozen; the text encoders are frozen unless the method trains them.
+        self.latent_cache = self._encode_all_latents() if cfg.cache_latents else None
+        self.text_cache = (self._encode_all_prompts() if cfg.cache_text_embeddings
+                           and not self.method.trains_text_encoders() else None)
+
+        # Optimizer and schedule.
+        self.global_batch = cfg.train_batch_size * acc.num_processes
+        self.batches_per_epoch = len(self.data.epoch_batches(0, self.global_batch))
+        self.total_steps = cfg.max_train_steps or cfg.num_train_epochs * math.ceil(
+            self.batches_per_epoch / cfg.gradient_accumulation_steps)
+        groups = self.method.param_groups(parts)
+        if cfg.scale_lr:
+            factor = cfg.train_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
+            for group in groups:
+                group["lr"] *= factor
+        self.optimizer = build_optimizer(cfg, groups, device=acc.device)
+        from diffusers.optimization import get_scheduler
+
+        self.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=self.optimizer,
+                                          num_warmup_steps=cfg.lr_warmup_steps,
+                                          num_training_steps=self.total_steps,
+                                          num_cycles=cfg.lr_num_cycles, power=cfg.lr_power)
+        self.ema = None
+        if cfg.use_ema:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(parts.unet.parameters(), decay=cfg.ema_decay)
+        # The schedule is stepped by us once per optimizer step, so it is not handed to accelerate.
+        trained = self.method.trained_models(parts)
+        prepared = acc.prepare(*trained, self.optimizer)
+        self.wrapped_models, self.optimizer = list(prepared[:-1]), prepared[-1]
+        self.trainable_params = [p for g in groups for p in g["params"]]
+
+        # Random numbers: data decisions on the CPU, noise and timesteps on the device; both checkpointed.
+        self.data_generator = torch.Generator().manual_seed(cfg.seed)
+        self.noise_generator = torch.Generator(device=acc.device).manual_seed(cfg.seed + 1)
+        self._resume_if_possible()
+
+    # ------------------------------------------------------------------ caches
+    @torch.no_grad()
+    def _encode_latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        vae = self.parts.vae
+        latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
+        shift = vae.config.get("shift_factor") or 0.0
+        return ((latents - shift) * vae.config.scaling_factor).to(self.weight_dtype)
+
+    def _encode_all_latents(self) -> list[torch.Tensor]:
+        self.log("Encoding images with the VAE once (cache_latents)")
+        items = self.data.items + self.data.class_items
+        self._cache_index = {id(item): i for i, item in enumerate(items)}
+        return [self._encode_latents(torch.stack(item.pixels)) for item in items]
+
+    def _all_prompts(self) -> set[str]:
+        prompts = {""}
+        for item in self.data.items:
+            prompts.add(self.config.instance_prompt or item.caption)
+        if self.data.class_items:
+            prompts.add(self.config.class_prompt)
+        return prompts
+
+    @torch.no_grad()
+    def _encode_all_prompts(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        family, parts = self.parts.family, self.parts
+        cache = {}
+        for prompt in sorted(self._all_prompts()):
+            hidden, pooled = family.encode(parts.text_encoders, family.tokenize(parts.tokenizers, [prompt]))
+            cache[prompt] = (hidden[0].to(self.weight_dtype), None if pooled is None else pooled[0].to(self.weight_dtype))
+        return cache
+
+    # ------------------------------------------------------------------ batches
+    def _batch(self, micro_step: int) -> Batch:
+        """The global batch for this micro-step, sliced to this process; randomness drawn for all of it."""
+        cfg, acc, data = self.config, self.accelerator, self.data
+        epoch, position = divmod(micro_step, self.batches_per_epoch)
+        indices = data.epoch_batches(epoch, self.global_batch)[position]
+        num_class = len(indices) if data.class_items else 0
+        all_items = [data.items[i] for i in indices]
+        all_items += [data.class_items[i] for i in data.class_indices(micro_step, num_class)]
+        # Host-side choices for the whole global batch, so every process draws the same numbers.
+        flips = torch.randint(len(all_items[0].pixels), (len(all_items),), generator=self.data_generator).tolist()
+        drops = (torch.rand(len(all_items), generator=self.data_generator) < cfg.caption_dropout).tolist()
+        prompts = []
+        for item, drop in zip(all_items, drops):
+            if drop:
+                prompts.append("")
+            elif item.is_class:
+                prompts.append(cfg.class_prompt)
+            else:
+                prompts.append(self.method.prompt(cfg.instance_prompt or item.caption, self.data_generator))
+        width, height = all_items[0].bucket
+        latent_shape = (len(all_items), 4, height // self._vae_scale, width // self._vae_scale)
+        noise = torch.randn(latent_shape, generator=self.noise_generator, device=acc.device)
+        if cfg.noise_offset:
+            noise = noise + cfg.noise_offset * torch.randn(latent_shape[:2] + (1, 1), generator=self.noise_generator,
+                                                           device=acc.device)
+        timesteps = torch.randint(0, self.parts.noise_scheduler.config.num_train_timesteps, (len(all_items),),
+                                  generator=self.noise_generator, device=acc.device)
+
+        # This process's slice: its share of the instance items and of the class items.
+        rank, world = acc.process_index, acc.num_processes
+        per = len(indices) // world
+        mine = list(range(rank * per, (rank + 1) * per))
+        if num_class:
+            mine += [len(indices) + i for i in range(rank * per, (rank + 1) * per)]
+        items = [all_items[i] for i in mine]
+        picks = torch.tensor(mine, device=acc.device)
+        return self._assemble(items, [flips[i] for i in mine], [prompts[i] for i in mine],
+                              noise[picks], timesteps[picks], per if num_class else 0)
+
+    def _assemble(self, items, flips, prompts, noise, timesteps, num_class) -> Batch:
+        parts, family, device = self.parts, self.parts.family, self.accelerator.device
+        if self.latent_cache is not None:
+            latents = torch.stack([self.latent_cache[self._cache_index[id(it)]][f] for it, f in zip(items, flips)])
+        else:
+            latents = self._encode_latents(torch.stack([it.pixels[f] for it, f in zip(items, flips)]))
+        hidden = pooled = input_ids = None
+        if self.text_cache is not None:
+            hidden = torch.stack([self.text_cache[p][0] for p in prompts])
+            if family.name == "sdxl":
+                pooled = torch.stack([self.text_cache[p][1] for p in prompts])
+        else:
+            input_ids = [ids.to(device) for ids in family.tokenize(parts.tokenizers, prompts)]
+        time_ids = None
+        if family.name == "sdxl":
+            time_ids = torch.stack([family.time_ids(it.original_size, it.crop_top_left, it.bucket[::-1])
+                                    for it in items]).to(device)
+        return Batch(latents.to(device), hidden, pooled, input_ids, time_ids, noise, timesteps, num_class,
+                     [it.name for it in items])
+
+    @property
+    def _vae_scale(self) -> int:
+        return 2 ** (len(self.parts.vae.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------------ one step
+    def compute_loss(self, batch: Batch) -> torch.Tensor:
+        cfg, parts, family = self.config, self.parts, self.parts.family
+        scheduler = parts.noise_scheduler
+        latents = batch.latents.float()
+        noisy = scheduler.add_noise(latents, batch.noise, batch.timesteps)
+        hidden, pooled = batch.hidden, batch.pooled
+        if hidden is None:
+            hidden, pooled = family.encode(parts.text_encoders, batch.input_ids)
+        unet_dtype = self.weight_dtype if self.accelerator.mixed_precision != "no" else torch.float32
+        added = family.added_cond_kwargs(pooled, batch.time_ids)
+        prediction = parts.unet(noisy.to(unet_dtype), batch.timesteps, hidden.to(unet_dtype),
+                                added_cond_kwargs=added, return_dict=False)[0]
+        target = family.target(scheduler, latents, batch.noise, batch.timesteps)
+        per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if cfg.snr_gamma:
+            from diffusers.training_utils import compute_snr
+
+            # Min-SNR weighting (Hang et al. 2023): down-weight the easy, low-noise timesteps.
+            snr = compute_snr(scheduler, batch.timesteps)
+            weight = torch.clamp(snr, max=cfg.snr_gamma) / (snr + 1 if family.prediction_type == "v_prediction" else snr)
+            per_sample = per_sample * weight
+        if batch.num_class:
+            instance, prior = per_sample[:-batch.num_class], per_sample[-batch.num_class:]
+            return instance.mean() + cfg.prior_loss_weight * prior.mean()
+        return per_sample.mean()
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> None:
+        cfg, acc = self.config, self.accelerator
+        for model in self.wrapped_models:
+            model.train()
+        pending: list[tuple[int, torch.Tensor, float]] = []   # (step, loss on device, lr): read back in bulk
+        recent_batches: deque = deque(maxlen=cfg.log_every * cfg.gradient_accumulation_steps * 2)
+        started, started_step = time.perf_counter(), self.step
+        self.emit("status", status="running", step=self.step, total=self.total_steps)
+        while self.step < self.total_steps:
+            # 1. Forward and backward over gradient_accumulation_steps micro-batches.
+            step_loss = None
+            for k in range(cfg.gradient_accumulation_steps):
+                micro = self.step * cfg.gradient_accumulation_steps + k
+                batch = self._batch(micro)
+                recent_batches.append((self.step + 1, batch.names))
+                with acc.accumulate(*self.wrapped_models):
+                    loss = self.compute_loss(batch)
+                    acc.backward(loss)
+                    # 2. Clip and update once the accumulation window closes.
+                    if acc.sync_gradients and cfg.max_grad_norm:
+                        acc.clip_grad_norm_(self.trainable_params, cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                detached = loss.detach()
+                step_loss = detached if step_loss is None else step_loss + detached
+            self.step += 1
+            lr = self.lr_scheduler.get_last_lr()[0]
+            self.lr_scheduler.step()
+            # 3. Method bookkeeping (TI restores untouched rows) and EMA.
+            self.method.after_optimizer_step(self.parts)
+            if self.ema is not None:
+                self.ema.step(self.parts.unet.parameters())
+            pending.append((self.step, step_loss / cfg.gradient_accumulation_steps, lr))
+
+            # 4. Read losses back only every log_every steps: a host sync per step would stall the GPU.
+            at_end = self.step == self.total_steps
+            checkpoint_due = cfg.checkpointing_steps and self.step % cfg.checkpointing_steps == 0
+            validation_due = cfg.validation_prompts and cfg.validation_steps and self.step % cfg.validation_steps == 0
+            cancel = self._cancel_requested()
+            if len(pending) >= cfg.log_every or at_end or checkpoint_due or validation_due or cancel:
+                self._flush(pending, recent_batches, started, started_step)
+                pending = []
+            if cancel:
+                self.save_checkpoint()
+                raise Cancelled()
+            if checkpoint_due and not at_end:
+                self.save_checkpoint()
+            if validation_due and not at_end:
+                self.validate()
+
+    def _cancel_requested(self) -> bool:
+        requested = bool(self.cancel()) or self.run.cancel_requested()
+        if self.accelerator.num_processes == 1:
+            return requested
+        # Every process must stop at the same step, or the others would wait forever in all-reduce.
+        flag = torch.tensor([1.0 if requested else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def _flush(self, pending, recent_batches, started: float, started_step: int) -> None:
+        acc = self.accelerator
+        losses = torch.stack([loss for _, loss, _ in pending])
+        if acc.num_processes > 1:
+            losses = acc.reduce(losses, reduction="mean")
+        values = losses.float().cpu().tolist()
+        elapsed = time.perf_counter() - started
+        rate = (self.step - started_step) / elapsed if elapsed > 0 else 0.0
+        memory = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        for (step, _, lr), value in zip(pending, values):
+            if not math.isfinite(value):
+                names = sorted({n for s, batch in recent_batches if s == step for n in batch})
+                last = self.run.latest_checkpoint()
+                raise TrainingStopped(
+                    f"The loss became {value} at step {step} (batch: {', '.join(names)}). "
+                    f"{'The last good checkpoint is ' + last.name + '. ' if last else ''}"
+                    "Try a lower learning rate, bf16 instead of fp16, or check those images.")
+            self.emit("step", step=step, total=self.total_steps, loss=value, lr=lr,
+                      it_s=round(rate, 3), eta_s=round((self.total_steps - step) / rate, 1) if rate else None,
+                      gpu_mem_gib=round(memory, 3) if memory is not None else None)
+
+    # ------------------------------------------------------------------ validation, checkpoints, output
+    @torch.no_grad()
+    def validate(self) -> None:
+        from sdtune_ui.train.sampling import sample_images
+
+        if not self.accelerator.is_main_process or not self.config.validation_prompts:
+            return
+        for model in self.wrapped_models:
+            model.eval()
+        for path, prompt in sample_images(self.parts.pipeline, self.config, self.method, self.step,
+                                          self.run.samples_dir, self.accelerator, self.weight_dtype):
+            self.emit("sample", step=self.step, path=str(path.relative_to(self.run.path)), prompt=prompt)
+        for model in self.wrapped_models:
+            model.train()
+
+    def save_checkpoint(self) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            folder = self.run.checkpoints_dir / f"step-{self.step}"
+            rng = {"data": self.data_generator.get_state(), "noise": self.noise_generator.get_state(),
+                   "torch": torch.get_rng_state()}
+            ckpt.save_checkpoint(folder, step=self.step, trainable=self.method.trainable_state(self.parts),
+                                 optimizer=self.optimizer, lr_scheduler=self.lr_scheduler, rng=rng,
+                                 config=self.config.to_dict(),
+                                 ema_state=self.ema.state_dict() if self.ema is not None else None)
+            ckpt.prune_checkpoints(self.run.checkpoints(), self.config.checkpoints_total_limit)
+            self.emit("checkpoint", step=self.step, path=str(folder.relative_to(self.run.path)))
+        acc.wait_for_everyone()
+
+    def _resume_if_possible(self) -> None:
+        latest = self.run.latest_checkpoint()
+        if latest is None:
+            return
+        saved = ckpt.load_checkpoint(latest, optimizer=self.optimizer, lr_scheduler=self.lr_scheduler)
+        try:
+            self.method.load_trainable_state(self.parts, saved["trainable"])
+        except (KeyError, ValueError) as err:
+            raise ConfigError({"method": f"Checkpoint {latest} does not match these settings ({err})."}) from err
+        self.data_generator.set_state(saved["rng"]["data"])
+        self.noise_generator.set_state(saved["rng"]["noise"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        if self.ema is not None and saved["ema"] is not None:
+            self.ema.load_state_dict(saved["ema"])
+        self.step = saved["step"]
+        self.log(f"Resumed from {latest.name} at step {self.step}")
+
+    def save_output(self) -> list[str]:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        files: list[str] = []
+        if acc.is_main_process:
+            if self.ema is not None:
+                self.ema.copy_to(self.parts.unet.parameters())
+            for model in self.wrapped_models:
+                acc.unwrap_model(model)
+            written = self.method.save_output(self.parts, self.run.output_dir)
+            files = [str(p.relative_to(self.run.path)) for p in written]
+            self.emit("output", files=files)
+        acc.wait_for_everyone()
+        return files
+
+    # ------------------------------------------------------------------ events
+    def emit(self, kind: str, **fields) -> None:
+        self.events.emit(kind, **fields)
+
+    def log(self, message: str, level: str = "info") -> None:
+        if self.events is not None:
+            self.emit("log", level=level, message=message)
