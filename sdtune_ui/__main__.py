@@ -1,0 +1,7 @@
+"""`python -m sdtune_ui ...` (also under `accelerate launch -m sdtune_ui ...`)."""
+
+import sys
+
+from sdtune_ui.cli import main
+
+sys.exit(main())

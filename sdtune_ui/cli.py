@@ -1,0 +1,135 @@
+"""Headless command line: `python -m sdtune_ui train|dataset|caption|generate|export ...`.
+
+`train` flags are generated from TrainConfig's fields, so the CLI, the app and config.json can never
+disagree about what a setting is called or means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from sdtune_ui.config import METHOD_PRESETS, TrainConfig, field_info
+from sdtune_ui.errors import SdtuneError
+
+# Short spellings users expect from other trainers' CLIs.
+ALIASES = {"max_train_steps": ["--steps"], "data": ["--dataset"], "train_batch_size": ["--batch-size"],
+           "learning_rate": ["--lr"]}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_train_command(subparsers: Any) -> None:
+    parser = subparsers.add_parser("train", help="Train (or resume) a run; writes a run folder.",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", help="JSON file with settings (flags given here override it).")
+    parser.add_argument("--output", "--run-dir", dest="output", default="",
+                        help="Run folder (default: runs/<method>-<time>). An existing one is resumed.")
+    parser.add_argument("--preset", action="store_true",
+                        help="Start from the method's recommended settings (see METHOD_PRESETS).")
+    defaults = TrainConfig()
+    for f in field_info():
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata["help"]}
+        if f.metadata.get("choices"):
+            kwargs["choices"] = f.metadata["choices"]
+        default = getattr(defaults, f.name)
+        if isinstance(default, bool):
+            kwargs.update(type=_bool, nargs="?", const=True, metavar="BOOL")
+        elif isinstance(default, list):
+            kwargs.update(nargs="+", metavar="TEXT")
+        else:
+            kwargs["type"] = type(default)
+        parser.add_argument(_flag(f.name), *ALIASES.get(f.name, []), **kwargs)
+    parser.set_defaults(handler=run_train)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(TrainConfig.load(args.config).to_dict())
+    flags = {f.name: getattr(args, f.name) for f in field_info() if getattr(args, f.name) is not None}
+    if args.preset:
+        method = flags.get("method", values.get("method", "lora"))
+        values.update(METHOD_PRESETS.get(method, {}))
+    values.update(flags)
+    return TrainConfig.from_dict(values)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from sdtune_ui.runs import RunDir, new_run_id
+    from sdtune_ui.train import train
+
+    config = config_from_args(args)
+    config.validate()
+    run_dir = Path(args.output) if args.output else Path("runs") / new_run_id(config.method)
+    status = train(config, run_dir)
+    run = RunDir(run_dir)
+    message = next((e.get("message", "") for e in reversed(run.read_events()) if e["kind"] == "status"), "")
+    if _is_main():
+        print(f"{status}: {message}\nRun folder: {run_dir}")
+        for name in sorted(p.name for p in run.output_dir.iterdir()) if run.output_dir.exists() else []:
+            print(f"  output/{name}")
+    return 0 if status == "completed" else (130 if status == "cancelled" else 1)
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def run_presets(args: argparse.Namespace) -> int:
+    print(json.dumps({m: {**dataclasses.asdict(TrainConfig()), **p} if args.full else p
+                      for m, p in METHOD_PRESETS.items()}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sdtune_ui", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="Show library logs.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_train_command(subparsers)
+    presets = subparsers.add_parser("presets", help="Print the recommended settings per method.")
+    presets.add_argument("--full", action="store_true", help="Print every setting, not only the preset's.")
+    presets.set_defaults(handler=run_presets)
+    for module_name, function in (("sdtune_ui.cli_dataset", "add_dataset_commands"),
+                                  ("sdtune_ui.cli_generate", "add_generate_commands")):
+        try:
+            module = __import__(module_name, fromlist=[function])
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+            continue
+        getattr(module, function)(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.handler(args)
+    except SdtuneError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
