@@ -101,20 +101,51 @@ def load_image(
     except _Rejected as err:
         result.reason = str(err)
         return result
+    _warn_if_small(result, image, resolution)
+    result.image = image
+    return result
+
+
+def from_pil(
+    image: Image.Image, *, name: str = "image", resolution: int | None = None, max_pixels: int | None = None
+) -> ImageResult:
+    """Validate and normalise an already-decoded image (e.g. a row of a Hub dataset) like `load_image`."""
+    result = ImageResult(name=name, format=image.format, original_mode=image.mode)
+    limit = Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None:
+        limit = max_pixels if limit is None else min(limit, max_pixels)
+    if limit is not None and image.width * image.height > limit:
+        result.reason = _bomb_reason(image.width, image.height, limit)
+        return result
+    if image.width == 0 or image.height == 0:
+        result.reason = "empty image (0 pixels)"
+        return result
+    try:
+        rgb = to_rgb(_apply_exif_orientation(image, result))
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        result.reason = f"corrupt or truncated image ({_short(err)})"
+        return result
+    result.original_size = rgb.size
+    _warn_if_small(result, rgb, resolution)
+    result.image = rgb
+    return result
+
+
+def _warn_if_small(result: ImageResult, image: Image.Image, resolution: int | None) -> None:
     if resolution and small_for_resolution(image.width, image.height, resolution):
         result.warnings.append(
             f"{image.width}x{image.height} is smaller than training resolution {resolution}: "
             "it will be upscaled and may look soft"
         )
-    result.image = image
-    return result
 
 
 class _Rejected(Exception):
     """Internal: the file is refused; the message is the user-facing reason."""
 
 
-def _read_bytes(source: str | os.PathLike[str] | bytes | BinaryIO, cap: int, result: ImageResult) -> bytes | None:
+def _read_bytes(
+    source: str | os.PathLike[str] | bytes | BinaryIO, cap: int, result: ImageResult
+) -> bytes | None:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     elif isinstance(source, (str, os.PathLike)):
@@ -142,7 +173,8 @@ def _read_bytes(source: str | os.PathLike[str] | bytes | BinaryIO, cap: int, res
 def _decode(data: bytes, limit: int | None, result: ImageResult) -> Image.Image:
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # Someone flipped this global; a truncated file would then decode as grey garbage.
-        warnings.warn("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on; truncated files may slip through", stacklevel=3)
+        warnings.warn("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on; truncated files may slip through",
+                      stacklevel=3)
     with warnings.catch_warnings():
         # Pillow only *warns* between MAX_IMAGE_PIXELS and twice that; for uploads a warning is a refusal.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -162,7 +194,8 @@ def _decode(data: bytes, limit: int | None, result: ImageResult) -> Image.Image:
                 rgb = to_rgb(oriented)
         except Image.DecompressionBombError as err:
             # Raised while opening (over twice Pillow's limit), so the size is only in the message.
-            raise _Rejected(f"image too large to decode safely: possible decompression bomb ({_short(err)})") from None
+            reason = f"image too large to decode safely: possible decompression bomb ({_short(err)})"
+            raise _Rejected(reason) from None
         except Image.DecompressionBombWarning:
             raise _Rejected(_bomb_reason(*_size_or_zero(data), limit)) from None
         except Image.UnidentifiedImageError:

@@ -1,0 +1,390 @@
+"""Bring untrusted images (uploads, a zip, a local folder, a Hub dataset) into a dataset folder we control.
+
+Every kept image is fully decoded, normalised to RGB and written under a name chosen here (0001.png,
+0002.jpg ...), never a name taken from an upload or an archive; its caption (sidecar .txt, or
+metadata.jsonl/csv next to it) goes to 0001.txt and metadata.jsonl. A bad file never stops the rest:
+it is listed in the report with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import re
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from sdtune_ui.data.formats import (
+    DATASET_INFO,
+    METADATA_CSV,
+    METADATA_JSONL,
+    existing_formats,
+    parse_metadata_csv,
+    parse_metadata_jsonl,
+    write_captions,
+    write_dataset_info,
+)
+from sdtune_ui.data.images import DEFAULT_MAX_FILE_BYTES, ImageResult, is_image_name, load_image
+from sdtune_ui.data.safezip import ArchiveRefused, SafeZip, ZipLimits
+from sdtune_ui.errors import DatasetError
+from sdtune_ui.paths import cache_dir
+
+ProgressFn = Callable[[int, int], None]
+CancelLike = threading.Event | Callable[[], bool] | None
+
+_JUNK = re.compile(r"(^|/)(__MACOSX/|\.[^/]*$|\._|Thumbs\.db$|desktop\.ini$)", re.IGNORECASE)
+_MAX_CAPTION_BYTES = 1024 * 1024
+_MAX_METADATA_BYTES = 64 * 1024 * 1024
+
+
+def is_cancelled(cancel: CancelLike) -> bool:
+    """True when a threading.Event is set or a callable returns True."""
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    max_files: int = 5000  # per archive or folder
+    max_total_bytes: int = 4 * 1024**3  # uncompressed, per archive or folder
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    max_ratio: float = 100.0  # zip compression ratio
+    max_pixels: int | None = None  # lowers Pillow's decompression-bomb limit (never raises it)
+
+    def zip_limits(self) -> ZipLimits:
+        return ZipLimits(self.max_files, self.max_total_bytes, self.max_file_bytes, self.max_ratio)
+
+
+@dataclass
+class KeptFile:
+    source: str
+    file: str  # name inside the dataset folder
+    caption: str | None
+    width: int
+    height: int
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RejectedFile:
+    source: str
+    reason: str
+
+
+@dataclass
+class IngestReport:
+    out_dir: str
+    kept: list[KeptFile] = field(default_factory=list)
+    rejected: list[RejectedFile] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    cancelled: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """At least one image is in the dataset folder from this ingest."""
+        return bool(self.kept)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+    def to_text(self) -> str:
+        captioned = sum(1 for k in self.kept if k.caption)
+        lines = [
+            f"Added {len(self.kept)} image(s) to {self.out_dir} ({captioned} with captions); "
+            f"refused {len(self.rejected)}." + (" Stopped early: cancelled." if self.cancelled else "")
+        ]
+        if self.rejected:
+            lines.append("Refused:")
+            lines += [f"  - {r.source}: {r.reason}" for r in self.rejected]
+        notes = self.warnings + [f"{k.source} -> {k.file}: {w}" for k in self.kept for w in k.warnings]
+        if notes:
+            lines.append("Warnings:")
+            lines += [f"  - {w}" for w in notes]
+        return "\n".join(lines)
+
+
+def new_dataset_dir(name: str | None = None) -> Path:
+    """A fresh folder under the project's datasets cache, named after `name` (sanitised) when given."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", (name or "dataset")).strip(".-")[:60] or "dataset"
+    root = cache_dir("datasets")
+    path = root / base
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = root / f"{base}-{suffix}"
+    path.mkdir(parents=True)
+    return path
+
+
+@dataclass
+class _Entry:
+    name: str  # posix path inside its container, used only for pairing captions, never for writing
+    label: str  # how the report names it
+    read: Callable[[int], bytes]
+
+
+class _Writer:
+    """Writes images and captions into the dataset folder under names it chooses."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        numbers = [int(p.stem) for p in out_dir.iterdir() if p.stem.isdigit() and is_image_name(p.name)]
+        self.next = max(numbers, default=0) + 1
+        self.captions: dict[str, str] = {}
+        self.dataset_info: dict[str, str] = {}
+
+    def save(self, image: Image.Image, source_format: str | None) -> str:
+        # JPEG sources stay JPEG (a PNG copy of a photo is 5x bigger); everything else becomes lossless PNG.
+        # Re-encoding also drops metadata such as GPS EXIF, which matters once a dataset is pushed publicly.
+        ext = ".jpg" if source_format in ("JPEG", "MPO") else ".png"
+        while True:
+            name = f"{self.next:04d}{ext}"
+            self.next += 1
+            if not any((self.out_dir / f"{name[:-len(ext)]}{e}").exists() for e in (".png", ".jpg", ".txt")):
+                break
+        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=".ingest-", suffix=ext)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                if ext == ".jpg":
+                    image.save(handle, "JPEG", quality=95, subsampling=0)
+                else:
+                    image.save(handle, "PNG")
+            os.replace(tmp, self.out_dir / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return name
+
+    def finish(self) -> None:
+        if self.captions:
+            formats = {"txt", "jsonl", *existing_formats(self.out_dir)}
+            write_captions(self.out_dir, self.captions, tuple(sorted(formats)))
+        if self.dataset_info.get("instance_prompt") and not (self.out_dir / DATASET_INFO).exists():
+            info = self.dataset_info
+            write_dataset_info(self.out_dir, info["instance_prompt"], info.get("class_prompt"))
+
+
+def _file_entry(path: Path, name: str, label: str) -> _Entry:
+    def read(cap: int) -> bytes:
+        size = path.stat().st_size
+        if size > cap:
+            raise DatasetError(f"too large ({size / 2**20:.0f} MB)")
+        with open(path, "rb") as handle:
+            return handle.read(cap + 1)[:cap]
+
+    return _Entry(name, label, read)
+
+
+def _folder_entries(root: Path, limits: IngestLimits, report: IngestReport) -> list[_Entry]:
+    entries: list[_Entry] = []
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in sorted(filenames):
+            path = Path(dirpath) / filename
+            rel = path.relative_to(root).as_posix()
+            label = f"{root.name}/{rel}"
+            if path.is_symlink():
+                report.rejected.append(RejectedFile(label, "symbolic links are not followed"))
+                continue
+            if _JUNK.search(rel):
+                continue
+            entries.append(_file_entry(path, rel, label))
+            total += path.stat().st_size
+            if len(entries) > limits.max_files:
+                raise ArchiveRefused(f"{root} has more than {limits.max_files} files; ingest it in parts.")
+            if total > limits.max_total_bytes:
+                size = f"{limits.max_total_bytes / 2**30:.1f} GB"
+                raise ArchiveRefused(f"{root} holds more than {size} of files; ingest it in parts.")
+    return entries
+
+
+def _zip_entries(archive: SafeZip, report: IngestReport) -> list[_Entry]:
+    for name, reason in archive.rejected:
+        report.rejected.append(RejectedFile(f"{archive.label}:{_printable(name)}", reason))
+    return [
+        _Entry(e.name, f"{archive.label}:{_printable(e.name)}", lambda cap, e=e: archive.read(e, cap))
+        for e in archive.entries
+        if not _JUNK.search(e.name)
+    ]
+
+
+def _printable(name: str) -> str:
+    # Archive entry names are attacker-chosen text shown in the UI and terminal: no control characters.
+    return "".join(c if c.isprintable() else "?" for c in name)[:200]
+
+
+def _read_small(entry: _Entry, cap: int) -> str:
+    data = entry.read(cap)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _gather_captions(entries: list[_Entry], report: IngestReport, writer: _Writer) -> dict[str, str]:
+    """Captions by entry name: sidecars first, then metadata.csv, then metadata.jsonl (highest precedence)."""
+    by_key = {posixpath.splitext(e.name)[0]: e for e in entries if is_image_name(e.name)}
+    captions: dict[str, str] = {}
+    for entry in entries:
+        if entry.name.lower().endswith(".txt") and posixpath.splitext(entry.name)[0] in by_key:
+            try:
+                image_name = by_key[posixpath.splitext(entry.name)[0]].name
+                captions[image_name] = _read_small(entry, _MAX_CAPTION_BYTES).strip()
+            except DatasetError as err:
+                report.rejected.append(RejectedFile(entry.label, f"caption not read: {err}"))
+    for meta_name, parser in ((METADATA_CSV, parse_metadata_csv), (METADATA_JSONL, parse_metadata_jsonl)):
+        for entry in entries:
+            if posixpath.basename(entry.name) != meta_name:
+                continue
+            try:
+                parsed = parser(_read_small(entry, _MAX_METADATA_BYTES), where=entry.label)
+            except DatasetError as err:
+                report.rejected.append(RejectedFile(entry.label, str(err)))
+                continue
+            folder = posixpath.dirname(entry.name)
+            for file_name, caption in parsed.items():
+                captions[posixpath.normpath(posixpath.join(folder, file_name))] = caption.strip()
+    for entry in entries:
+        if posixpath.basename(entry.name) == DATASET_INFO and not writer.dataset_info:
+            import json
+
+            try:
+                info = json.loads(_read_small(entry, _MAX_CAPTION_BYTES))
+                if isinstance(info, dict):
+                    writer.dataset_info = {k: str(v) for k, v in info.items() if isinstance(v, str)}
+            except (json.JSONDecodeError, DatasetError) as err:
+                report.warnings.append(f"{entry.label} ignored: {err}")
+    return captions
+
+
+def _is_known_non_image(name: str) -> bool:
+    base = posixpath.basename(name)
+    return base.lower().endswith(".txt") or base in (METADATA_CSV, METADATA_JSONL, DATASET_INFO)
+
+
+class _Run:
+    """State of one ingest: the writer, the report, progress over all images of all sources."""
+
+    def __init__(self, out_dir: Path, resolution: int | None, limits: IngestLimits,
+                 progress: ProgressFn | None, cancel: CancelLike):
+        self.writer = _Writer(out_dir)
+        self.report = IngestReport(str(out_dir))
+        self.resolution, self.limits, self.progress, self.cancel = resolution, limits, progress, cancel
+        self.done = 0
+        self.total = 0
+
+    def keep(self, label: str, result: ImageResult, caption: str | None) -> None:
+        if not result.ok:
+            self.report.rejected.append(RejectedFile(label, result.reason or "not usable"))
+            return
+        file = self.writer.save(result.image, result.format)
+        if caption is not None:
+            self.writer.captions[file] = caption
+        self.report.kept.append(KeptFile(label, file, caption, result.image.width, result.image.height,
+                                         list(result.warnings)))
+
+    def tick(self) -> bool:
+        """Count one image; False when the user cancelled (checked before each image)."""
+        if is_cancelled(self.cancel):
+            self.report.cancelled = True
+            return False
+        return True
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.progress:
+            self.progress(self.done, self.total)
+
+    def process(self, entries: list[_Entry]) -> None:
+        entries = sorted(entries, key=lambda e: e.name)  # same input, same numbering
+        captions = _gather_captions(entries, self.report, self.writer)
+        for entry in entries:
+            if is_image_name(entry.name):
+                continue
+            if entry.name.lower().endswith(".zip"):
+                reason = "zip files inside a folder or archive are not opened; ingest it on its own"
+                self.report.rejected.append(RejectedFile(entry.label, reason))
+            elif not _is_known_non_image(entry.name):
+                ext = posixpath.splitext(entry.name)[1] or "(no extension)"
+                self.report.rejected.append(RejectedFile(entry.label, f"not a supported image type {ext}"))
+        for entry in (e for e in entries if is_image_name(e.name)):
+            if not self.tick():
+                return
+            try:
+                data = entry.read(self.limits.max_file_bytes)
+            except ArchiveRefused:
+                raise
+            except (DatasetError, OSError) as err:
+                self.report.rejected.append(RejectedFile(entry.label, str(err)))
+                self.advance()
+                continue
+            result = load_image(data, name=entry.label, resolution=self.resolution,
+                                max_pixels=self.limits.max_pixels, max_file_bytes=self.limits.max_file_bytes)
+            self.keep(entry.label, result, captions.get(entry.name))
+            self.advance()
+
+
+def ingest(
+    sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    resolution: int | None = None,
+    limits: IngestLimits | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelLike = None,
+) -> IngestReport:
+    """Ingest image files, zip archives and/or folders into `out_dir` (created; appended to if it exists).
+
+    Loose files are paired with captions by name (`cat.png` + `cat.txt`, or a metadata.jsonl/csv among
+    them). Never raises for a bad file or archive: see `report.rejected`. Check `report.ok`.
+    """
+    paths = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    limits = limits or IngestLimits()
+    out = Path(out_dir).expanduser().resolve()
+    run = _Run(out, resolution, limits, progress, cancel)
+    loose: list[_Entry] = []
+    groups: list[list[_Entry]] = []
+    with contextlib.ExitStack() as stack:
+        for raw in paths:
+            path = Path(raw).expanduser()
+            label = path.name or str(path)
+            try:
+                if not path.exists():
+                    run.report.rejected.append(RejectedFile(label, "file or folder not found"))
+                elif path.is_dir():
+                    if path.resolve() == out:
+                        raise ArchiveRefused(f"{path} is the output folder; choose another output folder.")
+                    groups.append(_folder_entries(path, limits, run.report))
+                elif path.suffix.lower() == ".zip":
+                    archive = stack.enter_context(SafeZip(path, limits.zip_limits()))
+                    groups.append(_zip_entries(archive, run.report))
+                elif not _JUNK.search(path.name):
+                    loose.append(_file_entry(path, path.name, label))
+            except ArchiveRefused as err:
+                run.report.rejected.append(RejectedFile(label, str(err)))
+        if loose:
+            groups.insert(0, loose)
+        run.total = sum(1 for group in groups for e in group if is_image_name(e.name))
+        for group in groups:
+            try:
+                run.process(group)
+            except ArchiveRefused as err:  # an archive lied about sizes while streaming: drop the rest of it
+                source = group[0].label.split(":")[0] if group else ""
+                run.report.rejected.append(RejectedFile(source, str(err)))
+            if run.report.cancelled:
+                break
+    run.writer.finish()
+    if not run.report.kept and not run.report.rejected and not run.report.cancelled:
+        run.report.warnings.append("No image files found (accepted: PNG, JPEG, WebP, BMP, GIF, TIFF).")
+    return run.report

@@ -1,0 +1,207 @@
+"""Push a dataset folder to the Hugging Face Hub as an imagefolder dataset.
+
+The user's token is passed per call and lives only in memory: it is never written to disk (no
+`login()`, no git credential), never logged, and scrubbed from every error message we raise, with the
+original exception detached (`from None`) so a traceback can't show it either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from sdtune_ui.data.formats import (
+    METADATA_JSONL,
+    existing_formats,
+    list_images,
+    pick_caption_column,
+    read_captions,
+    write_captions,
+)
+from sdtune_ui.data.images import ImageResult, from_pil, load_image
+from sdtune_ui.data.ingest import CancelLike, IngestLimits, IngestReport, ProgressFn, _Run
+from sdtune_ui.errors import DatasetError, SdtuneError
+
+log = logging.getLogger(__name__)
+
+_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def scrub(text: str, token: str | None = None) -> str:
+    """`text` with the token (and anything shaped like an HF token) replaced by `***`."""
+    if token:
+        text = text.replace(token, "***")
+    return _TOKEN_PATTERN.sub("hf_***", text)
+
+
+def _default_api(token: str) -> Any:
+    from huggingface_hub import HfApi
+
+    return HfApi(token=token)
+
+
+def push_dataset_to_hub(
+    folder: str | os.PathLike[str],
+    repo_id: str,
+    *,
+    token: str,
+    private: bool = True,
+    commit_message: str = "Upload dataset with sdtune_ui",
+    api_factory: Callable[[str], Any] = _default_api,
+) -> str:
+    """Create (or reuse) the dataset repo and upload the images with metadata.jsonl; returns its URL.
+
+    Loaded elsewhere with `datasets.load_dataset(repo_id)` (imagefolder: `image` + `text` columns).
+    """
+    root = Path(folder)
+    if not _REPO_ID.match(repo_id or ""):
+        raise DatasetError(f"{repo_id!r} is not a Hub repo id; use the form 'your-name/my-dataset'.")
+    if not token or not token.strip():
+        raise SdtuneError(
+            "A Hugging Face token with write access is needed to push (huggingface.co/settings/tokens)."
+        )
+    images = list_images(root)
+    if not images:
+        raise DatasetError(f"{root} holds no images to push.")
+    captions = read_captions(root)
+    if captions and "jsonl" not in existing_formats(root):
+        # imagefolder reads captions only from metadata.jsonl/csv, not from sidecar .txt files
+        write_captions(root, captions, ("jsonl",))
+    token = token.strip()
+    try:
+        api = api_factory(token)
+        api.create_repo(repo_id=repo_id, repo_type="dataset", private=private, exist_ok=True)
+        allow = [*images, METADATA_JSONL, "metadata.csv", "dataset_info.json", "README.md"]
+        api.upload_folder(
+            folder_path=str(root),
+            repo_id=repo_id,
+            repo_type="dataset",
+            commit_message=commit_message,
+            allow_patterns=[p for p in allow if (root / p).is_file()],
+        )
+    except Exception as err:  # noqa: BLE001 - hub/network errors of every type become one clean message
+        message = scrub(f"{type(err).__name__}: {err}", token)
+        log.warning("Pushing the dataset to %s failed: %s", repo_id, message)
+        raise SdtuneError(
+            f"Could not push the dataset to {repo_id}: {message}. Check the token has write access "
+            "and the repo name is yours."
+        ) from None
+    return f"https://huggingface.co/datasets/{repo_id}"
+
+
+_IMAGE_COLUMNS = ("image", "img", "images", "picture", "photo")
+
+
+def ingest_hub_dataset(
+    dataset: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    split: str = "train",
+    config_name: str | None = None,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    token: str | None = None,
+    max_images: int | None = None,
+    resolution: int | None = None,
+    limits: IngestLimits | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelLike = None,
+) -> IngestReport:
+    """Copy a Hub dataset (a repo id, or an already-loaded `datasets.Dataset`) into `out_dir`.
+
+    Images go through the same checks as uploads (raw bytes are decoded by us, not by `datasets`).
+    """
+    limits = limits or IngestLimits()
+    name = dataset if isinstance(dataset, str) else "dataset"
+    table = _load_table(dataset, split, config_name, token) if isinstance(dataset, str) else dataset
+    if hasattr(table, "keys") and not hasattr(table, "column_names"):  # a DatasetDict: pick the split
+        if split not in table:
+            raise DatasetError(f"{name} has no split {split!r}; its splits are {list(table.keys())}.")
+        table = table[split]
+    columns = list(table.column_names)
+    image_column = _pick_image_column(table, columns, image_column, name)
+    caption_column = pick_caption_column(columns, caption_column, where=name)
+    table = _raw_bytes_view(table, image_column)
+    count = min(len(table), max_images or len(table), limits.max_files)
+    if len(table) > count and not max_images:
+        warning = f"{name} has {len(table)} rows; only the first {count} were ingested (max files limit)."
+    else:
+        warning = None
+    run = _Run(Path(out_dir).expanduser().resolve(), resolution, limits, progress, cancel)
+    run.total = count
+    for index in range(count):
+        if not run.tick():
+            break
+        row = table[index]
+        label = f"{name}[{index}]"
+        caption = _caption_value(row.get(caption_column)) if caption_column else None
+        run.keep(label, _row_image(row.get(image_column), label, resolution, limits), caption)
+        run.advance()
+    run.writer.finish()
+    if warning:
+        run.report.warnings.append(warning)
+    return run.report
+
+
+def _load_table(repo_id: str, split: str, config_name: str | None, token: str | None) -> Any:
+    try:
+        import datasets
+    except ImportError as err:
+        raise DatasetError("Reading Hub datasets needs the `datasets` package: pip install datasets") from err
+    try:
+        return datasets.load_dataset(repo_id, config_name, split=split, token=token or None)
+    except Exception as err:  # noqa: BLE001 - datasets/hub raise many types; all mean "cannot load it"
+        message = scrub(f"{type(err).__name__}: {err}", token)
+        raise DatasetError(f"Could not load the Hub dataset {repo_id!r}: {message}") from None
+
+
+def _pick_image_column(table: Any, columns: list[str], given: str | None, name: str) -> str:
+    if given:
+        if given not in columns:
+            raise DatasetError(f"{name} has no image column {given!r}; its columns are {columns}.")
+        return given
+    features = getattr(table, "features", None) or {}
+    for column in columns:
+        if type(features.get(column)).__name__ == "Image":
+            return column
+    for column in columns:
+        if column.lower() in _IMAGE_COLUMNS:
+            return column
+    raise DatasetError(f"{name} has no image column; its columns are {columns}. Pass the image column name.")
+
+
+def _raw_bytes_view(table: Any, column: str) -> Any:
+    # Ask `datasets` for the encoded bytes so that decoding happens in our checked loader, not theirs.
+    features = getattr(table, "features", None) or {}
+    if type(features.get(column)).__name__ == "Image" and hasattr(table, "cast_column"):
+        import datasets
+
+        return table.cast_column(column, datasets.Image(decode=False))
+    return table
+
+
+def _caption_value(value: Any) -> str | None:
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return None if value is None else str(value).strip()
+
+
+def _row_image(value: Any, label: str, resolution: int | None, limits: IngestLimits) -> ImageResult:
+    if isinstance(value, Image.Image):
+        return from_pil(value, name=label, resolution=resolution, max_pixels=limits.max_pixels)
+    if isinstance(value, dict) and value.get("bytes"):
+        value = value["bytes"]
+    elif isinstance(value, dict) and value.get("path"):
+        value = value["path"]
+    if isinstance(value, (bytes, bytearray, str)):
+        source = Path(value) if isinstance(value, str) else bytes(value)
+        return load_image(source, name=label, resolution=resolution, max_pixels=limits.max_pixels,
+                          max_file_bytes=limits.max_file_bytes)
+    return ImageResult(name=label, reason="the image column holds no image")
