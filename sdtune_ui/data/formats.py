@@ -212,19 +212,26 @@ def has_word(text: str, word: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(word.strip())}(?!\w)", text, flags=re.IGNORECASE) is not None
 
 
-def _join(left: str, right: str) -> str:
+def _join(left: str, right: str, sep: str = " ") -> str:
     left, right = left.strip(), right.strip()
     if not left or not right:
         return left or right
-    # "photo of sks," + "a dog" -> "photo of sks, a dog"; "photo of sks" + "a dog" -> "photo of sks, a dog"
-    return f"{left} {right}" if left[-1] in ",;:" else f"{left}, {right}"
+    if right[0] in ",;:.":  # "a dog" + ", oil painting" -> "a dog, oil painting"
+        return left + right
+    if left[-1] in ",;:":
+        return f"{left} {right}"
+    return f"{left}{sep}{right}"
 
 
 def compose_caption(caption: str, trigger: str | None = None, prefix: str = "", suffix: str = "") -> str:
-    """prefix + caption + suffix, then the trigger word in front unless it is already in there."""
+    """prefix + " " + caption + " " + suffix, then "trigger, " in front unless the trigger is already in it.
+
+    Prefix and suffix are literal text ("a photo of sks", ", in the style of zwx"): joined with a space,
+    no separator added. The trigger is a tag, so it is joined with a comma.
+    """
     text = _join(_join(prefix, caption), suffix)
     if trigger and trigger.strip() and not has_word(text, trigger):
-        text = _join(trigger, text)
+        text = _join(trigger, text, ", ")
     return text
 
 
