@@ -54,15 +54,24 @@ class Recommendation:
     notes: list[str] = field(default_factory=list)
 
     def to_text(self) -> str:
-        minutes = self.estimated_seconds / 60
         basis = "assumed for a 24 GB GPU" if self.seconds_per_step_assumed else "as given"
         lines = [
             f"Recommended for {self.method} ({self.subject}, {self.image_count} images): ~{self.steps} steps "
             f"(range {self.steps_range[0]}-{self.steps_range[1]}), batch {self.batch_size}, "
-            f"~{self.epochs:.1f} epochs; about {minutes:.0f} min at {self.seconds_per_step:.2f} s/step ({basis})."
+            f"~{self.epochs:.1f} epochs; about {format_duration(self.estimated_seconds)} at "
+            f"{self.seconds_per_step:.3g} s/step ({basis})."
         ]
         lines += [f"  - {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def format_duration(seconds: float) -> str:
+    """45 s, 12 min, 1.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def recommend(
@@ -109,7 +118,8 @@ def recommend(
         scale = (resolution / 512) ** 2 * batch_size
         if method == "dreambooth" and with_prior_preservation:
             scale *= 1.8
-        seconds_per_step = _SECONDS_PER_STEP_512[method] * scale
+        # Below ~0.05 s a step is bound by host overhead, not pixels (tiny demo resolutions).
+        seconds_per_step = max(0.05, _SECONDS_PER_STEP_512[method] * scale)
     return Recommendation(
         method=method,
         subject=subject,
