@@ -1,0 +1,270 @@
+"""What the app's buttons do, without gradio: datasets in the data folder, runs, configs from widget values,
+GPU detection, and the rules for a public app (a Space or a share link may not touch the host's files).
+
+The UI modules only wire widgets to these functions; the tests call them directly too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdtune_ui.config import VRAM_PRESETS, TrainConfig, field_info
+from sdtune_ui.errors import ConfigError, DatasetError, SdtuneError
+from sdtune_ui.runs import RunDir, new_run_id
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_DATASET = REPO_ROOT / "assets" / "examples" / "toy_robot"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+PICKLE_OR_FILE = (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
+
+# A run that shows the whole flow on the offline tiny model on a CPU in about a minute.
+DEMO_SETTINGS: dict[str, Any] = dict(model="tiny-sd1", method="lora", max_train_steps=60, learning_rate=1e-3,
+                                     rank=8, log_every=2, checkpointing_steps=20, validation_steps=20,
+                                     validation_inference_steps=4, validation_prompts=["a photo of sks robot"])
+
+
+# ---------------------------------------------------------------------------- hardware
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str | None
+    memory_gib: float
+
+    @property
+    def vram_preset(self) -> str:
+        return vram_preset_for(self.memory_gib if self.name else None)
+
+    def describe(self) -> str:
+        if not self.name:
+            return ("No GPU detected: training runs on the CPU (fine for the tiny-sd1 demo, far too slow for "
+                    f"real models). Memory preset: {self.vram_preset}.")
+        return f"GPU: {self.name} ({self.memory_gib:.0f} GiB). Memory preset: {self.vram_preset}."
+
+
+def detect_gpu() -> GpuInfo:
+    import torch
+
+    if not torch.cuda.is_available():
+        return GpuInfo(None, 0.0)
+    props = torch.cuda.get_device_properties(0)
+    return GpuInfo(props.name, props.total_memory / 2**30)
+
+
+def vram_preset_for(memory_gib: float | None) -> str:
+    """The VRAM preset for a GPU of that size (None: no GPU)."""
+    if memory_gib is None:
+        return "CPU"
+    # Cards are sold as 8/12/16/24 GB but report a little less usable memory.
+    for name, floor in (("24 GB+", 22), ("16 GB", 15), ("12 GB", 11)):
+        if memory_gib >= floor:
+            return name
+    return "8 GB"
+
+
+# ---------------------------------------------------------------------------- names and paths
+def safe_name(name: str, default: str = "dataset") -> str:
+    """A folder name made only of letters, digits, dot, dash and underscore (never '..' or a path)."""
+    cleaned = _SAFE.sub("-", name or "").strip(".-")[:60]
+    return cleaned or default
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def list_datasets(datasets_dir: Path) -> list[str]:
+    """Dataset folders in the app's data folder, by name."""
+    if not datasets_dir.is_dir():
+        return []
+    return sorted(p.name for p in datasets_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def dataset_path(datasets_dir: Path, name: str, *, create: bool = False) -> Path:
+    """The folder of dataset `name` inside the data folder (a name, never a path)."""
+    path = datasets_dir / safe_name(name)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    elif not path.is_dir():
+        raise DatasetError(f"There is no dataset named {name!r}; add images first.")
+    return path
+
+
+def load_example(datasets_dir: Path, source: Path = EXAMPLE_DATASET) -> Path:
+    """Copy the project's example dataset into the data folder (kept as it is if already there)."""
+    target = datasets_dir / source.name
+    if not target.is_dir():
+        datasets_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source, target)
+    return target
+
+
+def ingest_into(datasets_dir: Path, name: str, files: Iterable[str | Path], *, local_folder: str = "",
+                allow_local_paths: bool = False) -> tuple[Path, Any]:
+    """Bring uploaded files (images, captions, zips) and, when running locally, a folder into dataset `name`."""
+    from sdtune_ui.data.ingest import ingest
+
+    sources = [str(f) for f in files or []]
+    if local_folder.strip():
+        if not allow_local_paths:
+            raise DatasetError("Reading a folder of the server is only possible when the app runs locally; "
+                               "upload the images or a zip instead.")
+        sources.append(local_folder.strip())
+    if not sources:
+        raise DatasetError("Choose images, a zip file or a folder to add.")
+    target = dataset_path(datasets_dir, name, create=True)
+    return target, ingest(sources, target)
+
+
+def zip_dataset(folder: Path, exports_dir: Path) -> Path:
+    """A zip of a dataset folder (images and caption files) for download."""
+    exports_dir.mkdir(parents=True, exist_ok=True)
+    target = exports_dir / f"{folder.name}.zip"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                archive.write(path, path.relative_to(folder).as_posix())
+    return target
+
+
+# ---------------------------------------------------------------------------- configs from widgets
+def config_from_values(values: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from widget values (numbers arrive as floats, prompt lists as text, one per line)."""
+    defaults = TrainConfig()
+    converted: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for f in field_info():
+        if f.name not in values:
+            continue
+        value, default = values[f.name], getattr(defaults, f.name)
+        try:
+            converted[f.name] = _convert(value, default)
+        except (TypeError, ValueError):
+            errors[f.name] = f"{value!r} is not a valid {type(default).__name__}."
+    if errors:
+        raise ConfigError(errors)
+    return dataclasses.replace(defaults, **converted)
+
+
+def _convert(value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        return bool(value)
+    if isinstance(default, int):
+        if value is None or float(value) != int(float(value)):
+            raise ValueError(value)
+        return int(float(value))
+    if isinstance(default, float):
+        if value is None:
+            raise ValueError(value)
+        return float(value)
+    if isinstance(default, list):
+        if isinstance(value, str):
+            return [line.strip() for line in value.splitlines() if line.strip()]
+        return [str(v) for v in value or []]
+    return "" if value is None else str(value).strip()
+
+
+def widget_values(values: dict[str, Any]) -> dict[str, Any]:
+    """Config values as widgets show them (lists become one line per item): the inverse of config_from_values."""
+    return {name: "\n".join(v) if isinstance(v, list) else v for name, v in values.items()}
+
+
+def preset_values(method: str | None = None, vram: str | None = None, method_preset: bool = True) -> dict[str, Any]:
+    """Settings a preset changes: the method's recommended values and/or the memory preset's."""
+    from sdtune_ui.config import METHOD_PRESETS
+
+    values: dict[str, Any] = {}
+    if method and method_preset:
+        values.update(METHOD_PRESETS.get(method, {}))
+    if vram:
+        values.update(VRAM_PRESETS.get(vram, {}))
+    return values
+
+
+def field_applies(metadata: dict, method: str) -> bool:
+    """Whether a setting matters for `method` (fields without a method list apply to all)."""
+    methods = metadata.get("methods")
+    return methods is None or method in methods
+
+
+# ---------------------------------------------------------------------------- the public app's rules
+def check_public_config(config: TrainConfig, data_dir: Path) -> None:
+    """On a Space or a share link, a run may only read the app's own data and Hub/demo models.
+
+    A visitor must not make the server read arbitrary folders (e.g. `/root`) as datasets or models.
+    """
+    from sdtune_ui.models import TINY_MODELS
+
+    errors = {}
+    data = Path(config.data).expanduser()
+    if not _inside(data, data_dir):
+        errors["data"] = "Choose a dataset from the Dataset tab (this public app only reads its own data folder)."
+    model = config.model.strip()
+    looks_local = (model.startswith(("/", ".", "~", "\\")) or model.lower().endswith(PICKLE_OR_FILE)
+                   or model.count("/") > 1 or Path(model).expanduser().exists())
+    if model not in TINY_MODELS and looks_local:
+        errors["model"] = "This public app loads models from the Hub (user/name) or the tiny-* demos only."
+    if config.class_data and not _inside(Path(config.class_data), data_dir):
+        errors["class_data"] = "Leave empty on the public app (class images are generated into its data folder)."
+    if errors:
+        raise ConfigError(errors)
+
+
+# ---------------------------------------------------------------------------- runs
+def run_dir(runs_dir: Path, run_id: str) -> RunDir:
+    """The run folder `run_id` inside the runs folder (an id, never a path)."""
+    if not run_id or safe_name(run_id, "") != run_id:
+        raise SdtuneError(f"{run_id!r} is not a run id.")
+    run = RunDir(runs_dir / run_id)
+    if not run.config_path.exists():
+        raise SdtuneError(f"There is no run {run_id!r} (it may have been deleted).")
+    return run
+
+
+def new_run_dir(runs_dir: Path, config: TrainConfig) -> Path:
+    return runs_dir / new_run_id(config.method)
+
+
+def delete_run(jobs: Any, runs_dir: Path, run_id: str) -> None:
+    """Delete a run folder that is not queued or running in this app."""
+    run = run_dir(runs_dir, run_id)
+    if jobs.find(run.path) is not None:
+        raise SdtuneError("This run is queued or running: cancel it first, then delete it.")
+    if run.status() == "running" and not run.cancel_requested():
+        # Maybe started from a terminal: deleting its folder under it would crash it mid-write.
+        raise SdtuneError("This run looks active (started elsewhere?): cancel it first, then delete it.")
+    shutil.rmtree(run.path)
+
+
+def resume_run(jobs: Any, runs_dir: Path, run_id: str) -> Any:
+    """Queue a stopped run again; the core continues from its last complete checkpoint."""
+    run = run_dir(runs_dir, run_id)
+    if jobs.find(run.path) is not None:
+        raise SdtuneError("This run is already queued or running.")
+    status = run.status()
+    if status == "completed":
+        raise SdtuneError("This run has completed; start a new run to train more.")
+    if status == "running" and not run.cancel_requested():
+        raise SdtuneError("This run is still running (started elsewhere?); cancel it before resuming here.")
+    return jobs.submit_training(TrainConfig.from_dict(run.config()), run.path)
+
+
+def start_training(ctx: Any, values: dict[str, Any], *, public: bool) -> Any:
+    """Queue a new run from widget (or API) values; `data` may name a dataset of the data folder."""
+    values = dict(values)
+    data = str(values.get("data") or "").strip()
+    if data and data == safe_name(data, "") and (ctx.datasets_dir / data).is_dir():
+        values["data"] = str(ctx.datasets_dir / data)
+    config = config_from_values(values)
+    if public:
+        check_public_config(config, ctx.data_dir)
+    return ctx.jobs.submit_training(config, new_run_dir(ctx.runs_dir, config))

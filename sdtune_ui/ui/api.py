@@ -1,0 +1,48 @@
+"""Plain API endpoints (gradio_client, scripts): start, watch, cancel and list runs with named arguments.
+
+The UI's own events take one argument per widget; these take a config dict instead and call the same
+functions (app_ops), with the same rules for a public app.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from sdtune_ui import app_ops
+from sdtune_ui.ui import live
+from sdtune_ui.ui.common import user_errors
+
+
+def register(ctx: Any, options: Any) -> None:
+    @user_errors
+    def start_run(config: dict) -> dict:
+        """Queue a training run. `config` holds TrainConfig fields; `data` may name a dataset of the Dataset tab."""
+        job = app_ops.start_training(ctx, config, public=options.public)
+        return {"run_id": job.run_dir.name, "position": ctx.jobs.position(job)}
+
+    @user_errors
+    def run_status(run_id: str) -> dict:
+        """Status, progress, the loss curve so far, samples and outputs of a run (paths relative to its folder)."""
+        run = app_ops.run_dir(ctx.runs_dir, run_id)
+        snap = live.read_snapshot(run.path)
+        return {"run_id": run_id, "status": snap.status, "message": snap.message, "step": snap.step,
+                "total": snap.total, "position": ctx.jobs.run_position(run.path),
+                "losses": [list(point) for point in snap.losses],
+                "samples": [sample["path"][len(str(run.path)) + 1:] for sample in snap.samples],
+                "outputs": snap.outputs, "log": live.log_tail(snap, 20)}
+
+    @user_errors
+    def cancel_run(run_id: str) -> bool:
+        """Ask a run to stop (dropped if still queued; else it stops after its current step)."""
+        return ctx.jobs.cancel(app_ops.run_dir(ctx.runs_dir, run_id).path)
+
+    def runs() -> list[dict]:
+        """Every run folder, newest first."""
+        return live.runs_table(ctx.runs_dir).to_dict(orient="records")
+
+    gr.api(start_run, api_name="start_run")
+    gr.api(run_status, api_name="run_status", concurrency_limit=None)
+    gr.api(cancel_run, api_name="cancel_run_by_id")
+    gr.api(runs, api_name="runs", concurrency_limit=None)

@@ -1,0 +1,94 @@
+"""Assemble the app: header (hardware, Space notices), Dataset, Train, Runs and Generate tabs, API endpoints."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from sdtune_ui.app_ops import GpuInfo, detect_gpu
+from sdtune_ui.ui import api, dataset_tab, runs_tab, train_tab
+from sdtune_ui.ui.context import AppContext
+
+TITLE = "sdtune_ui: fine-tune Stable Diffusion"
+
+
+@dataclass(frozen=True)
+class AppOptions:
+    """How the app is exposed. A public app (Space, share link) never reads or offers the host's files."""
+
+    public: bool = False
+    gpu: GpuInfo = field(default_factory=lambda: GpuInfo(None, 0.0))
+    space_id: str | None = None
+    has_hf_token: bool = False
+
+    @property
+    def allow_local_paths(self) -> bool:
+        return not self.public
+
+    @property
+    def show_duplicate(self) -> bool:
+        # The shared original usually runs on free CPU hardware: invite people to duplicate it onto a GPU.
+        return bool(self.space_id) and self.gpu.name is None
+
+
+def options_for(ctx: AppContext, *, share: bool = False, gpu: GpuInfo | None = None) -> AppOptions:
+    space_id = os.environ.get("SPACE_ID") or None
+    return AppOptions(public=bool(share or ctx.is_space or space_id), gpu=gpu or detect_gpu(), space_id=space_id,
+                      has_hf_token=bool(os.environ.get("HF_TOKEN")))
+
+
+def space_notices(options: AppOptions) -> list[str]:
+    notes = []
+    if options.space_id and options.gpu.name is None:
+        notes.append("This Space has no GPU: only the tiny demo models train in reasonable time. Duplicate it "
+                     "and pick GPU hardware (Settings > Hardware) to train real models.")
+    if options.space_id and not options.has_hf_token:
+        notes.append("No HF_TOKEN secret is set: gated base models cannot be downloaded. Add one in the Space's "
+                     "settings; pushing to the Hub asks for a token in the Export section.")
+    return notes
+
+
+def build_app(ctx: AppContext, options: AppOptions | None = None) -> gr.Blocks:
+    options = options or options_for(ctx)
+    ctx.data_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (ctx.runs_dir, ctx.datasets_dir, ctx.exports_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    with gr.Blocks(title=TITLE) as demo:
+        with gr.Row():
+            gr.Markdown(f"# {TITLE}")
+            if options.show_duplicate:
+                gr.DuplicateButton(elem_id="duplicate")
+        for note in space_notices(options):
+            gr.Markdown(f"> **Note:** {note}", elem_classes=["space-notice"])
+        with gr.Tabs():
+            with gr.Tab("Dataset", id="dataset"):
+                data = dataset_tab.build(ctx, options)
+            with gr.Tab("Train", id="train"):
+                train = train_tab.build(ctx, options)
+            with gr.Tab("Runs", id="runs"):
+                runs_tab.build(ctx, options, train.watched)
+            _generate_tab(ctx)
+        api.register(ctx, options)
+
+        def follow_dataset(name: str) -> Any:
+            # Picking or making a dataset makes it the one to train on.
+            known = name in [os.path.basename(p) for _, p in train_tab.dataset_choices(ctx)]
+            return train_tab.refresh_datasets(ctx, name if known else None)
+
+        data.dataset.change(follow_dataset, data.dataset, train.form.widgets["data"], show_progress="hidden",
+                            api_visibility="private")
+    return demo
+
+
+def _generate_tab(ctx: AppContext) -> None:
+    """The Generate tab belongs to the generation package; it is added when that module is installed."""
+    if importlib.util.find_spec("sdtune_ui.ui.generate_tab") is None:
+        return
+    module = importlib.import_module("sdtune_ui.ui.generate_tab")
+    with gr.Tab("Generate", id="generate"):
+        module.build(ctx)

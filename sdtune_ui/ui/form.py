@@ -1,0 +1,104 @@
+"""The training form, generated from TrainConfig's fields: adding a setting there adds its widget here.
+
+Widget kind follows the field: choices -> dropdown, bool -> checkbox, int/float -> number, list -> one
+line per item, str -> text. A few fields get a richer widget (model list, dataset list, method radio).
+Fields marked `advanced` go into the "Advanced" fold; fields with a `methods` list show only for those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from sdtune_ui.app_ops import field_applies
+from sdtune_ui.config import TrainConfig, field_info
+from sdtune_ui.models import KNOWN_MODELS, TINY_MODELS
+from sdtune_ui.ui.common import humanize
+
+FIELDS_PER_ROW = 3
+
+
+@dataclass
+class Form:
+    widgets: dict[str, gr.components.Component]
+    metadata: dict[str, dict]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.widgets)
+
+    @property
+    def components(self) -> list[gr.components.Component]:
+        return list(self.widgets.values())
+
+    def values(self, args: tuple | list) -> dict[str, Any]:
+        """Handler arguments (in `components` order) as a {field: value} dict."""
+        return dict(zip(self.names, args, strict=True))
+
+    def updates(self, values: dict[str, Any], method: str | None = None) -> list[Any]:
+        """One update per widget: new values where given, visibility for `method` when given."""
+        out = []
+        for name in self.names:
+            kwargs: dict[str, Any] = {}
+            if name in values:
+                kwargs["value"] = values[name]
+            if method is not None:
+                kwargs["visible"] = field_applies(self.metadata[name], method)
+            out.append(gr.update(**kwargs) if kwargs else gr.skip())
+        return out
+
+
+def model_choices() -> list[tuple[str, str]]:
+    tiny = [(f"{name} (offline demo model)", name) for name in TINY_MODELS]
+    return tiny + [(f"{label}: {name}", name) for name, label in KNOWN_MODELS.items()]
+
+
+def _widget(f: dataclasses.Field, value: Any, *, visible: bool, datasets: list[tuple[str, str]],
+            allow_local_paths: bool) -> gr.components.Component:
+    label, info = humanize(f.name), f.metadata.get("help", "")
+    common = dict(label=label, info=info, visible=visible, elem_id=f"cfg-{f.name}")
+    if f.name == "model":
+        return gr.Dropdown(choices=model_choices(), value=value, allow_custom_value=True,
+                           **{**common, "info": info + " Type any Hub id (user/name) too."})
+    if f.name == "method":
+        return gr.Radio(choices=list(f.metadata["choices"]), value=value, **common)
+    if f.name == "data":
+        # Local runs may point at any folder or Hub dataset; a public app only offers its own datasets.
+        return gr.Dropdown(choices=datasets, value=value or None, allow_custom_value=allow_local_paths, **common)
+    if f.metadata.get("choices"):
+        return gr.Dropdown(choices=list(f.metadata["choices"]), value=value, **common)
+    if isinstance(value, bool):
+        return gr.Checkbox(value=value, **common)
+    if isinstance(value, int):
+        return gr.Number(value=value, precision=0, **common)
+    if isinstance(value, float):
+        return gr.Number(value=value, **common)
+    if isinstance(value, list):
+        return gr.Textbox(value="\n".join(value), lines=2, **{**common, "info": info + " One per line."})
+    return gr.Textbox(value=value, **common)
+
+
+def build_form(defaults: TrainConfig, *, datasets: list[tuple[str, str]], allow_local_paths: bool) -> Form:
+    """Create the widgets inside the current Blocks context: main settings, then an Advanced fold."""
+    fields = field_info()
+    metadata = {f.name: dict(f.metadata) for f in fields}
+    values = dataclasses.asdict(defaults)
+    widgets: dict[str, gr.components.Component] = {}
+
+    def place(group: list[dataclasses.Field]) -> None:
+        for start in range(0, len(group), FIELDS_PER_ROW):
+            with gr.Row():
+                for f in group[start:start + FIELDS_PER_ROW]:
+                    widgets[f.name] = _widget(f, values[f.name], visible=field_applies(metadata[f.name],
+                                                                                         defaults.method),
+                                              datasets=datasets, allow_local_paths=allow_local_paths)
+
+    place([f for f in fields if not f.metadata.get("advanced")])
+    with gr.Accordion("Advanced", open=False):
+        place([f for f in fields if f.metadata.get("advanced")])
+    # Keep the dataclass order so handler arguments line up with field_info().
+    ordered = {f.name: widgets[f.name] for f in fields}
+    return Form(ordered, metadata)

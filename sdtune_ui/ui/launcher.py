@@ -1,0 +1,112 @@
+"""`python app.py`: parse the launch flags, refuse unsafe ones, build the context and the app, launch.
+
+Flags are checked before gradio or torch are imported, so a refused launch fails fast with a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MAX_FILE_SIZE = "500mb"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python app.py", description="The sdtune_ui app (Gradio).")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="Address to listen on (0.0.0.0 to reach it from other machines).")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--share", action="store_true", help="Open a public gradio.live link (needs --auth).")
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument("--auth", help="user:password required to open the app.")
+    auth.add_argument("--auth-file", help="File with one user:password per line.")
+    parser.add_argument("--share-without-auth", action="store_true",
+                        help="Allow --share without a password: anyone with the link can use your GPU and data.")
+    parser.add_argument("--data-dir", default=None,
+                        help="Where datasets, runs and exports live (default: $SDTUNE_DATA_DIR, /data/sdtune on a "
+                             "Space with persistent storage, else ./data). Only this folder is served.")
+    parser.add_argument("--max-file-size", default=DEFAULT_MAX_FILE_SIZE, help="Largest upload, e.g. 500mb.")
+    return parser
+
+
+class LaunchError(Exception):
+    """A flag combination we refuse; the message says what to do instead."""
+
+
+def parse_auth(args: argparse.Namespace) -> list[tuple[str, str]] | None:
+    pairs: list[str] = []
+    if args.auth:
+        pairs = [args.auth]
+    elif args.auth_file:
+        try:
+            lines = Path(args.auth_file).read_text(encoding="utf-8").splitlines()
+        except OSError as err:
+            raise LaunchError(f"Cannot read --auth-file {args.auth_file}: {err.strerror or err}.") from None
+        pairs = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    credentials = []
+    for pair in pairs:
+        user, sep, password = pair.partition(":")
+        if not sep or not user or not password:
+            raise LaunchError("Credentials must look like user:password (an auth file has one per line).")
+        credentials.append((user, password))
+    if args.auth_file and not credentials:
+        raise LaunchError(f"--auth-file {args.auth_file} holds no user:password line.")
+    return credentials or None
+
+
+def check_args(args: argparse.Namespace) -> list[tuple[str, str]] | None:
+    credentials = parse_auth(args)
+    if args.share and not credentials and not args.share_without_auth:
+        raise LaunchError("--share makes the app public: anyone with the link could use your GPU, read your "
+                          "datasets and runs. Add --auth user:password (or --auth-file), or pass "
+                          "--share-without-auth if you really want an open link.")
+    return credentials
+
+
+def default_data_dir() -> Path:
+    if os.environ.get("SDTUNE_DATA_DIR"):
+        return Path(os.environ["SDTUNE_DATA_DIR"])
+    persistent = Path("/data")
+    if os.environ.get("SPACE_ID") and persistent.is_dir() and os.access(persistent, os.W_OK):
+        return persistent / "sdtune"  # a Space's persistent storage survives restarts
+    return Path("data")
+
+
+def create(args: argparse.Namespace, jobs: Any = None) -> tuple[Any, Any]:
+    """The context and the Blocks for these flags (not launched)."""
+    from sdtune_ui.jobs import JobQueue
+    from sdtune_ui.ui.app import build_app, options_for
+    from sdtune_ui.ui.context import AppContext
+
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ctx = AppContext(data_dir=data_dir, jobs=jobs or JobQueue(), is_space=bool(os.environ.get("SPACE_ID")))
+    demo = build_app(ctx, options_for(ctx, share=args.share))
+    return ctx, demo
+
+
+def launch(argv: list[str] | None = None, *, prevent_thread_lock: bool = False, **launch_kwargs: Any) -> tuple:
+    """Parse, check, build and launch; returns (ctx, demo, local_url). Raises LaunchError for refused flags."""
+    args = build_parser().parse_args(argv)
+    credentials = check_args(args)
+    ctx, demo = create(args)
+    demo.queue(default_concurrency_limit=4)
+    _, local_url, _ = demo.launch(
+        server_name=args.host, server_port=args.port, share=args.share, auth=credentials,
+        # Only the app's own folder is served; Gradio's upload/cache folder is served by Gradio itself.
+        allowed_paths=[str(ctx.data_dir)], max_file_size=args.max_file_size,
+        prevent_thread_lock=prevent_thread_lock, **launch_kwargs)
+    return ctx, demo, local_url
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        launch(argv)
+    except LaunchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,66 @@
+"""The view of one run (used live in the Train tab and for any run in the Runs tab).
+
+It only renders what `live.read_snapshot` reads from the run folder; unchanged parts are skipped so a
+2-second refresh does not re-send images and plots that did not change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from sdtune_ui.ui import live
+
+EMPTY_LOSS = pd.DataFrame({"step": pd.Series(dtype=int), "loss": pd.Series(dtype=float),
+                           "series": pd.Series(dtype=str)})
+EMPTY_LR = pd.DataFrame({"step": pd.Series(dtype=int), "lr": pd.Series(dtype=float)})
+
+
+@dataclass
+class RunView:
+    status: gr.Markdown
+    loss: gr.LinePlot
+    lr: gr.LinePlot
+    gallery: gr.Gallery
+    log: gr.Textbox
+    files: gr.File
+
+    @property
+    def outputs(self) -> list[gr.components.Component]:
+        return [self.status, self.loss, self.lr, self.gallery, self.log, self.files]
+
+
+def build_run_view(prefix: str, placeholder: str) -> RunView:
+    status = gr.Markdown(placeholder, elem_id=f"{prefix}-status")
+    with gr.Row():
+        loss = gr.LinePlot(EMPTY_LOSS, x="step", y="loss", color="series", title="Loss (raw and smoothed)",
+                           height=260, elem_id=f"{prefix}-loss")
+        lr = gr.LinePlot(EMPTY_LR, x="step", y="lr", title="Learning rate", height=260, elem_id=f"{prefix}-lr")
+    with gr.Row():
+        gallery = gr.Gallery(label="Samples (newest first)", columns=4, height=300, elem_id=f"{prefix}-samples")
+        with gr.Column():
+            log = gr.Textbox(label="Log", lines=10, max_lines=10, autoscroll=True, elem_id=f"{prefix}-log")
+            files = gr.File(label="Final artifacts", file_count="multiple", interactive=False,
+                            elem_id=f"{prefix}-files")
+    return RunView(status, loss, lr, gallery, log, files)
+
+
+def render(jobs: Any, run_path: Path | None, last: Any, placeholder: str) -> tuple[list[Any], Any]:
+    """Updates for RunView.outputs and the new signature (store it in a gr.State and pass it back next time)."""
+    if run_path is None or not (run_path / "config.json").exists():
+        if last == "empty":
+            return [gr.skip()] * 6, last
+        return [placeholder, EMPTY_LOSS, EMPTY_LR, [], "", None], "empty"
+    snap = live.read_snapshot(run_path)
+    position = jobs.run_position(run_path)
+    status = live.progress_markdown(snap, position)
+    signature = list(snap.signature())
+    if signature == last:
+        return [status] + [gr.skip()] * 5, last
+    files = live.output_files(snap) or None
+    return [status, live.loss_frame(snap), live.lr_frame(snap), live.gallery_items(snap), live.log_tail(snap),
+            files], signature

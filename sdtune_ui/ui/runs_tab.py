@@ -1,0 +1,85 @@
+"""Runs tab: every run folder (from this app, the CLI or another process), opened with its curves, samples
+and outputs; resume, cancel, delete (after a confirmation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from sdtune_ui import app_ops
+from sdtune_ui.ui import live, run_view
+from sdtune_ui.ui.common import user_errors
+
+PLACEHOLDER = "Pick a run in the list to see its curves, samples and outputs."
+REFRESH_S = 3.0
+
+
+def build(ctx: Any, options: Any, watched: gr.BrowserState) -> None:
+    with gr.Row():
+        refresh = gr.Button("Refresh", size="sm")
+        selected = gr.Dropdown([], value=None, label="Run", allow_custom_value=False, elem_id="runs-selected",
+                               scale=3)
+    table = gr.Dataframe(live.runs_table(ctx.runs_dir), interactive=False, elem_id="runs-table",
+                         label="Runs (newest first): click a row to open it")
+    with gr.Row():
+        resume = gr.Button("Resume")
+        cancel = gr.Button("Cancel", variant="stop")
+        delete = gr.Button("Delete...")
+    with gr.Row(visible=False) as confirm_row:
+        gr.Markdown("Delete this run folder with its checkpoints and outputs? This cannot be undone.")
+        confirm = gr.Button("Yes, delete it", variant="stop")
+        keep = gr.Button("Keep it")
+    view = run_view.build_run_view("runs", PLACEHOLDER)
+    last = gr.State(None)
+    timer = gr.Timer(REFRESH_S)
+
+    def listing(current: str | None = None) -> list[Any]:
+        frame = live.runs_table(ctx.runs_dir)
+        ids = frame["run"].tolist()
+        return [frame, gr.update(choices=ids, value=current if current in ids else None)]
+
+    def on_select(frame: Any, event: gr.SelectData) -> Any:
+        row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+        return frame.iloc[row]["run"] if row is not None and row < len(frame) else gr.skip()
+
+    def on_view(run_id: str | None, previous: Any) -> list[Any]:
+        path = ctx.runs_dir / run_id if run_id else None
+        updates, signature = run_view.render(ctx.jobs, path, previous, PLACEHOLDER)
+        return [signature, *updates]
+
+    @user_errors
+    def on_resume(run_id: str | None) -> str:
+        job = app_ops.resume_run(ctx.jobs, ctx.runs_dir, run_id or "")
+        gr.Info(f"Run {run_id} queued to resume; the Train tab shows it live.")
+        return job.run_dir.name
+
+    @user_errors
+    def on_cancel(run_id: str | None) -> None:
+        run = app_ops.run_dir(ctx.runs_dir, run_id or "")
+        ctx.jobs.cancel(run.path)
+        gr.Info("Cancel requested: the run stops after its current step and keeps a checkpoint.")
+
+    @user_errors
+    def on_delete(run_id: str | None) -> list[Any]:
+        app_ops.delete_run(ctx.jobs, ctx.runs_dir, run_id or "")
+        gr.Info(f"Deleted {run_id}.")
+        return [gr.update(visible=False), *listing()]
+
+    def ask(run_id: str | None) -> Any:
+        if not run_id:
+            raise gr.Error("Pick a run first.")
+        return gr.update(visible=True)
+
+    view_io = dict(fn=on_view, inputs=[selected, last], outputs=[last, *view.outputs], show_progress="hidden")
+    refresh.click(lambda current: listing(current), selected, [table, selected], api_name="list_runs")
+    table.select(on_select, table, selected, api_visibility="private")
+    selected.change(**view_io, api_visibility="private")
+    timer.tick(lambda current, previous: [*listing(current), *on_view(current, previous)], [selected, last],
+               [table, selected, last, *view.outputs], show_progress="hidden", concurrency_limit=None,
+               api_visibility="private")
+    resume.click(on_resume, selected, watched, api_name="resume_run")
+    cancel.click(on_cancel, selected, None, api_name="cancel_run")
+    delete.click(ask, selected, confirm_row, api_visibility="private")
+    keep.click(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private")
+    confirm.click(on_delete, selected, [confirm_row, table, selected], api_name="delete_run")

@@ -1,0 +1,159 @@
+"""Train tab: model, method and settings (generated from TrainConfig), presets, config save/load,
+Start / Cancel / Resume, and the live view of the run this browser watches."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from sdtune_ui import app_ops
+from sdtune_ui.config import VRAM_PRESETS, TrainConfig
+from sdtune_ui.runs import list_runs
+from sdtune_ui.ui import run_view
+from sdtune_ui.ui.common import user_errors
+from sdtune_ui.ui.form import Form, build_form
+
+PLACEHOLDER = "No run yet: pick a dataset and press **Start training**."
+REFRESH_S = 2.0
+
+
+@dataclass
+class TrainTab:
+    form: Form
+    watched: gr.BrowserState
+    view: run_view.RunView
+
+
+def default_config(cpu: bool, vram: str) -> TrainConfig:
+    """What the form shows first: on a CPU the one-minute demo, on a GPU the LoRA preset for its memory."""
+    values = dict(app_ops.DEMO_SETTINGS) if cpu else app_ops.preset_values("lora")
+    values.update(app_ops.preset_values(vram=vram))
+    return app_ops.config_from_values({k: v for k, v in values.items()})
+
+
+def dataset_choices(ctx: Any) -> list[tuple[str, str]]:
+    return [(name, str(ctx.datasets_dir / name)) for name in app_ops.list_datasets(ctx.datasets_dir)]
+
+
+def active_run(ctx: Any) -> Path | None:
+    """The run a fresh page should show: this app's running/queued one, else any run still running."""
+    for job in ctx.jobs.active():
+        if job.run_dir is not None:
+            return job.run_dir
+    for run in list_runs(ctx.runs_dir)[:20]:
+        if run.status() in ("running", "queued", "starting"):
+            return run.path
+    return None
+
+
+def build(ctx: Any, options: Any) -> TrainTab:
+    gpu = options.gpu
+    defaults = default_config(gpu.name is None, gpu.vram_preset)
+    gr.Markdown(gpu.describe(), elem_id="gpu-info")
+    with gr.Row():
+        vram = gr.Dropdown(list(VRAM_PRESETS), value=gpu.vram_preset, label="Memory preset",
+                           info="Precision, batch size and memory savers for your GPU (detected by default).")
+        use_method_presets = gr.Checkbox(True, label="Apply the method's recommended settings when switching method")
+        demo = gr.Button("Quick CPU demo settings (tiny-sd1, ~1 min)", size="sm")
+    form = build_form(defaults, datasets=dataset_choices(ctx), allow_local_paths=options.allow_local_paths)
+    with gr.Row():
+        start = gr.Button("Start training", variant="primary", elem_id="start-training")
+        cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-training")
+        resume = gr.Button("Resume", elem_id="resume-training")
+        save = gr.Button("Save config")
+        load = gr.UploadButton("Load config", file_types=[".json"])
+    config_file = gr.File(label="Saved config", visible=False)
+    watched = gr.BrowserState("", storage_key="sdtune-watched-run")
+    last = gr.State(None)
+    gr.Markdown("### Live view")
+    view = run_view.build_run_view("live", PLACEHOLDER)
+    timer = gr.Timer(REFRESH_S)
+    fields = form.components
+
+    def run_path(run_id: str) -> Path | None:
+        return ctx.runs_dir / run_id if run_id and run_id == app_ops.safe_name(run_id, "") else None
+
+    # ---------------------------------------------------------------- handlers
+    @user_errors
+    def on_start(*args: Any) -> str:
+        job = app_ops.start_training(ctx, form.values(args), public=options.public)
+        ahead = ctx.jobs.position(job)
+        name = job.run_dir.name
+        gr.Info(f"Run {name} queued behind {ahead} job(s)." if ahead else f"Run {name} started.")
+        return job.run_dir.name
+
+    @user_errors
+    def on_cancel(run_id: str) -> None:
+        path = run_path(run_id)
+        if path is None or not ctx.jobs.cancel(path):
+            raise gr.Error("No run to cancel.")
+        gr.Info("Cancelling: the run stops after the current step and keeps a checkpoint to resume from.")
+
+    @user_errors
+    def on_resume(run_id: str) -> str:
+        job = app_ops.resume_run(ctx.jobs, ctx.runs_dir, run_id)
+        gr.Info(f"Run {run_id} queued to resume from its last checkpoint.")
+        return job.run_dir.name
+
+    def on_method(method: str, apply_presets: bool, memory: str) -> list[Any]:
+        values = app_ops.preset_values(method, memory, method_preset=apply_presets) if apply_presets else {}
+        return form.updates(app_ops.widget_values(values), method)
+
+    def on_vram(memory: str) -> list[Any]:
+        return form.updates(app_ops.widget_values(app_ops.preset_values(vram=memory)))
+
+    def on_demo() -> list[Any]:
+        values = {**app_ops.DEMO_SETTINGS, **app_ops.preset_values(vram="CPU")}
+        return form.updates(app_ops.widget_values(values), values["method"]) + ["CPU"]
+
+    @user_errors
+    def on_save(*args: Any) -> Any:
+        config = app_ops.config_from_values(form.values(args))
+        folder = ctx.exports_dir / "configs"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{config.method}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        config.save(path)
+        return gr.update(value=str(path), visible=True)
+
+    @user_errors
+    def on_load(file: str) -> list[Any]:
+        config = TrainConfig.load(file)
+        return form.updates(app_ops.widget_values(config.to_dict()), config.method)
+
+    def on_tick(run_id: str, previous: Any) -> list[Any]:
+        attach = gr.skip()
+        if not run_id:
+            found = active_run(ctx)
+            if found is not None:
+                run_id = attach = found.name
+        updates, signature = run_view.render(ctx.jobs, run_path(run_id), previous, PLACEHOLDER)
+        return [attach, signature, *updates]
+
+    # ---------------------------------------------------------------- wiring
+    start.click(on_start, fields, watched, api_name="start_training").then(
+        on_tick, [watched, gr.State(None)], [watched, last, *view.outputs], show_progress="hidden")
+    cancel.click(on_cancel, watched, None, api_name="cancel_training")
+    resume.click(on_resume, watched, watched, api_name="resume_training")
+    form.widgets["method"].input(on_method, [form.widgets["method"], use_method_presets, vram], fields,
+                                  show_progress="hidden")
+    vram.input(on_vram, vram, fields, show_progress="hidden")
+    demo.click(on_demo, None, [*fields, vram], show_progress="hidden")
+    save.click(on_save, fields, config_file)
+    load.upload(on_load, load, fields)
+    tick_args = dict(fn=on_tick, inputs=[watched, last], outputs=[watched, last, *view.outputs],
+                     show_progress="hidden", concurrency_limit=None)
+    timer.tick(**tick_args, api_visibility="private")
+    return TrainTab(form, watched, view)
+
+
+def refresh_datasets(ctx: Any, selected: str | None = None) -> Any:
+    """An update for the form's dataset list (and its selection when a dataset was just made or picked)."""
+    choices = dataset_choices(ctx)
+    if selected:
+        return gr.update(choices=choices, value=str(ctx.datasets_dir / selected))
+    return gr.update(choices=choices)
+
