@@ -256,3 +256,24 @@ def test_caption_folder_on_missing_or_empty_folder_says_what_to_do(home, tmp_pat
         caption_folder(tmp_path / "nope")
     with pytest.raises(DatasetError, match="No images to caption"):
         caption_folder(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_florence(home):
+    from sdtune_ui.caption.tiny import build_tiny_florence2
+
+    return build_tiny_florence2(home / "tiny-florence2")
+
+
+def test_florence2_shaped_model_captions_through_the_native_classes(tiny_florence, tmp_path):
+    from sdtune_ui.caption import caption_folder, get_captioner
+
+    captioner = get_captioner(str(tiny_florence), device="cpu", task="<DETAILED_CAPTION>")
+    assert captioner.family == "florence2" and captioner.task == "<DETAILED_CAPTION>"
+    assert type(captioner.model).__name__ == "Florence2ForConditionalGeneration"
+    short = captioner.caption([Image.new("RGB", (40, 30), (255, 0, 0))], max_length=5)
+    assert len(short) == 1 and 3 <= len(short[0]) <= 5  # one ASCII character per token
+    images(tmp_path, "a.png", "b.png")
+    report = caption_folder(tmp_path, captioner=captioner, trigger="zwx", max_length=6)
+    assert set(report.captioned) == {"a.png", "b.png"}
+    assert all(c.startswith("zwx") for c in read_captions(tmp_path).values())

@@ -159,9 +159,9 @@ class HFCaptioner(Captioner):
                 inputs = self._inputs(text=[task] * len(images), images=images)
                 ids = self.model.generate(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
                                           num_beams=3, do_sample=False, **gen)
-                texts = self.processor.batch_decode(ids, skip_special_tokens=False)
-                return [self.processor.post_process_generation(text, task=task, image_size=image.size)[task]
-                        for text, image in zip(texts, images, strict=True)]
+                # Caption tasks are plain text: decoding without special tokens is all the task's
+                # post-processing does (post_process_generation matters for boxes/polygons only).
+                return self.processor.batch_decode(ids, skip_special_tokens=True)
             if self.family == "git":
                 inputs = self._inputs(images=images)
                 ids = self.model.generate(pixel_values=inputs["pixel_values"], **gen)

@@ -89,3 +89,53 @@ def ensure_tiny_blip() -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def build_tiny_florence2(target: Path) -> Path:
+    """A Florence-2-shaped model (DaViT vision + BART text, random weights) saved to `target`, for tests.
+
+    Its tokenizer is byte-level BPE over printable ASCII without merges, so captions are random letters.
+    """
+    import json
+
+    import torch
+    from transformers import (
+        BartConfig,
+        BartTokenizer,
+        CLIPImageProcessor,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+        Florence2VisionConfig,
+        GenerationConfig,
+    )
+
+    target.mkdir(parents=True, exist_ok=True)
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>", "<image>"]
+    # Byte-level BPE spells a space as "Ġ"; printable ASCII maps to itself.
+    vocab = {token: index for index, token in enumerate(specials + [chr(c) for c in range(33, 127)] + ["Ġ"])}
+    (target / "vocab.json").write_text(json.dumps(vocab))
+    (target / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = BartTokenizer(str(target / "vocab.json"), str(target / "merges.txt"),
+                              extra_special_tokens={"image_token": "<image>"})
+    vision = Florence2VisionConfig(depths=(1, 1, 1, 1), embed_dim=(8, 16, 16, 32), num_heads=(1, 1, 1, 2),
+                                   num_groups=(1, 1, 1, 2), window_size=2, projection_dim=32,
+                                   max_position_embeddings=8, max_temporal_embeddings=2)
+    text = BartConfig(vocab_size=len(vocab), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                      decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
+                      pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
+    config = Florence2Config(vision_config=vision, text_config=text, image_token_id=vocab["<image>"])
+    torch.manual_seed(0)
+    model = Florence2ForConditionalGeneration(config).eval()
+    image_processor = CLIPImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False)
+    with torch.no_grad():  # the processor must insert as many <image> tokens as the vision tower yields
+        features = model.get_image_features(torch.zeros(1, 3, 32, 32)).pooler_output
+    image_processor.image_seq_length = features.shape[1]
+    processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    model.generation_config = GenerationConfig(
+        bos_token_id=0, eos_token_id=2, pad_token_id=1, decoder_start_token_id=2, max_new_tokens=12,
+        min_new_tokens=3, suppress_tokens=[vocab[t] for t in specials if t != "</s>"],
+    )
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    return target
