@@ -175,37 +175,35 @@ def _decode(data: bytes, limit: int | None, result: ImageResult) -> Image.Image:
         # Someone flipped this global; a truncated file would then decode as grey garbage.
         warnings.warn("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on; truncated files may slip through",
                       stacklevel=3)
-    with warnings.catch_warnings():
-        # Pillow only *warns* between MAX_IMAGE_PIXELS and twice that; for uploads a warning is a refusal.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS)) as img:
-                result.format = img.format
-                width, height = img.size
-                if limit is not None and width * height > limit:
-                    raise _Rejected(_bomb_reason(width, height, limit))
-                n_frames = getattr(img, "n_frames", 1)
-                if n_frames > 1:
-                    img.seek(0)
-                    result.warnings.append(f"animated image ({n_frames} frames): using the first frame")
-                img.load()
-                result.original_mode = img.mode
-                oriented = _apply_exif_orientation(img, result)
-                rgb = to_rgb(oriented)
-        except Image.DecompressionBombError as err:
-            # Raised while opening (over twice Pillow's limit), so the size is only in the message.
-            reason = f"image too large to decode safely: possible decompression bomb ({_short(err)})"
-            raise _Rejected(reason) from None
-        except Image.DecompressionBombWarning:
-            raise _Rejected(_bomb_reason(*_size_or_zero(data), limit)) from None
-        except Image.UnidentifiedImageError:
-            raise _Rejected(_unidentified_reason(data)) from None
-        except _Rejected:
-            raise
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
-                ZeroDivisionError, MemoryError) as err:
-            # Pillow's decoders report damaged data through all of these, depending on the plugin.
-            raise _Rejected(f"corrupt or truncated image ({_short(err)})") from None
+    # Pillow only *warns* between MAX_IMAGE_PIXELS and twice that. For uploads that is a refusal: the size
+    # check below does it explicitly, because `warnings.catch_warnings` is not thread-safe (ingest runs in
+    # a worker thread of the app) and changing the process-wide filters would affect other code.
+    try:
+        with Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS)) as img:
+            result.format = img.format
+            width, height = img.size
+            if limit is not None and width * height > limit:
+                raise _Rejected(_bomb_reason(width, height, limit))
+            n_frames = getattr(img, "n_frames", 1)
+            if n_frames > 1:
+                img.seek(0)
+                result.warnings.append(f"animated image ({n_frames} frames): using the first frame")
+            img.load()
+            result.original_mode = img.mode
+            oriented = _apply_exif_orientation(img, result)
+            rgb = to_rgb(oriented)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        # Raised while opening (the Warning only where filters make warnings errors): size is in the message.
+        reason = f"image too large to decode safely: possible decompression bomb ({_short(err)})"
+        raise _Rejected(reason) from None
+    except Image.UnidentifiedImageError:
+        raise _Rejected(_unidentified_reason(data)) from None
+    except _Rejected:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
+            ZeroDivisionError, MemoryError) as err:
+        # Pillow's decoders report damaged data through all of these, depending on the plugin.
+        raise _Rejected(f"corrupt or truncated image ({_short(err)})") from None
     result.original_size = rgb.size
     return rgb
 
@@ -271,17 +269,6 @@ def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
         except (ImageCms.PyCMSError, OSError, ValueError):
             pass  # a broken embedded profile: fall back to the plain formula below
     return img.convert("RGB")
-
-
-def _size_or_zero(data: bytes) -> tuple[int, int]:
-    # Re-reads just the header (no decode) to put the real size in the refusal message.
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS)) as img:
-                return img.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return (0, 0)
 
 
 def _bomb_reason(width: int, height: int, limit: int | None) -> str:
