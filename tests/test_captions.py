@@ -277,3 +277,78 @@ def test_florence2_shaped_model_captions_through_the_native_classes(tiny_florenc
     report = caption_folder(tmp_path, captioner=captioner, trigger="zwx", max_length=6)
     assert set(report.captioned) == {"a.png", "b.png"}
     assert all(c.startswith("zwx") for c in read_captions(tmp_path).values())
+
+
+def _ascii_bpe_files(folder, specials):
+    """vocab.json/merges.txt of a byte-level BPE over printable ASCII, no merges (one token per character)."""
+    vocab = {token: index for index, token in enumerate(specials + [chr(c) for c in range(33, 127)] + ["Ġ"])}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return vocab
+
+
+def test_git_shaped_model_captions(home, tmp_path):
+    import torch
+    from transformers import BertTokenizer, CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
+
+    from sdtune_ui.caption import get_captioner
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "on", "grass"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    processor = GitProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                crop_size={"height": 32, "width": 32}),
+                             tokenizer=BertTokenizer(str(tmp_path / "vocab.txt")))
+    config = GitConfig(vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                      "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+                       vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64, max_position_embeddings=64, bos_token_id=2, eos_token_id=3,
+                       pad_token_id=0)
+    torch.manual_seed(0)
+    GitForCausalLM(config).save_pretrained(tmp_path / "git")
+    processor.save_pretrained(tmp_path / "git")
+    captioner = get_captioner(str(tmp_path / "git"), device="cpu")
+    assert captioner.family == "git"
+    captions = captioner.caption([Image.new("RGB", (40, 40), (255, 0, 0))] * 2, max_length=5)
+    assert len(captions) == 2 and all(set(c.split()) <= set(words) for c in captions)
+
+
+def test_blip2_shaped_model_captions(home, tmp_path):
+    import torch
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+        GenerationConfig,
+        GPT2Tokenizer,
+    )
+
+    from sdtune_ui.caption import get_captioner
+
+    vocab = _ascii_bpe_files(tmp_path, ["</s>", "<pad>", "<unk>", "<image>"])
+    tokenizer = GPT2Tokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), bos_token="</s>",
+                              eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                              extra_special_tokens={"image_token": "<image>"})
+    processor = Blip2Processor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
+                               tokenizer=tokenizer, num_query_tokens=4)
+    config = Blip2Config(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        qformer_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+                        "encoder_hidden_size": 32, "vocab_size": 100, "max_position_embeddings": 32},
+        text_config={"model_type": "opt", "vocab_size": len(vocab), "hidden_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "ffn_dim": 64, "word_embed_proj_dim": 32,
+                     "max_position_embeddings": 64, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1},
+        num_query_tokens=4, image_token_index=vocab["<image>"],
+    )
+    torch.manual_seed(0)
+    model = Blip2ForConditionalGeneration(config)
+    # A random model would end at once; make it say a few (non-special) tokens like tiny-blip does.
+    model.generation_config = GenerationConfig(bos_token_id=0, eos_token_id=0, pad_token_id=1, min_new_tokens=3,
+                                               suppress_tokens=[1, 2, 3])
+    model.save_pretrained(tmp_path / "blip2")
+    processor.save_pretrained(tmp_path / "blip2")
+    captioner = get_captioner(str(tmp_path / "blip2"), device="cpu")
+    assert captioner.family == "blip2"
+    captions = captioner.caption([Image.new("RGB", (40, 40), (0, 0, 255))], max_length=5)
+    assert len(captions) == 1 and 3 <= len(captions[0]) <= 5
