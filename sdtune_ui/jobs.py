@@ -210,7 +210,7 @@ class JobQueue:
             self._pending.append(job)
             if job.run_dir is not None:
                 # Written under the lock, so the queued line always precedes the worker's first event.
-                message = f"Waiting for the GPU ({ahead} job(s) ahead)." if ahead else "Starting."
+                message = f"Waiting for the GPU ({ahead} job(s) ahead)." if ahead else "Queued: starting now."
                 RunDir(job.run_dir).events().emit("status", status="queued", message=message, position=ahead)
             self._cond.notify_all()
         return job

@@ -80,8 +80,15 @@ def build_app(ctx: AppContext, options: AppOptions | None = None) -> gr.Blocks:
             known = name in [os.path.basename(p) for _, p in train_tab.dataset_choices(ctx)]
             return train_tab.refresh_datasets(ctx, name if known else None)
 
-        data.dataset.change(follow_dataset, data.dataset, train.form.widgets["data"], show_progress="hidden",
-                            api_visibility="private")
+        follow = dict(fn=follow_dataset, inputs=data.dataset, outputs=train.form.widgets["data"],
+                      show_progress="hidden", api_visibility="private")
+        data.dataset.change(**follow)
+        for event in data.made:
+            event.success(**follow)
+        # A (re)loaded page shows the selected dataset and re-attaches to the watched or running run at once.
+        demo.load(data.on_load, data.dataset, [data.dataset, *data.shown], show_progress="hidden",
+                  api_visibility="private").then(**follow)
+        demo.load(**train.tick, api_visibility="private")
     return demo
 
 

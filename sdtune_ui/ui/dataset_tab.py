@@ -3,6 +3,7 @@ caption editing (table, find/replace), and export (zip download, Hub push). The 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,10 @@ UPLOAD_TYPES = ["image", ".zip", ".txt", ".jsonl", ".csv", ".json"]
 
 @dataclass
 class DatasetTab:
-    dataset: gr.Dropdown   # the selected dataset's name (a folder of the data dir)
+    dataset: gr.Dropdown            # the selected dataset's name (a folder of the data dir)
+    shown: list[gr.components.Component]  # thumbnails and caption table of the selected dataset
+    on_load: Callable[[str], list[Any]]  # fills `dataset` and `shown` when a page loads
+    made: list[Any]                   # events after which the dataset exists (the Train tab follows them)
 
 
 def _captioners() -> tuple[list[tuple[str, str]], str | None]:
@@ -103,6 +107,13 @@ def build(ctx: Any, options: Any) -> DatasetTab:
     def listing(name: str) -> Any:
         return gr.update(choices=app_ops.list_datasets(ctx.datasets_dir), value=app_ops.safe_name(name))
 
+    def on_page_load(name: str) -> list[Any]:
+        # The choices were fixed when the app started: list today's datasets, keep the selection if it exists.
+        names = app_ops.list_datasets(ctx.datasets_dir)
+        if name in names or not names:
+            return [gr.update(choices=names), *show(name)]
+        return [gr.update(choices=names, value=names[0]), *show(names[0])]
+
     @user_errors
     def on_example() -> list[Any]:
         root = app_ops.load_example(ctx.datasets_dir)
@@ -170,9 +181,9 @@ def build(ctx: Any, options: Any) -> DatasetTab:
 
     # ---------------------------------------------------------------- wiring
     shown = [thumbs, table]
-    example.click(on_example, None, [dataset, report, *shown], api_name="load_example")
-    add.click(on_add, [dataset, uploads, folder], [dataset, report, *shown], api_name="add_images").then(
-        lambda: None, None, uploads)
+    loaded = example.click(on_example, None, [dataset, report, *shown], api_name="load_example")
+    added = add.click(on_add, [dataset, uploads, folder], [dataset, report, *shown], api_name="add_images")
+    added.then(lambda: None, None, uploads, api_visibility="private")
     dataset.change(show, dataset, shown, show_progress="hidden", api_visibility="private")
     doctor.click(on_doctor, [dataset, doc_method, doc_resolution, doc_trigger], report, api_name="doctor")
     caption_btn.click(on_caption, [dataset, captioner, trigger, prefix, suffix, overwrite], [report, *shown],
@@ -181,4 +192,4 @@ def build(ctx: Any, options: Any) -> DatasetTab:
     apply_replace.click(on_replace, [dataset, find, replace, regex], [report, *shown], api_name="replace")
     export_zip.click(on_zip, dataset, export_file, api_name="export_zip")
     push.click(on_push, [dataset, repo, token, private], report, api_visibility="private")
-    return DatasetTab(dataset)
+    return DatasetTab(dataset, shown, on_page_load, [loaded, added])

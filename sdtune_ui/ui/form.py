@@ -18,7 +18,7 @@ from sdtune_ui.config import TrainConfig, field_info
 from sdtune_ui.models import KNOWN_MODELS, TINY_MODELS
 from sdtune_ui.ui.common import humanize
 
-FIELDS_PER_ROW = 3
+MIN_WIDTH = 300  # px: three settings per line on a laptop screen, one on a phone
 
 
 @dataclass
@@ -59,7 +59,7 @@ def model_choices() -> list[tuple[str, str]]:
 def _widget(f: dataclasses.Field, value: Any, *, visible: bool, datasets: list[tuple[str, str]],
             allow_local_paths: bool) -> gr.components.Component:
     label, info = humanize(f.name), f.metadata.get("help", "")
-    common = dict(label=label, info=info, visible=visible, elem_id=f"cfg-{f.name}")
+    common = dict(label=label, info=info, visible=visible, elem_id=f"cfg-{f.name}", min_width=MIN_WIDTH)
     if f.name == "model":
         return gr.Dropdown(choices=model_choices(), value=value, allow_custom_value=True,
                            **{**common, "info": info + " Type any Hub id (user/name) too."})
@@ -89,12 +89,11 @@ def build_form(defaults: TrainConfig, *, datasets: list[tuple[str, str]], allow_
     widgets: dict[str, gr.components.Component] = {}
 
     def place(group: list[dataclasses.Field]) -> None:
-        for start in range(0, len(group), FIELDS_PER_ROW):
-            with gr.Row():
-                for f in group[start:start + FIELDS_PER_ROW]:
-                    widgets[f.name] = _widget(f, values[f.name], visible=field_applies(metadata[f.name],
-                                                                                         defaults.method),
-                                              datasets=datasets, allow_local_paths=allow_local_paths)
+        # One wrapping row: widgets hidden for the chosen method leave no holes, the rest reflow.
+        with gr.Row():
+            for f in group:
+                widgets[f.name] = _widget(f, values[f.name], visible=field_applies(metadata[f.name], defaults.method),
+                                          datasets=datasets, allow_local_paths=allow_local_paths)
 
     place([f for f in fields if not f.metadata.get("advanced")])
     with gr.Accordion("Advanced", open=False):

@@ -39,7 +39,8 @@ def build_run_view(prefix: str, placeholder: str) -> RunView:
     with gr.Row():
         loss = gr.LinePlot(EMPTY_LOSS, x="step", y="loss", color="series", title="Loss (raw and smoothed)",
                            height=260, elem_id=f"{prefix}-loss")
-        lr = gr.LinePlot(EMPTY_LR, x="step", y="lr", title="Learning rate", height=260, elem_id=f"{prefix}-lr")
+        lr = gr.LinePlot(EMPTY_LR, x="step", y="lr", title="Learning rate", height=260, y_axis_format=".1e",
+                         elem_id=f"{prefix}-lr")
     with gr.Row():
         gallery = gr.Gallery(label="Samples (newest first)", columns=4, height=300, elem_id=f"{prefix}-samples")
         with gr.Column():

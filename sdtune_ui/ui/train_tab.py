@@ -26,6 +26,7 @@ class TrainTab:
     form: Form
     watched: gr.BrowserState
     view: run_view.RunView
+    tick: dict[str, Any]  # the live refresh (fn, inputs, outputs), also run when a page loads
 
 
 def default_config(cpu: bool, vram: str) -> TrainConfig:
@@ -147,7 +148,7 @@ def build(ctx: Any, options: Any) -> TrainTab:
     tick_args = dict(fn=on_tick, inputs=[watched, last], outputs=[watched, last, *view.outputs],
                      show_progress="hidden", concurrency_limit=None)
     timer.tick(**tick_args, api_visibility="private")
-    return TrainTab(form, watched, view)
+    return TrainTab(form, watched, view, tick_args)
 
 
 def refresh_datasets(ctx: Any, selected: str | None = None) -> Any:

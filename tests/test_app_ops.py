@@ -1,0 +1,87 @@
+"""What the app's buttons do, without gradio: names, datasets, configs from widgets, public-app rules, runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdtune_ui import app_ops
+from sdtune_ui.config import TrainConfig
+from sdtune_ui.errors import ConfigError, DatasetError, SdtuneError
+from sdtune_ui.jobs import JobQueue
+from sdtune_ui.runs import RunDir
+
+
+def test_safe_names_and_dataset_paths(tmp_path):
+    assert app_ops.safe_name("../../etc/passwd") == "etc-passwd"
+    assert app_ops.safe_name("my photos!") == "my-photos"
+    assert app_ops.safe_name("..") == "dataset"
+    assert app_ops.dataset_path(tmp_path, "../x", create=True) == tmp_path / "x"
+    with pytest.raises(DatasetError):
+        app_ops.dataset_path(tmp_path, "missing")
+    example = app_ops.load_example(tmp_path)
+    assert len(list(example.glob("*.png"))) == 8 and app_ops.list_datasets(tmp_path) == ["toy_robot", "x"]
+
+
+def test_local_folders_only_when_local(tmp_path):
+    with pytest.raises(DatasetError, match="only possible when the app runs locally"):
+        app_ops.ingest_into(tmp_path, "d", [], local_folder="/etc", allow_local_paths=False)
+    target, report = app_ops.ingest_into(tmp_path, "d", [], local_folder=str(app_ops.EXAMPLE_DATASET),
+                                         allow_local_paths=True)
+    assert report.ok and len(report.kept) == 8 and target == tmp_path / "d"
+
+
+def test_config_from_widget_values():
+    config = app_ops.config_from_values({"max_train_steps": 12.0, "learning_rate": 0.001, "use_ema": False,
+                                         "validation_prompts": "a robot\n\n a dog ", "model": " tiny-sd1 "})
+    assert config.max_train_steps == 12 and isinstance(config.max_train_steps, int)
+    assert config.validation_prompts == ["a robot", "a dog"] and config.model == "tiny-sd1"
+    with pytest.raises(ConfigError) as err:
+        app_ops.config_from_values({"max_train_steps": 1.5, "rank": None})
+    assert set(err.value.field_errors) == {"max_train_steps", "rank"}
+    values = app_ops.widget_values(config.to_dict())
+    assert app_ops.config_from_values(values) == config
+
+
+def test_presets_and_hardware():
+    assert app_ops.vram_preset_for(None) == "CPU"
+    assert app_ops.vram_preset_for(23.6) == "24 GB+" and app_ops.vram_preset_for(7.8) == "8 GB"
+    assert app_ops.preset_values("lora", "CPU")["mixed_precision"] == "no"
+    assert not app_ops.field_applies({"methods": ("lora",)}, "full") and app_ops.field_applies({}, "full")
+
+
+def test_public_app_reads_only_its_own_data(tmp_path):
+    data_dir = tmp_path / "app"
+    inside = TrainConfig(data=str(data_dir / "datasets" / "d"), model="org/model-v1.5")
+    app_ops.check_public_config(inside, data_dir)
+    for config, field in ((TrainConfig(data="/etc"), "data"),
+                          (TrainConfig(data=str(data_dir / "datasets" / ".." / ".." / "x")), "data"),
+                          (TrainConfig(data=str(data_dir / "d"), model="/root/model.safetensors"), "model"),
+                          (TrainConfig(data=str(data_dir / "d"), model="../models"), "model"),
+                          (TrainConfig(data=str(data_dir / "d"), class_data="/tmp/x"), "class_data")):
+        with pytest.raises(ConfigError) as err:
+            app_ops.check_public_config(config, data_dir)
+        assert field in err.value.field_errors
+
+
+def test_run_ids_resume_and_delete(tmp_path):
+    jobs = JobQueue(lambda config, run_dir, cancel=None: "completed")
+    try:
+        with pytest.raises(SdtuneError):
+            app_ops.run_dir(tmp_path, "../etc")
+        run = RunDir(tmp_path / "r1").create()
+        TrainConfig(data="x").save(run.config_path)
+        run.events().emit("status", status="running")
+        with pytest.raises(SdtuneError, match="cancel it first"):
+            app_ops.delete_run(jobs, tmp_path, "r1")
+        with pytest.raises(SdtuneError, match="still running"):
+            app_ops.resume_run(jobs, tmp_path, "r1")
+        run.request_cancel()  # e.g. the app crashed mid-run: cancel, then resume or delete
+        job = app_ops.resume_run(jobs, tmp_path, "r1")
+        assert job.wait(5) and job.result == "completed"
+        run.events().emit("status", status="completed")
+        with pytest.raises(SdtuneError, match="has completed"):
+            app_ops.resume_run(jobs, tmp_path, "r1")
+        app_ops.delete_run(jobs, tmp_path, "r1")
+        assert not run.path.exists()
+    finally:
+        jobs.close()
