@@ -1,0 +1,245 @@
+"""Export a run in the formats other tools load, with a model card, and push it to the Hub.
+
+Formats:
+- diffusers:   the run's standard files as they are (`pipe.load_lora_weights`, `load_textual_inversion`,
+               `from_pretrained` for a fine-tuned pipeline folder).
+- kohya:       a LoRA converted to kohya keys (AUTOMATIC1111, ComfyUI, SD.Next, InvokeAI).
+- a1111:       everything in the form AUTOMATIC1111 / ComfyUI load: kohya LoRA, embedding named by its
+               trigger word, single-file checkpoint for a full fine-tune.
+- single-file: a full fine-tune / DreamBooth model as one original-layout `.safetensors` checkpoint.
+
+The Hub token is used for one push only: never logged, written, put on the card or in an error message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sdtune_ui.artifacts import EMBEDDINGS_FILE, LORA_FILE, run_artifacts
+from sdtune_ui.errors import SdtuneError
+from sdtune_ui.runs import RunDir
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("diffusers", "kohya", "a1111", "single-file")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{8,}")
+MAX_CARD_SAMPLES = 8
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "model"
+
+
+def _samples(run: RunDir, out_dir: Path) -> list[tuple[str, str]]:
+    """The run's last validation images (one per prompt), copied into images/ for the card's gallery."""
+    latest: dict[str, Path] = {}
+    for event in run.read_events():
+        if event.get("kind") == "sample" and event.get("path"):
+            path = run.path / event["path"]
+            if path.exists():
+                latest[event.get("prompt", "")] = path
+    picked = []
+    if latest:
+        (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    for index, (prompt, path) in enumerate(list(latest.items())[:MAX_CARD_SAMPLES]):
+        target = out_dir / "images" / f"sample-{index}{path.suffix}"
+        shutil.copy2(path, target)
+        picked.append((f"images/{target.name}", prompt))
+    return picked
+
+
+def _single_file(folder: Path, target: Path, half: bool) -> Path:
+    from sdtune_ui.models import load_pipeline
+    from sdtune_ui.single_file import save_single_file
+
+    pipe = load_pipeline(str(folder))
+    return save_single_file(pipe, target, half=half)
+
+
+def export_run(run_dir: str | Path, format: str, out_dir: str | Path, *, step: int | None = None,
+               half: bool = False, repo_id: str | None = None, model_card: bool = True) -> list[Path]:
+    """Write the run's artifact(s) (final output, or checkpoint `step`) in `format` into `out_dir`.
+
+    Returns the written top-level paths, README.md (the model card) last.
+    """
+    from sdtune_ui.kohya import save_a1111_embedding, save_kohya_lora
+    from sdtune_ui.model_card import build_model_card, family_of
+
+    if format not in FORMATS:
+        raise SdtuneError(f"Unknown export format {format!r}; choose one of {', '.join(FORMATS)}.")
+    found = run_artifacts(run_dir, step)
+    config = found.config
+    family = family_of(config)
+    by_kind = {a.kind: a for a in found.artifacts}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = _safe_name(Path(run_dir).name)
+    written: list[Path] = []
+    notes: list[str] = []
+    roles: dict[str, str] = {}   # which written file is the LoRA / the embedding, for the card's snippet
+
+    def kohya_lora() -> None:
+        unet_config = None
+        if family == "sdxl":
+            unet_config = _unet_config(config)
+        target = out / f"{name}.safetensors"
+        roles["lora_file"] = target.name
+        written.append(save_kohya_lora(by_kind["lora"].path, target, family=family,
+                                       fallback_alpha=float(config.get("lora_alpha") or config.get("rank") or 0)
+                                       or None, base_model=config.get("model", ""), unet_config=unet_config))
+        notes.append(f"`{target.name}` is a kohya-format LoRA for AUTOMATIC1111 / ComfyUI (`<lora:{name}:1>`).")
+
+    def a1111_embedding() -> None:
+        path, word = save_a1111_embedding(by_kind["embedding"].path, out, token=config.get("placeholder_token"))
+        written.append(path)
+        roles["embedding_file"] = path.name
+        notes.append(f"`{path.name}` is the embedding for AUTOMATIC1111 / ComfyUI: write `{word}` in the prompt "
+                     f"there (diffusers uses `{config.get('placeholder_token', word)}`).")
+
+    def single_file() -> None:
+        target = out / f"{name}.safetensors"
+        written.append(_single_file(Path(by_kind["pipeline"].path), target, half))
+        notes.append(f"`{target.name}` is a single-file checkpoint in the original layout "
+                     "(AUTOMATIC1111, ComfyUI, `from_single_file`).")
+
+    if format == "diffusers":
+        for artifact in found.artifacts:
+            source = Path(artifact.path)
+            if artifact.kind == "pipeline":
+                # The pipeline goes at the folder's root, where from_pretrained(repo_id) looks for it.
+                skip = {".complete", "README.md"}
+                shutil.copytree(source, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*skip))
+                written += sorted(out / item.name for item in source.iterdir() if item.name not in skip)
+            else:
+                shutil.copy2(source, out / source.name)
+                written.append(out / source.name)
+                roles[f"{artifact.kind}_file"] = source.name
+    elif format == "kohya":
+        if "lora" not in by_kind:
+            raise SdtuneError("The kohya format is for LoRA runs; this run has no LoRA "
+                              "(use a1111 for embeddings, single-file for full fine-tunes).")
+        kohya_lora()
+        if "embedding" in by_kind:
+            a1111_embedding()
+    elif format == "a1111":
+        if "lora" in by_kind:
+            kohya_lora()
+        if "embedding" in by_kind:
+            a1111_embedding()
+        if "pipeline" in by_kind:
+            single_file()
+    else:  # single-file
+        if "pipeline" not in by_kind:
+            raise SdtuneError("A single-file checkpoint needs a full fine-tune or DreamBooth run; "
+                              "for a LoRA export the kohya format, for an embedding the a1111 format.")
+        single_file()
+
+    if model_card:
+        files = _card_files(written, out)
+        samples = _samples(RunDir(Path(run_dir)), out)
+        card = build_model_card(config, files=files, samples=samples, family=family, repo_id=repo_id, notes=notes,
+                                **roles)
+        readme = out / "README.md"
+        card.save(readme)
+        written.append(readme)
+        if samples:
+            written.insert(-1, out / "images")
+    return written
+
+
+def _card_files(written: list[Path], out: Path) -> list[str]:
+    return [path.name + ("/" if path.is_dir() else "") for path in written]
+
+
+def _unet_config(config: dict) -> dict:
+    import json
+
+    from sdtune_ui.models import resolve_model
+
+    folder = Path(resolve_model(config.get("model", ""))).expanduser()
+    try:
+        return json.loads((folder / "unet" / "config.json").read_text())
+    except OSError:
+        from sdtune_ui.models import load_pipeline
+
+        return dict(load_pipeline(config["model"], allow_pickle=bool(config.get("allow_pickle"))).unet.config)
+
+
+def zip_export(paths: list[Path], zip_path: str | Path) -> Path:
+    """One .zip of an export (for a single download button); folders keep their structure."""
+    import zipfile
+
+    zip_path = Path(zip_path)
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for path in paths:
+            if path.is_dir():
+                for file in sorted(path.rglob("*")):
+                    if file.is_file():
+                        archive.write(file, str(file.relative_to(path.parent)))
+            elif path.is_file():
+                archive.write(path, path.name)
+    return zip_path
+
+
+# ---------------------------------------------------------------------------------------------- Hub
+def scrub(text: str, token: str | None) -> str:
+    """`text` without the token, nor anything shaped like a Hugging Face token."""
+    if token:
+        text = text.replace(token, "***")
+    return _TOKEN_SHAPE.sub("hf_***", text)
+
+
+def _default_api(token: str) -> Any:
+    from huggingface_hub import HfApi
+
+    return HfApi(token=token)
+
+
+def push_folder(folder: str | Path, repo_id: str, *, token: str, private: bool = True,
+                commit_message: str = "Upload model trained with sdtune_ui",
+                api_factory: Callable[[str], Any] = _default_api) -> str:
+    """Create the model repo if needed (new or existing) and upload the folder; returns the repo URL."""
+    folder = Path(folder)
+    if not _REPO_ID.match(repo_id or ""):
+        raise SdtuneError(f"{repo_id!r} is not a Hub repo id; use the form 'your-name/my-model'.")
+    token = (token or "").strip()
+    if not token:
+        raise SdtuneError("Pushing needs a Hugging Face token with write access (huggingface.co/settings/tokens); "
+                          "paste it for this push or set HF_TOKEN.")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise SdtuneError(f"{folder} is empty; export the run first.")
+    log.info("Pushing %s to the Hub repo %s", folder, repo_id)
+    try:
+        api = api_factory(token)
+        api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                          commit_message=commit_message, ignore_patterns=[".complete", "*.partial*"])
+    except Exception as err:  # noqa: BLE001 - every hub/network error becomes one clean, token-free message
+        message = scrub(f"{type(err).__name__}: {err}", token)
+        log.warning("Pushing to %s failed: %s", repo_id, message)
+        # `from None`: the original exception (whose text or locals could hold the token) is not chained.
+        raise SdtuneError(f"Could not push to {repo_id}: {message}. Check that the token has write access "
+                          "and that the repo name is under your account or organisation.") from None
+    return f"https://huggingface.co/{repo_id}"
+
+
+def push_run(run_dir: str | Path, repo_id: str, *, token: str, private: bool = True, format: str = "diffusers",
+             step: int | None = None, api_factory: Callable[[str], Any] = _default_api) -> str:
+    """Export the run (diffusers files + model card with samples) to a temporary folder and push it."""
+    if not _REPO_ID.match(repo_id or ""):
+        raise SdtuneError(f"{repo_id!r} is not a Hub repo id; use the form 'your-name/my-model'.")
+    with tempfile.TemporaryDirectory(prefix="sdtune-push-") as tmp:
+        folder = Path(tmp) / "export"
+        export_run(run_dir, format, folder, step=step, repo_id=repo_id)
+        return push_folder(folder, repo_id, token=token, private=private, api_factory=api_factory)
+
+
+__all__ = ["EMBEDDINGS_FILE", "FORMATS", "LORA_FILE", "export_run", "push_folder", "push_run", "scrub", "zip_export"]

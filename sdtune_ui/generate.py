@@ -1,0 +1,394 @@
+"""Inference: one cached pipeline, trained artifacts applied on top, deterministic per seed.
+
+`GenerationEngine` keeps one base pipeline in (GPU) memory; switching models frees the old one first.
+LoRAs are peft adapters with a scale each (several at once, fusable for speed); embeddings are added
+tokens; a fully fine-tuned pipeline folder replaces the base model. Changing the set of artifacts
+touches only what changed, so flipping a LoRA scale or comparing with the base is cheap.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import hashlib
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdtune_ui.artifacts import Artifact, read_state_dict
+from sdtune_ui.errors import ModelLoadError, SdtuneError
+
+SCHEDULERS = ("dpm++", "euler", "euler_a", "ddim", "unipc", "default")
+MAX_GUIDANCE = 30.0
+MAX_IMAGES = 16
+
+
+@dataclass
+class GenerationOptions:
+    prompt: str
+    negative_prompt: str = ""
+    scheduler: str = "dpm++"        # DPM-Solver++ multistep: good images in ~25 steps
+    steps: int = 25
+    guidance: float = 7.5
+    width: int = 0                  # 0 = the model's native size
+    height: int = 0
+    seed: int = 0
+    num_images: int = 1
+    fuse_lora: bool = False         # merge LoRAs into the weights: faster, but each scale change re-merges
+
+    def validate(self) -> GenerationOptions:
+        problems = []
+        if self.scheduler not in SCHEDULERS:
+            problems.append(f"scheduler {self.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+        if not 1 <= self.steps <= 500:
+            problems.append("steps must be between 1 and 500 (20-30 is typical)")
+        if not 0 <= self.guidance <= MAX_GUIDANCE:
+            problems.append(f"guidance must be between 0 and {MAX_GUIDANCE:g} (5-9 is typical)")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value and (value < 8 or value % 8):
+                problems.append(f"{name} must be a multiple of 8 (e.g. 512), or 0 for the model's size")
+        if not 1 <= self.num_images <= MAX_IMAGES:
+            problems.append(f"images per prompt must be between 1 and {MAX_IMAGES}")
+        if self.seed < 0:
+            problems.append("seed must be 0 or positive")
+        if problems:
+            raise SdtuneError("Cannot generate: " + "; ".join(problems) + ".")
+        return self
+
+
+@dataclass
+class GenerationResult:
+    images: list[Any]               # PIL images
+    seeds: list[int]                # image i was made with seeds[i]; re-running with it alone reproduces it
+    options: GenerationOptions
+    model: str
+    artifacts: list[str] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)   # embedding trigger words usable in the prompt
+    seconds: float = 0.0
+
+    def captions(self) -> list[str]:
+        return [f"seed {seed}" for seed in self.seeds]
+
+    def save(self, out_dir: str | Path, prefix: str = "") -> list[Path]:
+        """PNG files with the settings in a text chunk, so an image remembers how it was made."""
+        from PIL.PngImagePlugin import PngInfo
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for image, seed in zip(self.images, self.seeds, strict=True):
+            info = PngInfo()
+            info.add_text("parameters", json_settings(self, seed))
+            path = out / f"{prefix}seed-{seed}.png"
+            image.save(path, pnginfo=info)
+            written.append(path)
+        return written
+
+
+def json_settings(result: GenerationResult, seed: int) -> str:
+    import json
+
+    settings = {**asdict(result.options), "seed": seed, "num_images": 1, "model": result.model,
+                "artifacts": result.artifacts}
+    return json.dumps(settings)
+
+
+def make_scheduler(name: str, base_config: Any) -> Any:
+    """A fresh scheduler built from the model's own config (keeps its prediction type and betas)."""
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+        UniPCMultistepScheduler,
+    )
+
+    classes = {"dpm++": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler,
+               "euler_a": EulerAncestralDiscreteScheduler, "ddim": DDIMScheduler, "unipc": UniPCMultistepScheduler}
+    if name == "default":
+        return None
+    extra = {"algorithm_type": "dpmsolver++"} if name == "dpm++" else {}
+    return classes[name].from_config(base_config, **extra)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _adapter_name(artifact: Artifact) -> str:
+    path = Path(artifact.path)
+    stamp = path.stat().st_mtime_ns if path.exists() else 0
+    return "a" + hashlib.sha1(f"{path.resolve() if path.exists() else artifact.path}|{stamp}".encode()).hexdigest()[:12]
+
+
+def _normalise_lora(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Give every UNet key one spelling (peft's lora_A/lora_B).
+
+    diffusers' convert_state_dict_to_diffusers renames only attention layers, so a LoRA that also covers
+    convolutions or feed-forward layers is saved with two spellings; diffusers' loader then judges the
+    format from the first key and silently drops the other half. kohya files are left to diffusers.
+    """
+    if not any(key.startswith("unet.") for key in state):
+        return state
+    return {(key.replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B.")
+             if key.startswith("unet.") else key): value for key, value in state.items()}
+
+
+class GenerationEngine:
+    """One pipeline at a time, with artifacts applied; thread-safe (one generation at a time)."""
+
+    def __init__(self, device: str | None = None, dtype: torch.dtype | None = None):
+        self.device = device or default_device()
+        self.dtype = dtype or default_dtype(self.device)
+        self.pipe: Any = None
+        self.model_key: tuple | None = None
+        self._lock = threading.RLock()
+        self._scheduler_config: Any = None
+        self._original_scheduler: Any = None
+        self._adapters: dict[str, Artifact] = {}        # adapter name -> artifact
+        self._embeddings: dict[str, list[str]] = {}     # artifact path -> its trigger tokens
+        self._pristine_text: list[tuple[Any, int]] = []  # (tokenizer copy, vocab rows) before any embedding
+        self._fused: tuple | None = None
+
+    # ------------------------------------------------------------------------------------ models
+    def load_model(self, model: str, *, allow_pickle: bool = False) -> Any:
+        """Load (or reuse) the base pipeline; a different model frees the previous one first."""
+        from sdtune_ui.models import load_pipeline
+
+        key = (model, allow_pickle, self.device, self.dtype)
+        if self.pipe is not None and self.model_key == key:
+            return self.pipe
+        self.unload()
+        pipe = load_pipeline(model, dtype=self.dtype, allow_pickle=allow_pickle)
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe.to(self.device)
+        self.model_key = key
+        self._scheduler_config = copy.deepcopy(pipe.scheduler.config)
+        self._original_scheduler = pipe.scheduler
+        return self.pipe
+
+    def unload(self) -> None:
+        """Free the pipeline (and GPU memory) so another model, or training, can use it."""
+        self.pipe = None
+        self.model_key = None
+        self._adapters.clear()
+        self._embeddings.clear()
+        self._pristine_text = []
+        self._fused = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @property
+    def family(self) -> str:
+        from sdtune_ui.models import detect_family
+
+        return detect_family(self.pipe).name if self.pipe is not None else ""
+
+    # ------------------------------------------------------------------------------------ artifacts
+    def prepare(self, model: str, artifacts: Sequence[Artifact] = (), *, allow_pickle: bool = False,
+                fuse: bool = False) -> Any:
+        """The pipeline for `model` with exactly `artifacts` applied (a pipeline artifact replaces the model)."""
+        with self._lock:
+            folders = [a for a in artifacts if a.kind == "pipeline"]
+            if len(folders) > 1:
+                raise SdtuneError("Pick at most one fine-tuned model; LoRAs and embeddings can be combined freely.")
+            pipe = self.load_model(folders[0].path if folders else model, allow_pickle=allow_pickle)
+            self._unfuse()
+            self._apply_embeddings([a for a in artifacts if a.kind == "embedding"], allow_pickle)
+            self._apply_loras([a for a in artifacts if a.kind == "lora"], allow_pickle)
+            if fuse and self._adapters:
+                names = list(self._adapters)
+                pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+                self._fused = tuple(names)
+            return pipe
+
+    def _unfuse(self) -> None:
+        if self._fused is not None:
+            self.pipe.unfuse_lora()
+            self._fused = None
+
+    def _apply_loras(self, loras: list[Artifact], allow_pickle: bool) -> None:
+        pipe = self.pipe
+        wanted = {_adapter_name(a): a for a in loras}
+        stale = [name for name in self._adapters if name not in wanted]
+        if stale:
+            pipe.delete_adapters(stale)
+            for name in stale:
+                del self._adapters[name]
+        for name, artifact in wanted.items():
+            if name not in self._adapters:
+                self._load_lora(artifact, name, allow_pickle)
+            self._adapters[name] = artifact
+        if wanted:
+            pipe.set_adapters(list(wanted), adapter_weights=[a.scale * a.alpha_factor for a in wanted.values()])
+
+    def _load_lora(self, artifact: Artifact, name: str, allow_pickle: bool) -> None:
+        path = Path(artifact.path)
+        try:
+            if path.exists():
+                file = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
+                state = _normalise_lora(read_state_dict(file, allow_pickle=allow_pickle))
+                self.pipe.load_lora_weights(state, adapter_name=name)
+            else:  # a Hub repo id
+                self.pipe.load_lora_weights(artifact.path, adapter_name=name)
+        except (ValueError, KeyError, RuntimeError, OSError) as err:
+            raise ModelLoadError(
+                f"Could not apply the LoRA {artifact.label}: {err}. Check that it was trained for this base "
+                f"model's family ({self.family}).") from err
+
+    def _apply_embeddings(self, embeddings: list[Artifact], allow_pickle: bool) -> None:
+        wanted = [a.path for a in embeddings]
+        if list(self._embeddings) == wanted:
+            return
+        # Added tokens cannot be removed reliably one by one, so go back to the untouched vocabulary
+        # (tokenizer copy + embedding rows cut back) and add the wanted set again; embeddings are small.
+        self._reset_embeddings()
+        for artifact in embeddings:
+            self._embeddings[artifact.path] = self._load_embedding(artifact, allow_pickle)
+
+    def _text_pairs(self) -> list[tuple[str, str]]:
+        pairs = [("tokenizer", "text_encoder")]
+        if getattr(self.pipe, "text_encoder_2", None) is not None:
+            pairs.append(("tokenizer_2", "text_encoder_2"))
+        return pairs
+
+    def _reset_embeddings(self) -> None:
+        if not self._pristine_text:
+            self._pristine_text = [(copy.deepcopy(getattr(self.pipe, tok)),
+                                    getattr(self.pipe, enc).get_input_embeddings().weight.shape[0])
+                                   for tok, enc in self._text_pairs()]
+        elif self._embeddings:
+            for (tok_name, enc_name), (tokenizer, rows) in zip(self._text_pairs(), self._pristine_text, strict=True):
+                setattr(self.pipe, tok_name, copy.deepcopy(tokenizer))
+                getattr(self.pipe, enc_name).resize_token_embeddings(rows)
+        self._embeddings.clear()
+
+    def _load_embedding(self, artifact: Artifact, allow_pickle: bool) -> list[str]:
+        path = Path(artifact.path)
+        if not path.is_file():
+            raise ModelLoadError(f"Embedding file {artifact.path} not found.")
+        state = read_state_dict(path, allow_pickle=allow_pickle)
+        token = artifact.token or path.stem
+        pipe = self.pipe
+        try:
+            if {"clip_l", "clip_g"} <= set(state):
+                if getattr(pipe, "text_encoder_2", None) is None:
+                    raise ModelLoadError(f"{path.name} is an SDXL embedding; load an SDXL base model to use it.")
+                pipe.load_textual_inversion(state["clip_l"], token=token, text_encoder=pipe.text_encoder,
+                                            tokenizer=pipe.tokenizer)
+                pipe.load_textual_inversion(state["clip_g"], token=token, text_encoder=pipe.text_encoder_2,
+                                            tokenizer=pipe.tokenizer_2)
+            else:
+                if getattr(pipe, "text_encoder_2", None) is not None:
+                    raise ModelLoadError(f"{path.name} is an SD1/SD2 embedding; it cannot be used with SDXL.")
+                tensor = state.get("emb_params")
+                if tensor is None and "string_to_param" in state:
+                    tensor = state["string_to_param"]["*"]
+                if tensor is None:
+                    tensor = next(iter(state.values()))
+                pipe.load_textual_inversion(tensor if tensor.ndim == 2 else tensor[None], token=token)
+        except ValueError as err:
+            raise ModelLoadError(f"Could not load the embedding {path.name}: {err}") from err
+        return [token]
+
+    @property
+    def tokens(self) -> list[str]:
+        """Trigger words of the loaded embeddings, to show next to the prompt box."""
+        return [token for tokens in self._embeddings.values() for token in tokens]
+
+    # ------------------------------------------------------------------------------------ generation
+    def generate(self, model: str, artifacts: Sequence[Artifact], options: GenerationOptions, *,
+                 allow_pickle: bool = False) -> GenerationResult:
+        """Images for one prompt; image i uses seed + i, so any single image can be reproduced alone."""
+        options.validate()
+        if not options.prompt.strip():
+            raise SdtuneError("Write a prompt first.")
+        with self._lock:
+            started = time.perf_counter()
+            pipe = self.prepare(model, artifacts, allow_pickle=allow_pickle, fuse=options.fuse_lora)
+            scheduler = make_scheduler(options.scheduler, self._scheduler_config)
+            pipe.scheduler = scheduler if scheduler is not None else self._original_scheduler
+            seeds = [options.seed + i for i in range(options.num_images)]
+            # One generator per image, on the device that draws the noise: reproducible per seed and device.
+            generators = [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
+            kwargs: dict[str, Any] = {}
+            if options.width:
+                kwargs["width"] = options.width
+            if options.height:
+                kwargs["height"] = options.height
+            try:
+                images = pipe(options.prompt, negative_prompt=options.negative_prompt or None,
+                              num_inference_steps=options.steps, guidance_scale=options.guidance,
+                              num_images_per_prompt=options.num_images, generator=generators, **kwargs).images
+            except torch.OutOfMemoryError as err:
+                self.unload()
+                raise SdtuneError("The GPU ran out of memory. Try fewer images per prompt, a smaller size, "
+                                  "or stop the training that is running.") from err
+            return GenerationResult(images, seeds, options, self.model_key[0] if self.model_key else model,
+                                    [a.label for a in artifacts], self.tokens, time.perf_counter() - started)
+
+    def compare(self, base_model: str, artifacts: Sequence[Artifact], options: GenerationOptions, *,
+                prompts: Sequence[str] | None = None, allow_pickle: bool = False) -> CompareResult:
+        """The same prompts and seeds without and with the artifacts, plus a labelled side-by-side image."""
+        from sdtune_ui.grid import make_grid
+
+        prompts = list(prompts or [options.prompt])
+        base: list[GenerationResult] = []
+        tuned: list[GenerationResult] = []
+        with self._lock:
+            for prompt in prompts:
+                base.append(self.generate(base_model, [], _with_prompt(options, prompt), allow_pickle=allow_pickle))
+            for prompt in prompts:
+                tuned.append(self.generate(base_model, artifacts, _with_prompt(options, prompt),
+                                           allow_pickle=allow_pickle))
+        columns = [f"{p} (seed {s})" for p, r in zip(prompts, base, strict=True) for s in r.seeds]
+        grid = make_grid([[im for r in base for im in r.images], [im for r in tuned for im in r.images]],
+                         row_labels=["base", "tuned"], col_labels=columns)
+        return CompareResult(base, tuned, grid)
+
+
+def _with_prompt(options: GenerationOptions, prompt: str) -> GenerationOptions:
+    values = asdict(options)
+    values["prompt"] = prompt
+    return GenerationOptions(**values)
+
+
+@dataclass
+class CompareResult:
+    base: list[GenerationResult]
+    tuned: list[GenerationResult]
+    image: Any                      # the labelled side-by-side grid (PIL)
+
+    def pairs(self) -> list[tuple[Any, str]]:
+        """(image, caption) for a gallery: base then tuned for each prompt and seed."""
+        items = []
+        for base, tuned in zip(self.base, self.tuned, strict=True):
+            for b_img, t_img, seed in zip(base.images, tuned.images, base.seeds, strict=True):
+                items += [(b_img, f"base · seed {seed}"), (t_img, f"tuned · seed {seed}")]
+        return items
+
+
+_default_engine: GenerationEngine | None = None
+_default_lock = threading.Lock()
+
+
+def default_engine() -> GenerationEngine:
+    """The process-wide engine the app and the CLI share (one pipeline in memory)."""
+    global _default_engine
+    with _default_lock:
+        if _default_engine is None:
+            _default_engine = GenerationEngine()
+        return _default_engine

@@ -1,0 +1,174 @@
+"""Labelled image grids, and the overfitting study: prompts x checkpoints (x LoRA scales) in one image.
+
+The study answers "did it learn my subject without forgetting the class?": the instance prompt (and the
+subject in a new context) should show the subject, while the plain class prompt should still show a
+generic member of the class and an unrelated prompt should be untouched. Picking the checkpoint where
+both hold is the whole point of saving several.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdtune_ui.errors import SdtuneError
+
+MIN_CELL = 128          # tiny demo images are upscaled so labels stay readable
+MAX_LABEL_LINES = 4
+BACKGROUND = (255, 255, 255)
+TEXT = (20, 20, 20)
+
+
+@dataclass
+class GridLayout:
+    cell_width: int
+    cell_height: int
+    rows: int
+    cols: int
+    font_size: int
+
+    @property
+    def line_height(self) -> int:
+        return self.font_size + 4
+
+    @property
+    def header_height(self) -> int:
+        return MAX_LABEL_LINES * self.line_height + 8
+
+    @property
+    def label_width(self) -> int:
+        return max(120, self.cell_width // 2)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.label_width + self.cols * self.cell_width, self.header_height + self.rows * self.cell_height)
+
+
+def grid_layout(image_size: tuple[int, int], rows: int, cols: int) -> GridLayout:
+    width, height = image_size
+    scale = max(1, -(-MIN_CELL // min(width, height)))   # integer upscale, so pixels stay sharp
+    cell_w, cell_h = width * scale, height * scale
+    return GridLayout(cell_w, cell_h, rows, cols, font_size=max(12, cell_w // 24))
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def _wrapped(text: str, width_px: int, font_size: int) -> list[str]:
+    chars = max(4, int(width_px / (font_size * 0.55)))
+    lines = textwrap.wrap(text, chars) or [""]
+    if len(lines) > MAX_LABEL_LINES:
+        lines = lines[:MAX_LABEL_LINES]
+        lines[-1] = lines[-1][: max(1, chars - 1)] + "…"
+    return lines
+
+
+def make_grid(rows: Sequence[Sequence[Any]], *, row_labels: Sequence[str], col_labels: Sequence[str]) -> Any:
+    """One image: column labels on top, row labels on the left, every image in its cell."""
+    from PIL import Image, ImageDraw
+
+    if not rows or not rows[0]:
+        raise SdtuneError("Nothing to put in the grid.")
+    cols = max(len(row) for row in rows)
+    if len(row_labels) != len(rows) or len(col_labels) != cols:
+        raise ValueError("one label per row and per column is needed")
+    layout = grid_layout(rows[0][0].size, len(rows), cols)
+    canvas = Image.new("RGB", layout.size, BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    font = _font(layout.font_size)
+    for c, label in enumerate(col_labels):
+        x = layout.label_width + c * layout.cell_width + 4
+        for n, line in enumerate(_wrapped(label, layout.cell_width - 8, layout.font_size)):
+            draw.text((x, 4 + n * layout.line_height), line, fill=TEXT, font=font)
+    for r, (row, label) in enumerate(zip(rows, row_labels, strict=True)):
+        top = layout.header_height + r * layout.cell_height
+        for n, line in enumerate(_wrapped(label, layout.label_width - 8, layout.font_size)):
+            draw.text((4, top + 4 + n * layout.line_height), line, fill=TEXT, font=font)
+        for c, image in enumerate(row):
+            cell = image.convert("RGB").resize((layout.cell_width, layout.cell_height), Image.NEAREST)
+            canvas.paste(cell, (layout.label_width + c * layout.cell_width, top))
+    return canvas
+
+
+# ------------------------------------------------------------------------------------ overfitting study
+def _subject_and_class(config: dict) -> tuple[str, str]:
+    """(the prompt naming the subject, the class noun) from a run's settings."""
+    instance = (config.get("instance_prompt") or "").strip()
+    class_prompt = (config.get("class_prompt") or "").strip()
+    placeholder = (config.get("placeholder_token") or "").strip()
+    method = config.get("method", "")
+    class_noun = ""
+    if class_prompt:
+        class_noun = re.sub(r"^(a|an) (photo|picture|painting) of (a|an|the) ", "", class_prompt).strip()
+    if method in ("textual_inversion", "pivotal") and placeholder:
+        class_noun = class_noun or (config.get("initializer_token") or "").strip()
+        return instance or f"a photo of {placeholder}", class_noun
+    if instance and not class_noun:
+        # "a photo of sks dog": the class is the word after the rare identifier.
+        words = instance.split()
+        class_noun = words[-1] if len(words) >= 2 else ""
+    return instance, class_noun
+
+
+def default_grid_prompts(config: dict) -> list[str]:
+    """'a photo of sks dog', '... on a beach', 'a photo of a dog', 'a photo of a cat' (from the run's tokens)."""
+    subject, class_noun = _subject_and_class(config)
+    if not subject:
+        subject = (config.get("validation_prompts") or ["a photo of sks"])[0]
+    class_noun = class_noun or "dog"
+    other = "dog" if class_noun == "cat" else "cat"
+    article = "an" if class_noun[:1] in "aeiou" else "a"
+    return [subject, f"{subject} on a beach", f"a photo of {article} {class_noun}", f"a photo of a {other}"]
+
+
+def overfitting_grid(run_dir: str | Path, steps: Sequence[int | None] | None = None,
+                     prompts: Sequence[str] | None = None, scales: Sequence[float] | None = None, *,
+                     options: Any = None, engine: Any = None, max_checkpoints: int = 8) -> Any:
+    """Prompts (columns) x checkpoints (x LoRA scales) (rows), same seed in every cell, as one image.
+
+    `steps`: checkpoint steps, None meaning the final output; default: every checkpoint (the last
+    `max_checkpoints`) plus the final output when there is one.
+    """
+    from sdtune_ui.artifacts import artifacts_in_folder, checkpoint_steps, run_artifacts
+    from sdtune_ui.generate import GenerationOptions, default_engine
+    from sdtune_ui.runs import RunDir
+
+    engine = engine or default_engine()
+    run = RunDir(Path(run_dir))
+    config = run.config()
+    if not config:
+        raise SdtuneError(f"{run.path} is not a run folder (no config.json).")
+    if steps is None:
+        steps = [*checkpoint_steps(run.path)[-max_checkpoints:]]
+        if artifacts_in_folder(run.output_dir, config):
+            steps.append(None)
+    if not steps:
+        raise SdtuneError("This run has no checkpoint or output yet; wait for the first checkpoint.")
+    prompts = list(prompts or default_grid_prompts(config))
+    uses_lora = config.get("method") in ("lora", "pivotal")
+    scales = list(scales) if scales and uses_lora else [1.0]
+    base_options = options or GenerationOptions(prompt=prompts[0], steps=20)
+
+    rows, labels = [], []
+    for step in steps:
+        found = run_artifacts(run.path, step)
+        for scale in scales:
+            for artifact in found.artifacts:
+                if artifact.kind == "lora":
+                    artifact.scale = scale
+            row = []
+            for prompt in prompts:
+                opts = GenerationOptions(**{**base_options.__dict__, "prompt": prompt, "num_images": 1})
+                row.append(engine.generate(found.base_model, found.artifacts, opts,
+                                           allow_pickle=bool(config.get("allow_pickle"))).images[0])
+            rows.append(row)
+            name = "final" if step is None else f"step {step}"
+            labels.append(f"{name} · scale {scale:g}" if len(scales) > 1 else name)
+    return make_grid(rows, row_labels=labels, col_labels=prompts)

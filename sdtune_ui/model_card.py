@@ -1,0 +1,189 @@
+"""The README.md model card of an exported run, written with huggingface_hub's card tools.
+
+The card carries what the Hub and other tools read (`base_model`, tags, `instance_prompt`, a widget
+gallery of sample images) and what a person needs: trigger words, how to load each file, and the
+training settings. It never contains a token or the user's local paths.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+METHOD_TAGS = {
+    "lora": ["lora", "template:sd-lora"],
+    "pivotal": ["lora", "textual_inversion", "pivotal-tuning", "template:sd-lora"],
+    "textual_inversion": ["textual_inversion"],
+    "dreambooth": ["dreambooth"],
+    "full": ["fine-tuned"],
+}
+FAMILY_TAGS = {"sd1": ["stable-diffusion", "stable-diffusion-diffusers"],
+               "sd2": ["stable-diffusion", "stable-diffusion-diffusers"],
+               "sdxl": ["stable-diffusion-xl", "stable-diffusion-xl-diffusers"]}
+SETTINGS = ("method", "model", "data", "resolution", "max_train_steps", "train_batch_size",
+            "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "optimizer", "mixed_precision",
+            "rank", "lora_alpha", "lora_targets", "train_text_encoder", "placeholder_token", "initializer_token",
+            "num_vectors", "instance_prompt", "class_prompt", "with_prior_preservation", "prior_loss_weight",
+            "snr_gamma", "use_ema", "seed")
+METHOD_ONLY = {"rank": ("lora", "pivotal"), "lora_alpha": ("lora", "pivotal"), "lora_targets": ("lora", "pivotal"),
+               "placeholder_token": ("textual_inversion", "pivotal"),
+               "initializer_token": ("textual_inversion", "pivotal"), "num_vectors": ("textual_inversion", "pivotal"),
+               "use_ema": ("full", "dreambooth")}
+
+
+def family_of(config: dict) -> str:
+    """sd1 / sd2 / sdxl for a run's base model, from its UNet config (no weights are loaded)."""
+    import json
+
+    from sdtune_ui.models import resolve_model
+
+    source = resolve_model(str(config.get("model", "")))
+    path = Path(source).expanduser()
+    unet_config: dict = {}
+    try:
+        if path.is_dir():
+            unet_config = json.loads((path / "unet" / "config.json").read_text())
+        elif path.is_file() and path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                keys = list(handle.keys())
+            if any(k.startswith("conditioner.embedders.1") for k in keys):
+                return "sdxl"
+            return "sd2" if any(k.startswith("cond_stage_model.model.") for k in keys) else "sd1"
+        elif source:
+            from huggingface_hub import hf_hub_download
+
+            unet_config = json.loads(Path(hf_hub_download(source, "unet/config.json")).read_text())
+    except Exception:  # noqa: BLE001 - offline or unknown repo: fall back to the name below
+        unet_config = {}
+    if unet_config:
+        if unet_config.get("addition_embed_type") == "text_time":
+            return "sdxl"
+        return "sd2" if unet_config.get("use_linear_projection") else "sd1"
+    return "sdxl" if "xl" in source.lower() else "sd1"
+
+
+def trigger_words(config: dict) -> list[str]:
+    """What to type in a prompt to get the subject: the TI token, or the instance prompt."""
+    words = []
+    if config.get("method") in ("textual_inversion", "pivotal") and config.get("placeholder_token"):
+        words.append(config["placeholder_token"])
+    if config.get("instance_prompt"):
+        words.append(config["instance_prompt"])
+    return words
+
+
+def _public_value(name: str, value: Any) -> str:
+    # Local dataset paths can reveal a user name; only the folder name goes on a public card.
+    if name in ("data", "model") and isinstance(value, str) and (os.path.isabs(value) or value.startswith(("~", "."))):
+        value = Path(value).name
+    return str(value).replace("|", "\\|")
+
+
+def settings_table(config: dict) -> str:
+    method = config.get("method", "")
+    rows = ["| setting | value |", "|---|---|"]
+    for name in SETTINGS:
+        if name not in config or (name in METHOD_ONLY and method not in METHOD_ONLY[name]):
+            continue
+        value = config[name]
+        if name == "lora_alpha":
+            value = value or config.get("rank")   # 0 means "same as rank"
+        off = name in ("with_prior_preservation", "snr_gamma", "use_ema") and not value
+        no_prior = name == "prior_loss_weight" and not config.get("with_prior_preservation")
+        if value in ("", None) or off or no_prior:
+            continue
+        rows.append(f"| {name} | {_public_value(name, value)} |")
+    return "\n".join(rows)
+
+
+METHOD_NAMES = {"lora": "LoRA", "pivotal": "pivotal-tuning LoRA with a textual-inversion embedding",
+                "textual_inversion": "textual-inversion embedding", "dreambooth": "DreamBooth fine-tune",
+                "full": "full fine-tune"}
+
+
+def _usage(family: str, config: dict, *, pipeline: bool, lora_file: str | None, embedding_file: str | None) -> str:
+    """A diffusers snippet that loads exactly the exported files."""
+    pipeline_class = "StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline"
+    source = "REPO_ID" if pipeline else config.get("model", "")
+    lines = ["```python", "import torch", f"from diffusers import {pipeline_class}", "",
+             f'pipe = {pipeline_class}.from_pretrained("{source}", torch_dtype=torch.float16).to("cuda")']
+    if lora_file:
+        lines.append(f'pipe.load_lora_weights("REPO_ID", weight_name="{lora_file}")')
+    token = config.get("placeholder_token") or "<token>"
+    if embedding_file:
+        if family == "sdxl":
+            lines += ["from huggingface_hub import hf_hub_download", "from safetensors.torch import load_file",
+                      f'state = load_file(hf_hub_download("REPO_ID", "{embedding_file}"))',
+                      f'pipe.load_textual_inversion(state["clip_l"], token="{token}", '
+                      "text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)",
+                      f'pipe.load_textual_inversion(state["clip_g"], token="{token}", '
+                      "text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)"]
+        else:
+            lines.append(f'pipe.load_textual_inversion("REPO_ID", weight_name="{embedding_file}", token="{token}")')
+    prompt = (trigger_words(config) or ["a photo"])[-1]
+    lines += [f'image = pipe("{prompt}", num_inference_steps=25).images[0]', "```"]
+    return "\n".join(lines)
+
+
+def build_model_card(config: dict, *, files: list[str], samples: list[tuple[str, str]] | None = None,
+                     family: str | None = None, repo_id: str | None = None, notes: list[str] | None = None,
+                     lora_file: str | None = None, embedding_file: str | None = None) -> Any:
+    """A huggingface_hub ModelCard for an exported run.
+
+    files: exported file names (relative to the export folder); samples: (image path relative to the
+    export folder, prompt) shown as the card's gallery.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    family = family or family_of(config)
+    method = config.get("method", "")
+    tags = ["text-to-image", "diffusers", "diffusers-training", *FAMILY_TAGS.get(family, []),
+            *METHOD_TAGS.get(method, []), "sdtune_ui"]
+    triggers = trigger_words(config)
+    data = ModelCardData(
+        base_model=config.get("model") or None,
+        library_name="diffusers",
+        pipeline_tag="text-to-image",
+        license="openrail++" if family == "sdxl" else "creativeml-openrail-m",
+        tags=list(dict.fromkeys(tags)),
+        instance_prompt=triggers[0] if triggers else None,
+        widget=[{"text": prompt, "output": {"url": path}} for path, prompt in (samples or [])] or None,
+    )
+    title = repo_id.split("/")[-1] if repo_id else f"{method} on {_public_value('model', config.get('model', ''))}"
+    usage = _usage(family, config, pipeline="model_index.json" in files, lora_file=lora_file,
+                   embedding_file=embedding_file).replace("REPO_ID", repo_id or "path/to/this/folder")
+    trigger_text = ("\n".join(f"- `{word}`" for word in triggers) if triggers
+                    else "No trigger word: the model was trained on captions; describe the image as in them.")
+    gallery = "<Gallery />\n\n" if samples else ""
+    base = _public_value("model", config.get("model", ""))
+    base_link = f"[{base}](https://huggingface.co/{base})" if "/" in base else f"`{base}`"
+    body = f"""---
+{data.to_yaml()}
+---
+
+# {title}
+
+{gallery}A {METHOD_NAMES.get(method, method)} of {base_link}, trained with sdtune_ui.
+
+## Trigger words
+
+{trigger_text}
+
+## Files
+
+{chr(10).join(f'- `{name}`' for name in files)}
+
+{(chr(10) * 2).join(notes or [])}
+
+## Use with diffusers
+
+{usage}
+
+## Training settings
+
+{settings_table(config)}
+"""
+    return ModelCard(body)
