@@ -1,0 +1,61 @@
+"""Tiny trained runs for the generation/export tests, trained once per session and shared by the modules.
+
+Each run trains for a few steps on the example dataset at 32 px on the built-in tiny models (a few
+seconds each on CPU). Settings are chosen to exercise the awkward cases: LoRA on every layer type with an
+alpha different from the rank and text-encoder LoRA, multi-step checkpoints, SDXL's two text encoders.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_DATASET = REPO / "assets" / "examples" / "toy_robot"
+_RUNS: dict[tuple[str, str], Path] = {}
+_ROOT: list[Path] = []
+
+COMMON = dict(data=str(EXAMPLE_DATASET), resolution=32, max_train_steps=6, checkpointing_steps=3,
+              learning_rate=1e-2, log_every=1, validation_steps=0, validation_inference_steps=2,
+              cache_latents=True)
+TI = dict(placeholder_token="<sks>", initializer_token="toy", instance_prompt="a photo of <sks>")
+RUN_SETTINGS = {
+    "lora": dict(model="tiny-sd1", method="lora", lora_targets="all", rank=4, lora_alpha=8,
+                 train_text_encoder=True, instance_prompt="a photo of sks robot",
+                 validation_prompts=["a photo of sks robot"]),
+    "textual_inversion": dict(model="tiny-sd1", method="textual_inversion", learning_rate=5e-2, **TI),
+    "pivotal": dict(model="tiny-sd1", method="pivotal", lora_targets="all", rank=4, **TI),
+    "full": dict(model="tiny-sd1", method="full", learning_rate=1e-3, instance_prompt="a photo of sks robot"),
+    "sdxl_pivotal": dict(model="tiny-sdxl", method="pivotal", lora_targets="all", rank=4, **TI),
+}
+
+# Fast generation settings: 32 px, 3 denoising steps.
+FAST = dict(steps=3, width=32, height=32, guidance=5.0)
+
+
+def trained_run(name: str) -> Path:
+    """The run folder of RUN_SETTINGS[name], trained on first use (per SDTUNE_HOME)."""
+    from sdtune_ui.config import TrainConfig
+    from sdtune_ui.train import train
+
+    home = os.environ.get("SDTUNE_HOME", "")
+    key = (home, name)
+    if key not in _RUNS:
+        if not _ROOT:
+            _ROOT.append(Path(tempfile.mkdtemp(prefix="sdtune-gen-runs-")))
+        run_dir = _ROOT[0] / name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        status = train(TrainConfig(**{**COMMON, **RUN_SETTINGS[name]}), run_dir)
+        log = (run_dir / "train.log").read_text() if (run_dir / "train.log").exists() else ""
+        assert status == "completed", log
+        _RUNS[key] = run_dir
+    return _RUNS[key]
+
+
+def pixels(result) -> np.ndarray:
+    """A GenerationResult's images as one float array (0-255)."""
+    return np.stack([np.asarray(image, dtype=np.float32) for image in result.images])
