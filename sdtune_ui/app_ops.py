@@ -7,6 +7,7 @@ The UI modules only wire widgets to these functions; the tests call them directl
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 import zipfile
@@ -28,6 +29,19 @@ PICKLE_OR_FILE = (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
 DEMO_SETTINGS: dict[str, Any] = dict(model="tiny-sd1", method="lora", max_train_steps=60, learning_rate=1e-3,
                                      rank=8, log_every=2, checkpointing_steps=20, validation_steps=20,
                                      validation_inference_steps=4, validation_prompts=["a photo of sks robot"])
+
+
+def default_data_dir() -> Path:
+    """The app's data folder: $SDTUNE_DATA_DIR, a Space's persistent storage (/data/sdtune), else ./data.
+
+    The CLI can use the same default for its runs so that runs started from a terminal show up in the app.
+    """
+    if os.environ.get("SDTUNE_DATA_DIR"):
+        return Path(os.environ["SDTUNE_DATA_DIR"])
+    persistent = Path("/data")
+    if os.environ.get("SPACE_ID") and persistent.is_dir() and os.access(persistent, os.W_OK):
+        return persistent / "sdtune"  # survives Space restarts
+    return Path("data")
 
 
 # ---------------------------------------------------------------------------- hardware

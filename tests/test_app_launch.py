@@ -48,3 +48,34 @@ def test_file_route_serves_only_the_data_folder(tmp_path):
             response = get(f"{url}gradio_api/file={path}")
             assert response.status_code in (403, 404), path
             assert "root:" not in response.text and "next to the data" not in response.text
+
+
+def _components(demo) -> list[dict]:
+    return demo.config["components"]
+
+
+def test_space_mode_hides_host_paths_and_offers_duplicate(tmp_path, monkeypatch):
+    from sdtune_ui.app_ops import GpuInfo
+    from sdtune_ui.jobs import JobQueue
+    from sdtune_ui.ui.app import build_app, options_for, space_notices
+    from sdtune_ui.ui.context import AppContext
+
+    monkeypatch.setenv("SPACE_ID", "someone/sdtune")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    jobs = JobQueue()
+    try:
+        ctx = AppContext(tmp_path / "data", jobs, is_space=True)
+        options = options_for(ctx, gpu=GpuInfo(None, 0.0))
+        assert options.public and not options.allow_local_paths and options.show_duplicate
+        notes = " ".join(space_notices(options))
+        assert "no GPU" in notes and "HF_TOKEN" in notes
+        components = _components(build_app(ctx, options))
+        assert any(c["props"].get("elem_id") == "duplicate" for c in components)
+        folder_box = [c for c in components if c["props"].get("label") == "...or a folder on this computer"]
+        assert folder_box and folder_box[0]["props"]["visible"] is False
+        data = next(c for c in components if c["props"].get("elem_id") == "cfg-data")
+        assert data["props"]["allow_custom_value"] is False  # only the app's own datasets can be picked
+        on_gpu = options_for(ctx, gpu=GpuInfo("NVIDIA A10G", 22.5))
+        assert not on_gpu.show_duplicate and on_gpu.gpu.vram_preset == "24 GB+"
+    finally:
+        jobs.close()

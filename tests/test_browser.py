@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from apphelpers import running_app, wait_for
 
+from sdtune_ui.runs import RunDir
+
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "examples" / "toy_robot"
@@ -84,6 +86,20 @@ def test_upload_train_reload_cancel(tmp_path):
         wait_for(lambda: (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir()), 10,
                  what="the checkpoint kept for resuming")
         page.screenshot(path=str(ARTIFACTS / "tab-train-cancelled.png"), full_page=True)
+        stopped = step_of(status.inner_text())
+
+        # Resume continues from the kept checkpoint (not from step 0); then stop it again.
+        page.locator("#resume-training").click()
+        page.wait_for_function(
+            f"(t => t.includes('running') && /step (\\d+)\\//.exec(t) && +/step (\\d+)\\//.exec(t)[1] > {stopped})"
+            "(document.querySelector('#live-status').innerText)", timeout=90_000)
+        events = RunDir(run).read_events()
+        cut = next(i for i, e in enumerate(events) if e.get("status") == "cancelled")
+        resumed = [e["step"] for e in events[cut:] if e["kind"] == "step"]
+        assert resumed and min(resumed) == stopped + 1
+        page.locator("#cancel-training").click()
+        page.wait_for_function("document.querySelector('#live-status').innerText.includes('cancelled')",
+                               timeout=60_000)
 
         page.get_by_role("tab", name="Runs").click()
         page.locator("#runs-table [role=gridcell]", has_text=run_id).first.click()

@@ -66,17 +66,9 @@ def check_args(args: argparse.Namespace) -> list[tuple[str, str]] | None:
     return credentials
 
 
-def default_data_dir() -> Path:
-    if os.environ.get("SDTUNE_DATA_DIR"):
-        return Path(os.environ["SDTUNE_DATA_DIR"])
-    persistent = Path("/data")
-    if os.environ.get("SPACE_ID") and persistent.is_dir() and os.access(persistent, os.W_OK):
-        return persistent / "sdtune"  # a Space's persistent storage survives restarts
-    return Path("data")
-
-
 def create(args: argparse.Namespace, jobs: Any = None) -> tuple[Any, Any]:
     """The context and the Blocks for these flags (not launched)."""
+    from sdtune_ui.app_ops import default_data_dir
     from sdtune_ui.jobs import JobQueue
     from sdtune_ui.ui.app import build_app, options_for
     from sdtune_ui.ui.context import AppContext

@@ -6,6 +6,7 @@ all read a run the same way, whether it was started by this app, the CLI or anot
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -53,7 +54,27 @@ class RunSnapshot:
 
 
 def read_snapshot(run_dir: str | Path) -> RunSnapshot:
+    """The run as its folder tells it now. Unchanged folders are not parsed again: every open page polls
+    every run's events every few seconds, and a long run has tens of thousands of lines."""
     run = RunDir(Path(run_dir))
+    return _read_cached(str(run.path), _stamp(run.events_path), _stamp(run.config_path))
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _read_cached(path: str, events_stamp: tuple[int, int], config_stamp: tuple[int, int]) -> RunSnapshot:
+    # The stamps are part of the cache key only: any write to the folder's files makes a new entry.
+    return _read(RunDir(Path(path)))
+
+
+def _read(run: RunDir) -> RunSnapshot:
     config = run.config()
     snap = RunSnapshot(run_id=run.path.name, path=run.path, method=str(config.get("method", "")),
                        model=str(config.get("model", "")), total=int(config.get("max_train_steps") or 0))

@@ -13,7 +13,7 @@ import gradio as gr
 from sdtune_ui import app_ops
 from sdtune_ui.config import VRAM_PRESETS, TrainConfig
 from sdtune_ui.runs import list_runs
-from sdtune_ui.ui import run_view
+from sdtune_ui.ui import live, run_view
 from sdtune_ui.ui.common import user_errors
 from sdtune_ui.ui.form import Form, build_form
 
@@ -46,7 +46,7 @@ def active_run(ctx: Any) -> Path | None:
         if job.run_dir is not None:
             return job.run_dir
     for run in list_runs(ctx.runs_dir)[:20]:
-        if run.status() in ("running", "queued", "starting"):
+        if live.read_snapshot(run.path).status in ("running", "queued", "starting"):
             return run.path
     return None
 
