@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -23,6 +24,9 @@ def running_app(data_dir: Path, *extra: str) -> Iterator[tuple[Any, str]]:
     """Launch `python app.py --data-dir DATA --port FREE` in this process (never with share); yields (ctx, url)."""
     from sdtune_ui.ui.launcher import launch
 
+    # Offline and isolated even without the shared conftest (which normally sets both for the session).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("SDTUNE_HOME", str(data_dir.parent / "sdtune_home"))
     ctx, demo, url = launch(["--data-dir", str(data_dir), "--port", str(free_port()), *extra],
                             prevent_thread_lock=True, quiet=True)
     try:
