@@ -195,7 +195,11 @@ class JobQueue:
 
     # ------------------------------------------------------------------ internals
     def _prepare_run(self, config: TrainConfig, run_dir: str | Path) -> RunDir:
-        config.validate()  # a bad setting is reported to the caller now, not after waiting in the queue
+        from sdtune_ui.train.setup import apply_dataset_info
+
+        # A bad setting is reported to the caller now, not after waiting in the queue. Validated as the core
+        # will see it: a DreamBooth folder's dataset_info.json may supply the instance prompt.
+        config = apply_dataset_info(config).validate()
         run = RunDir(Path(run_dir)).create()
         run.clear_cancel()
         config.save(run.config_path)

@@ -6,6 +6,7 @@ cancel checked every step, returns the final status), so these tests load no mod
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from sdtune_ui.app_ops import EXAMPLE_DATASET
 from sdtune_ui.config import TrainConfig
 from sdtune_ui.errors import ConfigError
 from sdtune_ui.jobs import JobQueue, launch_command
@@ -152,3 +154,12 @@ def test_subprocess_job_is_watched_through_the_run_folder(tmp_path, queue_factor
     assert "code 3" in RunDir(tmp_path / "runs" / "crash").read_events()[-1]["message"]
     argv = launch_command(Path("c.json"), Path("runs/x"), 2)
     assert argv[1:4] == ["-m", "accelerate.commands.launch", "--num_processes"] and "--output" in argv
+
+
+def test_dreambooth_prompt_may_come_from_the_dataset_folder(tmp_path, queue_factory):
+    toy_dataset = shutil.copytree(EXAMPLE_DATASET, tmp_path / "toy")
+    queue = queue_factory()
+    job = queue.submit_training(TrainConfig(data=str(toy_dataset), method="dreambooth", max_train_steps=5),
+                                tmp_path / "runs" / "db")
+    assert job.wait(5) and job.result == "completed"
+    assert RunDir(tmp_path / "runs" / "db").config()["instance_prompt"] == "a photo of sks robot"
