@@ -205,7 +205,7 @@ def _default_api(token: str) -> Any:
 
 def push_folder(folder: str | Path, repo_id: str, *, token: str, private: bool = True,
                 commit_message: str = "Upload model trained with sdtune_ui",
-                api_factory: Callable[[str], Any] = _default_api) -> str:
+                api_factory: Callable[[str], Any] | None = None) -> str:
     """Create the model repo if needed (new or existing) and upload the folder; returns the repo URL."""
     folder = Path(folder)
     if not _REPO_ID.match(repo_id or ""):
@@ -218,7 +218,7 @@ def push_folder(folder: str | Path, repo_id: str, *, token: str, private: bool =
         raise SdtuneError(f"{folder} is empty; export the run first.")
     log.info("Pushing %s to the Hub repo %s", folder, repo_id)
     try:
-        api = api_factory(token)
+        api = (api_factory or _default_api)(token)
         api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
                           commit_message=commit_message, ignore_patterns=[".complete", "*.partial*"])
@@ -232,7 +232,7 @@ def push_folder(folder: str | Path, repo_id: str, *, token: str, private: bool =
 
 
 def push_run(run_dir: str | Path, repo_id: str, *, token: str, private: bool = True, format: str = "diffusers",
-             step: int | None = None, api_factory: Callable[[str], Any] = _default_api) -> str:
+             step: int | None = None, api_factory: Callable[[str], Any] | None = None) -> str:
     """Export the run (diffusers files + model card with samples) to a temporary folder and push it."""
     if not _REPO_ID.match(repo_id or ""):
         raise SdtuneError(f"{repo_id!r} is not a Hub repo id; use the form 'your-name/my-model'.")
