@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdtune_ui.config import VRAM_PRESETS, TrainConfig, field_info
+from sdtune_ui.config import METHOD_PRESETS, VRAM_PRESETS, TrainConfig, field_info
 from sdtune_ui.errors import ConfigError, DatasetError, SdtuneError
 from sdtune_ui.runs import RunDir, new_run_id
 
@@ -192,12 +192,10 @@ def widget_values(values: dict[str, Any]) -> dict[str, Any]:
     return {name: "\n".join(v) if isinstance(v, list) else v for name, v in values.items()}
 
 
-def preset_values(method: str | None = None, vram: str | None = None, method_preset: bool = True) -> dict[str, Any]:
-    """Settings a preset changes: the method's recommended values and/or the memory preset's."""
-    from sdtune_ui.config import METHOD_PRESETS
-
+def preset_values(method: str | None = None, vram: str | None = None) -> dict[str, Any]:
+    """Settings a preset changes: the method's recommended values, then the memory preset's."""
     values: dict[str, Any] = {}
-    if method and method_preset:
+    if method:
         values.update(METHOD_PRESETS.get(method, {}))
     if vram:
         values.update(VRAM_PRESETS.get(vram, {}))
@@ -257,6 +255,18 @@ def delete_run(jobs: Any, runs_dir: Path, run_id: str) -> None:
         # Maybe started from a terminal: deleting its folder under it would crash it mid-write.
         raise SdtuneError("This run looks active (started elsewhere?): cancel it first, then delete it.")
     shutil.rmtree(run.path)
+
+
+def cancel_run(jobs: Any, runs_dir: Path, run_id: str) -> None:
+    """Ask a run to stop: dropped if still queued here, else it stops after its current step with a checkpoint.
+
+    Works for runs started elsewhere too (the CANCEL file reaches a CLI run).
+    """
+    run = run_dir(runs_dir, run_id)
+    status = run.status()
+    if jobs.find(run.path) is None and status in ("completed", "failed", "cancelled"):
+        raise SdtuneError(f"Run {run_id} has already finished ({status}).")
+    jobs.cancel(run.path)
 
 
 def resume_run(jobs: Any, runs_dir: Path, run_id: str) -> Any:

@@ -85,3 +85,18 @@ def test_run_ids_resume_and_delete(tmp_path):
         assert not run.path.exists()
     finally:
         jobs.close()
+
+
+def test_cancel_refuses_finished_runs(tmp_path):
+    jobs = JobQueue(lambda config, run_dir, cancel=None: "completed")
+    try:
+        run = RunDir(tmp_path / "r1").create()
+        TrainConfig(data="x").save(run.config_path)
+        run.events().emit("status", status="running")  # e.g. started from a terminal
+        app_ops.cancel_run(jobs, tmp_path, "r1")
+        assert run.cancel_requested()
+        run.events().emit("status", status="cancelled")
+        with pytest.raises(SdtuneError, match="already finished"):
+            app_ops.cancel_run(jobs, tmp_path, "r1")
+    finally:
+        jobs.close()

@@ -36,7 +36,8 @@ def register(ctx: Any, options: Any) -> None:
     @user_errors
     def cancel_run(run_id: str) -> bool:
         """Ask a run to stop (dropped if still queued; else it stops after its current step)."""
-        return ctx.jobs.cancel(app_ops.run_dir(ctx.runs_dir, run_id).path)
+        app_ops.cancel_run(ctx.jobs, ctx.runs_dir, run_id)
+        return True
 
     def runs() -> list[dict]:
         """Every run folder, newest first."""

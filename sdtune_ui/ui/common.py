@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
 
 from sdtune_ui.errors import SdtuneError
-
-log = logging.getLogger(__name__)
 
 
 def user_errors(fn: Callable) -> Callable:

@@ -97,8 +97,11 @@ def launch(argv: list[str] | None = None, *, prevent_thread_lock: bool = False, 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        launch(argv)
+        ctx, _, _ = launch(argv)  # blocks until the server stops (Ctrl+C)
     except LaunchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    # Stop a running job at its next step so it leaves a checkpoint and a "cancelled" status to resume from,
+    # instead of dying mid-step with a run folder that says "running" forever.
+    ctx.jobs.close(timeout=120)
     return 0

@@ -56,8 +56,7 @@ def build(ctx: Any, options: Any, watched: gr.BrowserState) -> None:
 
     @user_errors
     def on_cancel(run_id: str | None) -> None:
-        run = app_ops.run_dir(ctx.runs_dir, run_id or "")
-        ctx.jobs.cancel(run.path)
+        app_ops.cancel_run(ctx.jobs, ctx.runs_dir, run_id or "")
         gr.Info("Cancel requested: the run stops after its current step and keeps a checkpoint.")
 
     @user_errors

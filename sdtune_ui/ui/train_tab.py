@@ -33,7 +33,7 @@ def default_config(cpu: bool, vram: str) -> TrainConfig:
     """What the form shows first: on a CPU the one-minute demo, on a GPU the LoRA preset for its memory."""
     values = dict(app_ops.DEMO_SETTINGS) if cpu else app_ops.preset_values("lora")
     values.update(app_ops.preset_values(vram=vram))
-    return app_ops.config_from_values({k: v for k, v in values.items()})
+    return app_ops.config_from_values(values)
 
 
 def dataset_choices(ctx: Any) -> list[tuple[str, str]]:
@@ -85,13 +85,13 @@ def build(ctx: Any, options: Any) -> TrainTab:
         ahead = ctx.jobs.position(job)
         name = job.run_dir.name
         gr.Info(f"Run {name} queued behind {ahead} job(s)." if ahead else f"Run {name} started.")
-        return job.run_dir.name
+        return name
 
     @user_errors
     def on_cancel(run_id: str) -> None:
-        path = run_path(run_id)
-        if path is None or not ctx.jobs.cancel(path):
+        if not run_id:
             raise gr.Error("No run to cancel.")
+        app_ops.cancel_run(ctx.jobs, ctx.runs_dir, run_id)
         gr.Info("Cancelling: the run stops after the current step and keeps a checkpoint to resume from.")
 
     @user_errors
@@ -101,7 +101,8 @@ def build(ctx: Any, options: Any) -> TrainTab:
         return job.run_dir.name
 
     def on_method(method: str, apply_presets: bool, memory: str) -> list[Any]:
-        values = app_ops.preset_values(method, memory, method_preset=apply_presets) if apply_presets else {}
+        # The memory preset is applied after the method's, so memory-saving settings win.
+        values = app_ops.preset_values(method, memory) if apply_presets else {}
         return form.updates(app_ops.widget_values(values), method)
 
     def on_vram(memory: str) -> list[Any]:
