@@ -232,11 +232,17 @@ def check_public_config(config: TrainConfig, data_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- runs
+def run_path(runs_dir: Path, run_id: str | None) -> Path | None:
+    """Where run `run_id` lives inside the runs folder; None for an empty id or one that is not a plain name."""
+    return runs_dir / run_id if run_id and safe_name(run_id, "") == run_id else None
+
+
 def run_dir(runs_dir: Path, run_id: str) -> RunDir:
-    """The run folder `run_id` inside the runs folder (an id, never a path)."""
-    if not run_id or safe_name(run_id, "") != run_id:
+    """The existing run folder `run_id` inside the runs folder (an id, never a path)."""
+    path = run_path(runs_dir, run_id)
+    if path is None:
         raise SdtuneError(f"{run_id!r} is not a run id.")
-    run = RunDir(runs_dir / run_id)
+    run = RunDir(path)
     if not run.config_path.exists():
         raise SdtuneError(f"There is no run {run_id!r} (it may have been deleted).")
     return run

@@ -4,12 +4,14 @@ to test-artifacts/."""
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 from apphelpers import running_app, wait_for
+from PIL import Image
 
 from sdtune_ui.runs import RunDir
 
@@ -24,6 +26,12 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
                        "(apt-get install -y chromium); `playwright install` cannot download here"),
 ]
+
+
+def drawn_pixels(png: bytes, colour: tuple[int, int, int] = (0xF5, 0x85, 0x18)) -> int:
+    """How many pixels of a screenshot have the smoothed-loss colour (i.e. the curve is really drawn)."""
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    return sum(1 for pixel in image.getdata() if all(abs(a - b) < 40 for a, b in zip(pixel, colour, strict=True)))
 
 
 def step_of(text: str) -> int:
@@ -66,7 +74,8 @@ def test_upload_train_reload_cancel(tmp_path):
         page.wait_for_function("/step ([2-9]|\\d\\d+)\\//.test(document.querySelector('#live-status').innerText)",
                                timeout=90_000)
         run_id = re.search(r"(lora-[\w-]+)", status.inner_text()).group(1)
-        page.locator("#live-loss canvas, #live-loss svg").first.wait_for()
+        wait_for(lambda: drawn_pixels(page.locator("#live-loss").screenshot()) > 50, 30,
+                 what="the loss curve drawn in the plot")
         page.locator("#live-samples img").first.wait_for(timeout=90_000)
         page.screenshot(path=str(ARTIFACTS / "tab-train-live.png"), full_page=True)
         before = step_of(status.inner_text())

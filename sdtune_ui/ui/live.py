@@ -147,10 +147,15 @@ def _thin(points: list[tuple[int, float]], limit: int = MAX_PLOT_POINTS) -> list
 
 
 def loss_frame(snap: RunSnapshot, weight: float = 0.9) -> pd.DataFrame:
-    """Long-format frame (step, loss, series) with a raw and a smoothed series, for one line plot."""
+    """Long-format frame (step, loss, series) with a raw and a smoothed series, for one line plot.
+
+    Before the first loss it still names both series (in rows without values, which the plot skips):
+    Gradio's plot fixes its colour scale from the data it first draws, and an empty first frame would leave
+    every later line without a colour, i.e. invisible.
+    """
     if not snap.losses:
-        return pd.DataFrame({"step": pd.Series(dtype=int), "loss": pd.Series(dtype=float),
-                             "series": pd.Series(dtype=str)})
+        return pd.DataFrame({"step": [math.nan, math.nan], "loss": [math.nan, math.nan],
+                             "series": ["raw", "smoothed"]})
     steps = [step for step, _ in snap.losses]
     smoothed = list(zip(steps, smooth([value for _, value in snap.losses], weight), strict=True))
     raw_rows = [(step, value, "raw") for step, value in _thin(snap.losses)]
@@ -159,7 +164,10 @@ def loss_frame(snap: RunSnapshot, weight: float = 0.9) -> pd.DataFrame:
 
 
 def lr_frame(snap: RunSnapshot) -> pd.DataFrame:
-    return pd.DataFrame(_thin(snap.lrs), columns=["step", "lr"])
+    points = _thin(snap.lrs)
+    # Explicit dtypes: an empty frame must still read as numbers, the plot fixes its axis types on first draw.
+    return pd.DataFrame({"step": pd.Series([p[0] for p in points], dtype=float),
+                         "lr": pd.Series([p[1] for p in points], dtype=float)})
 
 
 # ---------------------------------------------------------------------------- text and files

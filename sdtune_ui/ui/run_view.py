@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import pandas as pd
 
 from sdtune_ui.ui import live
 
-EMPTY_LOSS = pd.DataFrame({"step": pd.Series(dtype=int), "loss": pd.Series(dtype=float),
-                           "series": pd.Series(dtype=str)})
-EMPTY_LR = pd.DataFrame({"step": pd.Series(dtype=int), "lr": pd.Series(dtype=float)})
+EMPTY_LOSS = live.loss_frame(live.RunSnapshot("", Path()))
+EMPTY_LR = live.lr_frame(live.RunSnapshot("", Path()))
+LOSS_COLOURS = {"raw": "#4c78a8", "smoothed": "#f58518"}
 
 
 @dataclass
@@ -37,9 +36,11 @@ class RunView:
 def build_run_view(prefix: str, placeholder: str) -> RunView:
     status = gr.Markdown(placeholder, elem_id=f"{prefix}-status")
     with gr.Row():
-        loss = gr.LinePlot(EMPTY_LOSS, x="step", y="loss", color="series", title="Loss (raw and smoothed)",
-                           height=260, elem_id=f"{prefix}-loss")
-        lr = gr.LinePlot(EMPTY_LR, x="step", y="lr", title="Learning rate", height=260, y_axis_format=".1e",
+        # Colours named in the title: Gradio's plot legend does not list the series here.
+        loss = gr.LinePlot(EMPTY_LOSS, x="step", y="loss", color="series", color_map=LOSS_COLOURS,
+                           title="Loss: raw (blue), smoothed (orange)", color_title=" ", height=300,
+                           elem_id=f"{prefix}-loss")
+        lr = gr.LinePlot(EMPTY_LR, x="step", y="lr", title="Learning rate", height=300, y_axis_format=".1e",
                          elem_id=f"{prefix}-lr")
     with gr.Row():
         gallery = gr.Gallery(label="Samples (newest first)", columns=4, height=300, elem_id=f"{prefix}-samples")

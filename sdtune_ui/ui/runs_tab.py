@@ -18,7 +18,9 @@ REFRESH_S = 3.0
 def build(ctx: Any, options: Any, watched: gr.BrowserState) -> None:
     with gr.Row():
         refresh = gr.Button("Refresh", size="sm")
-        selected = gr.Dropdown([], value=None, label="Run", allow_custom_value=False, elem_id="runs-selected",
+        # Custom values allowed: a row clicked before the first refresh names a run the list does not have yet
+        # (every handler checks the id against the runs folder).
+        selected = gr.Dropdown([], value=None, label="Run", allow_custom_value=True, elem_id="runs-selected",
                                scale=3)
     table = gr.Dataframe(live.runs_table(ctx.runs_dir), interactive=False, elem_id="runs-table",
                          label="Runs (newest first): click a row to open it")
@@ -32,6 +34,7 @@ def build(ctx: Any, options: Any, watched: gr.BrowserState) -> None:
         keep = gr.Button("Keep it")
     view = run_view.build_run_view("runs", PLACEHOLDER)
     last = gr.State(None)
+    shown = gr.State(None)  # the table rows on screen
     timer = gr.Timer(REFRESH_S)
 
     def listing(current: str | None = None) -> list[Any]:
@@ -44,8 +47,8 @@ def build(ctx: Any, options: Any, watched: gr.BrowserState) -> None:
         return frame.iloc[row]["run"] if row is not None and row < len(frame) else gr.skip()
 
     def on_view(run_id: str | None, previous: Any) -> list[Any]:
-        path = ctx.runs_dir / run_id if run_id else None
-        updates, signature = run_view.render(ctx.jobs, path, previous, PLACEHOLDER)
+        updates, signature = run_view.render(ctx.jobs, app_ops.run_path(ctx.runs_dir, run_id), previous,
+                                             PLACEHOLDER)
         return [signature, *updates]
 
     @user_errors
@@ -74,9 +77,15 @@ def build(ctx: Any, options: Any, watched: gr.BrowserState) -> None:
     refresh.click(lambda current: listing(current), selected, [table, selected], api_name="list_runs")
     table.select(on_select, table, selected, api_visibility="private")
     selected.change(**view_io, api_visibility="private")
-    timer.tick(lambda current, previous: [*listing(current), *on_view(current, previous)], [selected, last],
-               [table, selected, last, *view.outputs], show_progress="hidden", concurrency_limit=None,
-               api_visibility="private")
+    def on_tick(current: str | None, previous: Any, shown_rows: Any) -> list[Any]:
+        frame, choices = listing(current)
+        rows = frame.values.tolist()
+        # Re-sending an unchanged table would reset the user's scroll position and open dropdown.
+        table_updates = [gr.skip(), gr.skip()] if rows == shown_rows else [frame, choices]
+        return [*table_updates, rows, *on_view(current, previous)]
+
+    timer.tick(on_tick, [selected, last, shown], [table, selected, shown, last, *view.outputs],
+               show_progress="hidden", concurrency_limit=None, api_visibility="private")
     resume.click(on_resume, selected, watched, api_name="resume_run")
     cancel.click(on_cancel, selected, None, api_name="cancel_run")
     delete.click(ask, selected, confirm_row, api_visibility="private")

@@ -75,9 +75,6 @@ def build(ctx: Any, options: Any) -> TrainTab:
     timer = gr.Timer(REFRESH_S)
     fields = form.components
 
-    def run_path(run_id: str) -> Path | None:
-        return ctx.runs_dir / run_id if run_id and run_id == app_ops.safe_name(run_id, "") else None
-
     # ---------------------------------------------------------------- handlers
     @user_errors
     def on_start(*args: Any) -> str:
@@ -132,7 +129,7 @@ def build(ctx: Any, options: Any) -> TrainTab:
             found = active_run(ctx)
             if found is not None:
                 run_id = attach = found.name
-        updates, signature = run_view.render(ctx.jobs, run_path(run_id), previous, PLACEHOLDER)
+        updates, signature = run_view.render(ctx.jobs, app_ops.run_path(ctx.runs_dir, run_id), previous, PLACEHOLDER)
         return [attach, signature, *updates]
 
     # ---------------------------------------------------------------- wiring
