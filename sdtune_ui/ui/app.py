@@ -72,7 +72,7 @@ def build_app(ctx: AppContext, options: AppOptions | None = None) -> gr.Blocks:
                 train = train_tab.build(ctx, options)
             with gr.Tab("Runs", id="runs"):
                 runs_tab.build(ctx, options, train.watched)
-            _generate_tab(ctx)
+            _generate_tab(ctx, options)
         api.register(ctx, options)
 
         def follow_dataset(name: str) -> Any:
@@ -92,10 +92,11 @@ def build_app(ctx: AppContext, options: AppOptions | None = None) -> gr.Blocks:
     return demo
 
 
-def _generate_tab(ctx: AppContext) -> None:
-    """The Generate tab belongs to the generation package; it is added when that module is installed."""
+def _generate_tab(ctx: AppContext, options: AppOptions) -> None:
+    """The Generate tab belongs to the generation package; it is added when that module is installed.
+    It gets the same options (public app: no local paths)."""
     if importlib.util.find_spec("sdtune_ui.ui.generate_tab") is None:
         return
     module = importlib.import_module("sdtune_ui.ui.generate_tab")
     with gr.Tab("Generate", id="generate"):
-        module.build(ctx)
+        module.build(ctx, options)
