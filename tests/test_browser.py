@@ -116,5 +116,10 @@ def test_upload_train_reload_cancel(tmp_path):
         page.locator("#runs-samples img").first.wait_for()
         page.wait_for_timeout(1000)  # let the plots finish drawing for the screenshot
         page.screenshot(path=str(ARTIFACTS / "tab-runs.png"), full_page=True)
+        generate = page.get_by_role("tab", name="Generate")
+        if generate.count():  # the Generate tab comes with the generation package
+            generate.click()
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(ARTIFACTS / "tab-generate.png"), full_page=True)
         browser.close()
     shutil.rmtree(tmp_path / "data", ignore_errors=True)
