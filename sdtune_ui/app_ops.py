@@ -18,7 +18,7 @@ from typing import Any
 
 from sdtune_ui.config import METHOD_PRESETS, VRAM_PRESETS, TrainConfig, field_info
 from sdtune_ui.errors import ConfigError, DatasetError, SdtuneError
-from sdtune_ui.runs import RunDir, new_run_id
+from sdtune_ui.runs import RunDir, list_runs, new_run_id
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_DATASET = REPO_ROOT / "assets" / "examples" / "toy_robot"
@@ -273,6 +273,20 @@ def cancel_run(jobs: Any, runs_dir: Path, run_id: str) -> None:
     if jobs.find(run.path) is None and status in ("completed", "failed", "cancelled"):
         raise SdtuneError(f"Run {run_id} has already finished ({status}).")
     jobs.cancel(run.path)
+
+
+def release_orphaned_runs(runs_dir: Path) -> list[str]:
+    """Runs left "queued" by a previous app process: that queue died with it, so mark them cancelled.
+
+    Called when the app starts (its own queue is still empty). They can be resumed from the Runs tab.
+    """
+    released = []
+    for run in list_runs(runs_dir):
+        if run.status() == "queued":
+            run.events().emit("status", status="cancelled",
+                              message="The app restarted before this run started; press Resume to queue it again.")
+            released.append(run.path.name)
+    return released
 
 
 def resume_run(jobs: Any, runs_dir: Path, run_id: str) -> Any:

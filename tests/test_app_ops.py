@@ -100,3 +100,13 @@ def test_cancel_refuses_finished_runs(tmp_path):
             app_ops.cancel_run(jobs, tmp_path, "r1")
     finally:
         jobs.close()
+
+
+def test_runs_left_queued_by_a_previous_app_are_released(tmp_path):
+    for name, status in (("queued-run", "queued"), ("running-run", "running"), ("done-run", "completed")):
+        run = RunDir(tmp_path / name).create()
+        TrainConfig(data="x").save(run.config_path)
+        run.events().emit("status", status=status)
+    assert app_ops.release_orphaned_runs(tmp_path) == ["queued-run"]
+    assert RunDir(tmp_path / "queued-run").status() == "cancelled"
+    assert RunDir(tmp_path / "running-run").status() == "running"  # maybe a CLI run: left alone

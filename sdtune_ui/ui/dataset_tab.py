@@ -16,6 +16,7 @@ from sdtune_ui.errors import DatasetError
 from sdtune_ui.ui.common import user_errors, wait_in_queue
 
 UPLOAD_TYPES = ["image", ".zip", ".txt", ".jsonl", ".csv", ".json"]
+MAX_THUMBNAILS = 200  # every thumbnail is a full image sent to the browser; the caption table lists all
 
 
 @dataclass
@@ -102,7 +103,7 @@ def build(ctx: Any, options: Any) -> DatasetTab:
         captions = read_captions(root)
         files = list_images(root)
         rows = [[file, captions.get(file, "")] for file in files] or [["", ""]]
-        return [[(str(root / file), file) for file in files], rows]
+        return [[(str(root / file), file) for file in files[:MAX_THUMBNAILS]], rows]
 
     def listing(name: str) -> Any:
         return gr.update(choices=app_ops.list_datasets(ctx.datasets_dir), value=app_ops.safe_name(name))
