@@ -110,3 +110,12 @@ def test_runs_left_queued_by_a_previous_app_are_released(tmp_path):
     assert app_ops.release_orphaned_runs(tmp_path) == ["queued-run"]
     assert RunDir(tmp_path / "queued-run").status() == "cancelled"
     assert RunDir(tmp_path / "running-run").status() == "running"  # maybe a CLI run: left alone
+
+
+def test_first_form_values_follow_the_hardware():
+    from sdtune_ui.ui.train_tab import default_config
+
+    on_cpu = default_config(cpu=True, vram="CPU")
+    assert (on_cpu.model, on_cpu.max_train_steps, on_cpu.mixed_precision) == ("tiny-sd1", 60, "no")
+    on_gpu = default_config(cpu=False, vram="24 GB+")
+    assert on_gpu.model != "tiny-sd1" and on_gpu.mixed_precision == "bf16" and on_gpu.train_batch_size == 4

@@ -12,6 +12,7 @@ import gradio as gr
 
 from sdtune_ui import app_ops
 from sdtune_ui.config import VRAM_PRESETS, TrainConfig
+from sdtune_ui.models import KNOWN_MODELS
 from sdtune_ui.runs import list_runs
 from sdtune_ui.ui import live, run_view
 from sdtune_ui.ui.common import user_errors
@@ -30,8 +31,10 @@ class TrainTab:
 
 
 def default_config(cpu: bool, vram: str) -> TrainConfig:
-    """What the form shows first: on a CPU the one-minute demo, on a GPU the LoRA preset for its memory."""
-    values = dict(app_ops.DEMO_SETTINGS) if cpu else app_ops.preset_values("lora")
+    """What the form shows first: on a CPU the one-minute demo, on a GPU SD 1.5 with the LoRA preset for its
+    memory (the tiny demo models stay one click away in the model list)."""
+    values = dict(app_ops.DEMO_SETTINGS) if cpu else {"model": next(iter(KNOWN_MODELS)),
+                                                       **app_ops.preset_values("lora")}
     values.update(app_ops.preset_values(vram=vram))
     return app_ops.config_from_values(values)
 
