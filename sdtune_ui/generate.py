@@ -392,3 +392,11 @@ def default_engine() -> GenerationEngine:
         if _default_engine is None:
             _default_engine = GenerationEngine()
         return _default_engine
+
+
+def release_gpu() -> None:
+    """Free the shared engine's pipeline; call before a training or captioning job needs the GPU."""
+    with _default_lock:
+        if _default_engine is not None:
+            with _default_engine._lock:
+                _default_engine.unload()

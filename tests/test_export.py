@@ -9,7 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from generate_helpers import EXAMPLE_DATASET, trained_run
+from generate_helpers import (
+    EXAMPLE_DATASET,
+    one_torch_thread,  # noqa: F401 - autouse fixture (one torch thread)
+    trained_run,
+)
 from huggingface_hub import ModelCard
 from safetensors import safe_open
 

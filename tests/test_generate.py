@@ -9,7 +9,12 @@ import weakref
 import numpy as np
 import pytest
 import torch
-from generate_helpers import FAST, pixels, trained_run
+from generate_helpers import (
+    FAST,
+    one_torch_thread,  # noqa: F401 - autouse fixture (one torch thread)
+    pixels,
+    trained_run,
+)
 
 from sdtune_ui.artifacts import (
     Artifact,

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from generate_helpers import trained_run
+from generate_helpers import (
+    one_torch_thread,  # noqa: F401 - autouse fixture (one torch thread)
+    trained_run,
+)
 from PIL import Image
 
 import sdtune_ui.export as export_module
