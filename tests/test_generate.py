@@ -27,7 +27,7 @@ from sdtune_ui.artifacts import (
     run_artifacts,
 )
 from sdtune_ui.errors import ModelLoadError, SdtuneError
-from sdtune_ui.generate import SCHEDULERS, GenerationEngine, GenerationOptions
+from sdtune_ui.generate import SCHEDULERS, GenerationEngine, GenerationOptions, default_engine, release_gpu
 from sdtune_ui.grid import default_grid_prompts, grid_layout, overfitting_grid
 
 
@@ -244,6 +244,10 @@ def test_switching_models_frees_the_previous_pipeline():
     assert ref() is None and engine.family == "sd2"
     engine.unload()
     assert engine.pipe is None
+    shared = default_engine()
+    shared.load_model("tiny-sd1")
+    release_gpu()   # what the job queue calls before training
+    assert shared.pipe is None and shared.model_key is None
 
 
 def test_run_choices_list_outputs_and_checkpoints(tmp_path):
