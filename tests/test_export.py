@@ -12,15 +12,16 @@ import torch
 from generate_helpers import (
     EXAMPLE_DATASET,
     one_torch_thread,  # noqa: F401 - autouse fixture (one torch thread)
+    pixels,
     trained_run,
 )
 from huggingface_hub import ModelCard
 from safetensors import safe_open
 
-from sdtune_ui.artifacts import run_artifacts
+from sdtune_ui.artifacts import artifact_from_spec, run_artifacts
 from sdtune_ui.errors import SdtuneError
 from sdtune_ui.export import export_run, push_folder, push_run, scrub, zip_export
-from sdtune_ui.generate import _normalise_lora
+from sdtune_ui.generate import GenerationEngine, GenerationOptions, _normalise_lora
 from sdtune_ui.kohya import read_lora_file
 from sdtune_ui.models import load_pipeline, tiny_model_path
 
@@ -63,6 +64,13 @@ def test_kohya_lora_loads_back_with_the_same_images(tmp_path):
     assert np.abs(expected - base).max() > 0.05
     assert np.abs(got - expected).max() < 1e-4   # same weights, same scale: equal up to float rounding
 
+    # The engine takes a kohya file from the user like any LoRA, and agrees with the run's own artifact.
+    engine = GenerationEngine(device="cpu")
+    options = GenerationOptions(prompt="a photo of sks robot", steps=3, width=32, height=32, seed=0)
+    from_run = engine.generate("tiny-sd1", [lora], options)
+    from_kohya = engine.generate("tiny-sd1", [artifact_from_spec(str(kohya_file))], options)
+    assert np.abs(pixels(from_run) - pixels(from_kohya)).max() <= 1
+
 
 def test_sdxl_kohya_uses_original_block_names_and_loads_back(tmp_path):
     run = trained_run("sdxl_pivotal")
@@ -97,6 +105,28 @@ def test_a1111_embedding_gives_the_same_images(tmp_path):
     pipe.load_textual_inversion(str(run / "output" / "learned_embeds.safetensors"), token="<sks>")
     pipe.load_textual_inversion(str(a1111), token="<a1111>")
     assert np.abs(render(pipe, "a photo of <sks>") - render(pipe, "a photo of <a1111>")).max() == 0
+
+
+def test_a1111_pickle_embedding_needs_permission(tmp_path):
+    from sdtune_ui.errors import ModelLoadError
+
+    learned = run_artifacts(trained_run("textual_inversion")).artifacts[0]
+    vector = next(iter(load_file_dict(learned.path).values()))
+    legacy = tmp_path / "oldstyle.pt"   # the A1111 .pt layout (a pickle)
+    torch.save({"string_to_param": {"*": vector}, "name": "oldstyle", "step": 100}, legacy)
+    with pytest.raises(ModelLoadError, match="pickle"):
+        artifact_from_spec(str(legacy))
+    artifact = artifact_from_spec(str(legacy), allow_pickle=True)
+    assert artifact.kind == "embedding" and artifact.token == "oldstyle"
+    engine = GenerationEngine(device="cpu")
+    options = GenerationOptions(prompt="a photo of oldstyle", steps=2, width=32, height=32)
+    assert engine.generate("tiny-sd1", [artifact], options, allow_pickle=True).tokens == ["oldstyle"]
+
+
+def load_file_dict(path: str) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(path)
 
 
 def test_sdxl_embedding_keeps_both_encoders(tmp_path):
