@@ -203,10 +203,11 @@ def classify_file(path: str | Path, *, allow_pickle: bool = False) -> str:
     """'lora' or 'embedding', from a file's keys (names lie; contents don't)."""
     state = read_state_dict(path, allow_pickle=allow_pickle)
     keys = list(state)
-    if any("lora" in key for key in keys):
-        return "lora"
+    # Embedding layouts first: a diffusers embedding's single key is its token, which may contain "lora".
     if "string_to_param" in state or "emb_params" in state or {"clip_l", "clip_g"} <= set(keys) or len(keys) == 1:
         return "embedding"
+    if any("lora" in key for key in keys):
+        return "lora"
     raise ModelLoadError(f"{Path(path).name} is neither a LoRA nor a textual-inversion embedding.")
 
 

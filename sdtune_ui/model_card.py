@@ -144,7 +144,7 @@ def build_model_card(config: dict, *, files: list[str], samples: list[tuple[str,
             *METHOD_TAGS.get(method, []), "sdtune_ui"]
     triggers = trigger_words(config)
     data = ModelCardData(
-        base_model=config.get("model") or None,
+        base_model=_public_value("model", config.get("model", "")) or None,
         library_name="diffusers",
         pipeline_tag="text-to-image",
         license="openrail++" if family == "sdxl" else "creativeml-openrail-m",
