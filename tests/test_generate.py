@@ -212,7 +212,8 @@ def test_user_files_and_pickle_refusal(engine, tmp_path):
     engine.generate("tiny-sd1", [artifact, embedding], opts("a photo of <sks>"))
     assert engine.tokens == ["<sks>"]
     pickle_file = tmp_path / "evil.pt"
-    torch.save({"lora_unet_x.lora_down.weight": torch.zeros(1, 1)}, pickle_file)
+    torch.save({"lora_unet_x.lora_down.weight": torch.zeros(1, 1), "lora_unet_x.lora_up.weight": torch.zeros(1, 1)},
+               pickle_file)
     with pytest.raises(ModelLoadError, match="pickle"):
         artifact_from_spec(str(pickle_file))
     assert artifact_from_spec(str(pickle_file), allow_pickle=True).kind == "lora"
