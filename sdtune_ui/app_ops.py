@@ -7,6 +7,7 @@ The UI modules only wire widgets to these functions; the tests call them directl
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 import shutil
@@ -42,6 +43,15 @@ def default_data_dir() -> Path:
     if os.environ.get("SPACE_ID") and persistent.is_dir() and os.access(persistent, os.W_OK):
         return persistent / "sdtune"  # survives Space restarts
     return Path("data")
+
+
+def release_generation_memory() -> None:
+    """Drop the Generate tab's cached pipeline before another GPU job (training, captioning) needs the memory."""
+    if importlib.util.find_spec("sdtune_ui.generate") is None:  # the generation package is optional
+        return
+    from sdtune_ui.generate import release_gpu
+
+    release_gpu()
 
 
 # ---------------------------------------------------------------------------- hardware

@@ -69,9 +69,12 @@ class Job:
 class JobQueue:
     """FIFO queue with one worker thread (implements the GpuQueue protocol of sdtune_ui.ui.context)."""
 
-    def __init__(self, train_fn: TrainFn | None = None, *, name: str = "sdtune-gpu-jobs"):
+    def __init__(self, train_fn: TrainFn | None = None, *, before_training: Callable[[], None] | None = None,
+                 name: str = "sdtune-gpu-jobs"):
         # train_fn is injectable so the queue's behaviour can be tested without loading any model.
         self._train_fn = train_fn or _default_train
+        # Called before each training run, e.g. to drop the Generate tab's cached pipeline from the GPU.
+        self._before_training = before_training
         self._pending: collections.deque[Job] = collections.deque()
         self._current: Job | None = None
         self._cond = threading.Condition()
@@ -245,6 +248,8 @@ class JobQueue:
             job.result = "cancelled"
             return
         try:
+            if job.kind != "call" and self._before_training is not None:
+                self._before_training()
             job.result = job.target(job)
         except Exception as err:  # noqa: BLE001 - one job's bug must never stop the worker (and the queue)
             job.error = err

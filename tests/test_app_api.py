@@ -64,6 +64,17 @@ def test_example_caption_train_and_artifact(app):
     listed = client.predict(api_name="/runs")
     assert any(row["run"] == started["run_id"] and row["status"] == "completed" for row in listed)
 
+    # The Generate tab (generation package) uses the run's LoRA through the same GPU queue.
+    if "/generate" not in client.view_api(print_info=False, return_format="dict")["named_endpoints"]:
+        pytest.skip("the Generate tab is not installed")
+    options = dict(base_model="tiny-sd1", lora_scale=1.0, uploads=[], paths="", allow_pickle=False,
+                   prompt="a photo of sks robot", negative_prompt="", scheduler="dpm++", steps=2, guidance=5.0,
+                   width=32, height=32, seed=0, num_images=1, fuse_lora=False)
+    gallery, status = client.predict(source=started["run_id"], **options, api_name="/generate")
+    assert len(gallery) == 1 and "1 image(s)" in status
+    pairs, picture, status = client.predict(source=started["run_id"], **options, api_name="/compare")
+    assert len(pairs) == 2 and picture
+
 
 def test_two_clients_share_the_queue(app):
     ctx, url = app

@@ -163,3 +163,15 @@ def test_dreambooth_prompt_may_come_from_the_dataset_folder(tmp_path, queue_fact
                                 tmp_path / "runs" / "db")
     assert job.wait(5) and job.result == "completed"
     assert RunDir(tmp_path / "runs" / "db").config()["instance_prompt"] == "a photo of sks robot"
+
+
+def test_hook_runs_before_each_training_job_only(tmp_path):
+    calls: list[str] = []
+    queue = JobQueue(fake_train(steps=1), before_training=lambda: calls.append("release"))
+    try:
+        assert queue.run_sync("generate", lambda: "image") == "image"
+        assert calls == []  # generation keeps its cached pipeline
+        assert queue.submit_training(config(tmp_path), tmp_path / "runs" / "a").wait(5)
+        assert calls == ["release"]
+    finally:
+        queue.close()

@@ -141,6 +141,7 @@ def build(ctx: Any, options: Any) -> DatasetTab:
         root = folder_of(name)
 
         def work() -> Any:
+            app_ops.release_generation_memory()
             try:
                 return caption_folder(root, model, trigger=trigger_word.strip() or None, prefix=pre, suffix=post,
                                       overwrite=redo)

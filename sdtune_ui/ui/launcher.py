@@ -68,7 +68,7 @@ def check_args(args: argparse.Namespace) -> list[tuple[str, str]] | None:
 
 def create(args: argparse.Namespace, jobs: Any = None) -> tuple[Any, Any]:
     """The context and the Blocks for these flags (not launched)."""
-    from sdtune_ui.app_ops import default_data_dir, release_orphaned_runs
+    from sdtune_ui.app_ops import default_data_dir, release_generation_memory, release_orphaned_runs
     from sdtune_ui.jobs import JobQueue
     from sdtune_ui.ui.app import build_app, options_for
     from sdtune_ui.ui.context import AppContext
@@ -76,7 +76,8 @@ def create(args: argparse.Namespace, jobs: Any = None) -> tuple[Any, Any]:
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    ctx = AppContext(data_dir=data_dir, jobs=jobs or JobQueue(), is_space=bool(os.environ.get("SPACE_ID")))
+    jobs = jobs or JobQueue(before_training=release_generation_memory)
+    ctx = AppContext(data_dir=data_dir, jobs=jobs, is_space=bool(os.environ.get("SPACE_ID")))
     release_orphaned_runs(ctx.runs_dir)
     demo = build_app(ctx, options_for(ctx, share=args.share))
     return ctx, demo
