@@ -40,7 +40,8 @@ def add_train_command(subparsers: Any) -> None:
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", help="JSON file with settings (flags given here override it).")
     parser.add_argument("--output", "--run-dir", dest="output", default="",
-                        help="Run folder (default: runs/<method>-<time>). An existing one is resumed.")
+                        help="Run folder (default: <data dir>/runs/<method>-<time>, where the app lists runs; "
+                             "$SDTUNE_DATA_DIR or ./data). An existing run folder is resumed.")
     parser.add_argument("--preset", action="store_true",
                         help="Start from the method's recommended settings (see METHOD_PRESETS).")
     defaults = TrainConfig()
@@ -72,12 +73,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from sdtune_ui.app_ops import default_data_dir
     from sdtune_ui.runs import RunDir, new_run_id
     from sdtune_ui.train import train
 
     config = config_from_args(args)
     config.validate()
-    run_dir = Path(args.output) if args.output else Path("runs") / new_run_id(config.method)
+    run_dir = Path(args.output) if args.output else default_data_dir() / "runs" / new_run_id(config.method)
     status = train(config, run_dir)
     run = RunDir(run_dir)
     message = next((e.get("message", "") for e in reversed(run.read_events()) if e["kind"] == "status"), "")

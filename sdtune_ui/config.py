@@ -199,7 +199,8 @@ class TrainConfig:
             if self.method in TI_METHODS and self.method == "textual_inversion":
                 errors["with_prior_preservation"] = "Textual inversion changes no weights; it needs no prior."
         if self.method == "dreambooth" and not self.instance_prompt.strip():
-            errors["instance_prompt"] = "DreamBooth needs an instance prompt with a rare token, e.g. 'a photo of sks dog'."
+            errors["instance_prompt"] = ("DreamBooth needs an instance prompt with a rare token, "
+                                         "e.g. 'a photo of sks dog'.")
         if self.uses_textual_inversion:
             self._validate_textual_inversion(errors)
         if self.snr_gamma < 0:

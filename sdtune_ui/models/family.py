@@ -44,7 +44,8 @@ class Family:
             for tok in tokenizers
         ]
 
-    def encode(self, text_encoders: list[Any], input_ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode(self, text_encoders: list[Any],
+               input_ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return (encoder_hidden_states, pooled_embeddings or None)."""
         encoder = text_encoders[0]
         return encoder(input_ids[0].to(encoder.device), return_dict=False)[0], None
@@ -75,7 +76,8 @@ class SDXLFamily(Family):
 
     name = "sdxl"
 
-    def encode(self, text_encoders: list[Any], input_ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode(self, text_encoders: list[Any],
+               input_ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         hidden_states = []
         pooled = None
         for encoder, ids in zip(text_encoders, input_ids):

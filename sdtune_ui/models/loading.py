@@ -70,7 +70,7 @@ def load_pipeline(name: str, *, dtype: torch.dtype = torch.float32, allow_pickle
             pipe = _from_pretrained(DiffusionPipeline, source, path, dtype, allow_pickle)
     except ModelLoadError:
         raise
-    except (OSError, ValueError, EnvironmentError) as err:
+    except (OSError, ValueError) as err:
         raise ModelLoadError(
             f"Could not load the model {name!r}: {err}. Give a Hub id (e.g. stable-diffusion-v1-5/"
             "stable-diffusion-v1-5), a local diffusers folder, a .safetensors file, or a demo model "
@@ -86,7 +86,7 @@ def _from_pretrained(pipeline_class, source: str, path: Path, dtype: torch.dtype
         raise ModelLoadError(f"{path} is a folder but not a diffusers pipeline (no model_index.json).")
     try:
         return pipeline_class.from_pretrained(source, torch_dtype=dtype, use_safetensors=True)
-    except (OSError, EnvironmentError, ValueError) as err:
+    except (OSError, ValueError) as err:
         if "safetensors" not in str(err).lower():
             raise
         if not allow_pickle:

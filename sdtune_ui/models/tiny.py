@@ -67,10 +67,26 @@ def _text_encoder(vocab_size: int, hidden: int = 32, projection: bool = False, p
     return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
 
 
+def _calibrate_latent_scale(vae) -> None:
+    """Set scaling_factor so latents have unit variance, as SD's 0.18215 does for its trained VAE.
+
+    Without this the random VAE's latents are ~20x smaller than the diffusion noise and the tiny UNet
+    could only learn "output small numbers", never a picture.
+    """
+    generator = torch.Generator().manual_seed(0)
+    ramp = torch.linspace(-1, 1, 64)
+    horizontal, vertical = ramp.view(1, -1).expand(64, 64), ramp.view(-1, 1).expand(64, 64)
+    smooth = torch.stack([horizontal, vertical, -horizontal])
+    images = (smooth[None] * torch.rand(8, 3, 1, 1, generator=generator) * 2 - 0.5).clamp(-1, 1)
+    with torch.no_grad():
+        std = vae.encode(images).latent_dist.mode().std().item()
+    vae.register_to_config(scaling_factor=round(1.0 / std, 5))
+
+
 def _vae(force_upcast: bool = False):
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(
+    vae = AutoencoderKL(
         block_out_channels=(32, 64),
         in_channels=3,
         out_channels=3,
@@ -81,6 +97,8 @@ def _vae(force_upcast: bool = False):
         sample_size=64,
         force_upcast=force_upcast,
     )
+    _calibrate_latent_scale(vae)
+    return vae
 
 
 def _unet(cross_attention_dim: int, *, linear_projection: bool = False, sdxl: bool = False):

@@ -65,7 +65,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, events: EventLog | None =
         trainer.save_output()
         status, message = "completed", "Training finished."
     except Cancelled:
-        status, message = "cancelled", f"Cancelled at step {trainer.step if trainer else 0}; resume continues from there."
+        step = trainer.step if trainer else 0
+        status, message = "cancelled", f"Cancelled at step {step}; resume continues from there."
     except torch.OutOfMemoryError:
         _write_traceback(run)
         status, message = "failed", OOM_ADVICE

@@ -138,18 +138,27 @@ class LoRA(Method):
                                                target_modules=TEXT_ENCODER_LORA_TARGETS))
 
     def save_output(self, parts: ModelParts, out_dir: Path) -> list[Path]:
-        from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
         def lora_layers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-            return convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+            # peft-format keys, which diffusers loads natively. (Converting to the older diffusers key
+            # format silently dropped the attention layers when conv layers were targeted too.)
+            return get_peft_model_state_dict(model)
 
-        layers = {"unet_lora_layers": lora_layers(parts.unet)}
+        def metadata(model: torch.nn.Module) -> dict:
+            # Records rank and alpha in the file, so loaders apply the trained scale (alpha / rank).
+            return model.peft_config["default"].to_dict()
+
+        names = {"unet": parts.unet}
         if self.trains_text_encoders():
-            layers["text_encoder_lora_layers"] = lora_layers(parts.text_encoders[0])
+            names["text_encoder"] = parts.text_encoders[0]
             if len(parts.text_encoders) > 1:
-                layers["text_encoder_2_lora_layers"] = lora_layers(parts.text_encoders[1])
-        type(parts.pipeline).save_lora_weights(str(out_dir), safe_serialization=True, **layers)
+                names["text_encoder_2"] = parts.text_encoders[1]
+        arguments = {}
+        for name, model in names.items():
+            arguments[f"{name}_lora_layers"] = lora_layers(model)
+            arguments[f"{name}_lora_adapter_metadata"] = metadata(model)
+        type(parts.pipeline).save_lora_weights(str(out_dir), safe_serialization=True, **arguments)
         return [out_dir / "pytorch_lora_weights.safetensors"]
 
 

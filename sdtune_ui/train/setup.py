@@ -63,7 +63,8 @@ def check_captions(config: TrainConfig, examples: list[Example]) -> None:
                 f"(e.g. {without[0]}); textual inversion learns only from prompts that use it.")
 
 
-def load_training_inputs(config: TrainConfig, accelerator: Any, log: Callable[[str], None]) -> TrainingInputs:
+def load_training_inputs(config: TrainConfig, accelerator: Any, log: Callable[[str], None],
+                         stop_if_cancelled: Callable[[], None] = lambda: None) -> TrainingInputs:
     # Data first: a bad dataset should fail before minutes of model loading.
     loaded = load_dataset(config.data, image_column=config.image_column, caption_column=config.caption_column)
     for warning in loaded.warnings:
@@ -71,6 +72,7 @@ def load_training_inputs(config: TrainConfig, accelerator: Any, log: Callable[[s
     check_captions(config, loaded.examples)
     log(f"Dataset: {len(loaded.examples)} images from {config.data}")
 
+    stop_if_cancelled()
     log(f"Loading {config.model}")
     pipe = load_pipeline(config.model, allow_pickle=config.allow_pickle)
     pipe.set_progress_bar_config(disable=True)
@@ -81,7 +83,7 @@ def load_training_inputs(config: TrainConfig, accelerator: Any, log: Callable[[s
     class_examples: list[Example] = []
     if config.with_prior_preservation:
         folder = class_images_folder(config, resolution)
-        ensure_class_images(pipe, config, folder, resolution, accelerator, log)
+        ensure_class_images(pipe, config, folder, resolution, accelerator, log, stop_if_cancelled)
         class_examples = load_dataset(str(folder)).examples[: config.num_class_images]
         class_examples = [replace(ex, caption=config.class_prompt) for ex in class_examples]
     return TrainingInputs(parts, resolution, loaded.examples, class_examples)
@@ -96,7 +98,7 @@ def class_images_folder(config: TrainConfig, resolution: int) -> Path:
 
 
 def ensure_class_images(pipe: Any, config: TrainConfig, folder: Path, resolution: int, accelerator: Any,
-                        log: Callable[[str], None]) -> None:
+                        log: Callable[[str], None], stop_if_cancelled: Callable[[], None] = lambda: None) -> None:
     """Generate the missing class images with the base model (before any weight changes)."""
     from sdtune_ui.data.images import is_image_name
 
@@ -112,6 +114,7 @@ def ensure_class_images(pipe: Any, config: TrainConfig, folder: Path, resolution
         dtype = weight_dtype_for(config.mixed_precision)
         with torch.autocast(accelerator.device.type, dtype=dtype, enabled=dtype != torch.float32):
             for index in range(len(existing), config.num_class_images):
+                stop_if_cancelled()  # images made so far stay in the folder and are reused next time
                 image = pipe(config.class_prompt, num_inference_steps=config.validation_inference_steps,
                              height=resolution, width=resolution, generator=generator).images[0]
                 image.save(folder / f"class-{index:05d}.png")

@@ -36,6 +36,7 @@ class Batch:
     timesteps: torch.Tensor
     num_class: int
     names: list[str]
+    prompts: list[str]
 
 
 class Trainer:
@@ -63,7 +64,7 @@ class Trainer:
         self.weight_dtype = weight_dtype_for(cfg.mixed_precision)
 
         # Data and models: images decoded and checked, base model loaded, class images generated if needed.
-        inputs = load_training_inputs(cfg, acc, self.log)
+        inputs = load_training_inputs(cfg, acc, self.log, self._stop_if_cancelled)
         self.parts, self.resolution = inputs.parts, inputs.resolution
         self.data = TrainingData(inputs.examples, inputs.class_examples, resolution=self.resolution,
                                  bucketing=cfg.bucketing, center_crop=cfg.center_crop or cfg.cache_latents,
@@ -92,6 +93,8 @@ class Trainer:
         self.latent_cache = self._encode_all_latents() if cfg.cache_latents else None
         self.text_cache = (self._encode_all_prompts() if cfg.cache_text_embeddings
                            and not self.method.trains_text_encoders() else None)
+
+        self._stop_if_cancelled()
 
         # Optimizer and schedule.
         self.global_batch = cfg.train_batch_size * acc.num_processes
@@ -154,7 +157,8 @@ class Trainer:
         cache = {}
         for prompt in sorted(self._all_prompts()):
             hidden, pooled = family.encode(parts.text_encoders, family.tokenize(parts.tokenizers, [prompt]))
-            cache[prompt] = (hidden[0].to(self.weight_dtype), None if pooled is None else pooled[0].to(self.weight_dtype))
+            pooled = None if pooled is None else pooled[0].to(self.weight_dtype)
+            cache[prompt] = (hidden[0].to(self.weight_dtype), pooled)
         return cache
 
     # ------------------------------------------------------------------ batches
@@ -215,7 +219,7 @@ class Trainer:
             time_ids = torch.stack([family.time_ids(it.original_size, it.crop_top_left, it.bucket[::-1])
                                     for it in items]).to(device)
         return Batch(latents.to(device), hidden, pooled, input_ids, time_ids, noise, timesteps, num_class,
-                     [it.name for it in items])
+                     [it.name for it in items], prompts)
 
     @property
     def _vae_scale(self) -> int:
@@ -241,7 +245,8 @@ class Trainer:
 
             # Min-SNR weighting (Hang et al. 2023): down-weight the easy, low-noise timesteps.
             snr = compute_snr(scheduler, batch.timesteps)
-            weight = torch.clamp(snr, max=cfg.snr_gamma) / (snr + 1 if family.prediction_type == "v_prediction" else snr)
+            denominator = snr + 1 if family.prediction_type == "v_prediction" else snr
+            weight = torch.clamp(snr, max=cfg.snr_gamma) / denominator
             per_sample = per_sample * weight
         if batch.num_class:
             instance, prior = per_sample[:-batch.num_class], per_sample[-batch.num_class:]
@@ -298,6 +303,11 @@ class Trainer:
                 self.save_checkpoint()
             if validation_due and not at_end:
                 self.validate()
+
+    def _stop_if_cancelled(self) -> None:
+        """Cancel during setup (model load, caching, class images) takes effect at once, not at step 1."""
+        if bool(self.cancel()) or self.run.cancel_requested():
+            raise Cancelled()
 
     def _cancel_requested(self) -> bool:
         requested = bool(self.cancel()) or self.run.cancel_requested()
