@@ -122,6 +122,11 @@ class TrainConfig:
     cache_latents: bool = _field(True, "Encode images with the VAE once, not every step.", advanced=True)
     cache_text_embeddings: bool = _field(True, "Encode prompts once when the text encoders are frozen.",
                                          advanced=True)
+    compile_unet: str = _field("none", "torch.compile the UNet on CUDA: 'default' (fused kernels), "
+                               "'reduce-overhead' (also CUDA graphs: fastest at small batch, fixed shapes), "
+                               "'none'. The first steps are slower while it compiles.",
+                               choices=("none", "default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+                               advanced=True)
 
     # Checkpoints, logging, validation
     checkpointing_steps: int = _field(500, "Save a resumable checkpoint every N steps (0 = only at the end).")

@@ -146,6 +146,18 @@ def _normalise_lora(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
              if key.startswith("unet.") else key): value for key, value in state.items()}
 
 
+def _has_adapter_metadata(file: Path) -> bool:
+    """True for LoRA files that carry diffusers' adapter metadata (rank, alpha), e.g. ours since alpha is saved."""
+    if file.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    from sdtune_ui.kohya import LORA_ADAPTER_METADATA_KEY
+
+    with safe_open(str(file), framework="pt") as handle:
+        return LORA_ADAPTER_METADATA_KEY in (handle.metadata() or {})
+
+
 class GenerationEngine:
     """One pipeline at a time, with artifacts applied; thread-safe (one generation at a time)."""
 
@@ -240,8 +252,12 @@ class GenerationEngine:
         try:
             if path.exists():
                 file = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
-                state = _normalise_lora(read_state_dict(file, allow_pickle=allow_pickle))
-                self.pipe.load_lora_weights(state, adapter_name=name)
+                if _has_adapter_metadata(file):
+                    # Loading by path lets diffusers read rank/alpha from the file's metadata.
+                    self.pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name)
+                else:
+                    state = _normalise_lora(read_state_dict(file, allow_pickle=allow_pickle))
+                    self.pipe.load_lora_weights(state, adapter_name=name)
             else:  # a Hub repo id
                 self.pipe.load_lora_weights(artifact.path, adapter_name=name)
         except (ValueError, KeyError, RuntimeError, OSError) as err:

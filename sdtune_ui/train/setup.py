@@ -64,7 +64,8 @@ def check_captions(config: TrainConfig, examples: list[Example]) -> None:
 
 
 def load_training_inputs(config: TrainConfig, accelerator: Any, log: Callable[[str], None],
-                         stop_if_cancelled: Callable[[], None] = lambda: None) -> TrainingInputs:
+                         stop_if_cancelled: Callable[[], None] = lambda: None,
+                         pipeline: Any = None) -> TrainingInputs:
     # Data first: a bad dataset should fail before minutes of model loading.
     loaded = load_dataset(config.data, image_column=config.image_column, caption_column=config.caption_column)
     for warning in loaded.warnings:
@@ -74,7 +75,7 @@ def load_training_inputs(config: TrainConfig, accelerator: Any, log: Callable[[s
 
     stop_if_cancelled()
     log(f"Loading {config.model}")
-    pipe = load_pipeline(config.model, allow_pickle=config.allow_pickle)
+    pipe = pipeline if pipeline is not None else load_pipeline(config.model, allow_pickle=config.allow_pickle)
     pipe.set_progress_bar_config(disable=True)
     parts = model_parts(pipe)
     resolution = config.resolution or parts.family.native_resolution

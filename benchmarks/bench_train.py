@@ -1,0 +1,135 @@
+"""Training-step benchmark through the project's real training core, on full-size random-weight models.
+
+    python benchmarks/bench_train.py --model sd15 --method lora --batch 1 [--compile reduce-overhead]
+
+Prints one JSON line: device, versions, settings, steps/s, images/s, peak memory, FLOPs per step
+(torch's FlopCounterMode, counted on an eager step) and MFU against a bf16 matmul measured in the same run.
+Runs on a GPU (the `device` tool); never in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from full_size import build  # noqa: E402
+
+from sdtune_ui.config import TrainConfig  # noqa: E402
+from sdtune_ui.runs import RunDir  # noqa: E402
+from sdtune_ui.train.trainer import Trainer, compile_unet  # noqa: E402
+
+METHODS = {"lora": "lora", "full": "full", "dreambooth": "dreambooth", "ti": "textual_inversion",
+           "pivotal": "pivotal"}
+
+
+def matmul_tflops() -> float:
+    """bf16 matmul rate of this GPU, measured now (the MFU denominator)."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * 8192**3 * 20 / (start.elapsed_time(end) / 1000) / 1e12
+
+
+def make_dataset(folder: Path, resolution: int, count: int = 8) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        pixels = rng.integers(0, 255, (resolution, resolution, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index:02d}.png")
+        (folder / f"{index:02d}.txt").write_text("a photo of sks dog on a beach")
+
+
+def count_flops(trainer: Trainer) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = trainer._batch(0)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss = trainer.compute_loss(batch)
+        trainer.accelerator.backward(loss)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def run(args: argparse.Namespace) -> dict:
+    import diffusers
+
+    resolution = args.resolution or (1024 if args.model == "sdxl" else 512)
+    method = METHODS[args.method]
+    work = Path(tempfile.mkdtemp())
+    make_dataset(work / "data", resolution)
+    prompt = "a photo of <sks> dog" if method in ("textual_inversion", "pivotal") else "a photo of sks dog"
+    config = TrainConfig(model=f"random-{args.model}", method=method, data=str(work / "data"), resolution=resolution,
+                         train_batch_size=args.batch, mixed_precision="bf16", max_train_steps=10_000,
+                         checkpointing_steps=0, validation_steps=0, log_every=10_000, caption_dropout=0.1,
+                         instance_prompt=prompt, rank=args.rank, lora_alpha=args.rank,
+                         gradient_checkpointing=args.gradient_checkpointing, learning_rate=1e-5,
+                         cache_latents=not args.no_cache, cache_text_embeddings=not args.no_cache)
+    torch.cuda.reset_peak_memory_stats()
+    trainer = Trainer(config, RunDir(work / "run").create(), pipeline=build(args.model))
+    trainer.setup()
+    flops = count_flops(trainer)
+    if args.compile != "none":
+        compile_unet(trainer.parts.unet, args.compile)
+
+    # Warm-up (compilation, cuDNN autotuning, allocator), then timed steps with no host sync inside.
+    trainer.total_steps = args.warmup
+    trainer.fit()
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    trainer.total_steps = args.warmup + args.steps
+    trainer.fit()
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    steps_per_s = args.steps / elapsed
+    peak_tflops = matmul_tflops()
+    return {
+        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+        "model": args.model, "method": args.method, "batch": args.batch, "resolution": resolution,
+        "compile": args.compile, "gradient_checkpointing": args.gradient_checkpointing, "rank": args.rank,
+        "cache": not args.no_cache, "steps": args.steps,
+        "steps_per_s": round(steps_per_s, 3), "images_per_s": round(steps_per_s * args.batch, 2),
+        "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+        "tflop_per_step": round(flops / 1e12, 3), "matmul_tflops": round(peak_tflops, 1),
+        "mfu": round(flops * steps_per_s / (peak_tflops * 1e12), 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("sd15", "sdxl"), default="sd15")
+    parser.add_argument("--method", choices=tuple(METHODS), default="lora")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--resolution", type=int, default=0)
+    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--compile", default="none", choices=("none", "default", "reduce-overhead",
+                                                              "max-autotune-no-cudagraphs"))
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--no-cache", action="store_true", help="Encode images and prompts every step.")
+    print(json.dumps(run(parser.parse_args())), flush=True)
+
+
+if __name__ == "__main__":
+    main()
