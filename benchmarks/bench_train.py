@@ -85,7 +85,9 @@ def run(args: argparse.Namespace) -> dict:
                          gradient_checkpointing=args.gradient_checkpointing, learning_rate=1e-5,
                          cache_latents=not args.no_cache, cache_text_embeddings=not args.no_cache)
     torch.cuda.reset_peak_memory_stats()
-    trainer = Trainer(config, RunDir(work / "run").create(), pipeline=build(args.model))
+    with torch.device("cuda"):  # random init on the GPU: seconds instead of a minute on the CPU
+        pipeline = build(args.model)
+    trainer = Trainer(config, RunDir(work / "run").create(), pipeline=pipeline)
     trainer.setup()
     flops = count_flops(trainer)
     if args.compile != "none":
