@@ -184,7 +184,9 @@ def tiny_model_path(name: str) -> Path:
     target = cache_dir("models") / name
     if (target / "model_index.json").exists():
         return target
-    pipe = build_tiny_pipeline(name)
+    # Building seeds torch; keep the caller's random stream as it was (a first run must equal a second).
+    with torch.random.fork_rng(devices=[]):
+        pipe = build_tiny_pipeline(name)
     # Save under a temporary name and rename, so a crash never leaves half a model in the cache.
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)

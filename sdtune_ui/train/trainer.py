@@ -83,6 +83,7 @@ class Trainer:
         # Method: freeze, add adapters / tokens. Frozen weights go to half precision, trainable stay fp32.
         self.method: Method = make_method(cfg)
         parts = self.parts
+        set_seed(cfg.seed)  # adapter / token initialisation depends on the seed only, not on what loaded before
         keep_fp32 = {id(m) for m in self.method.full_precision_models(parts)}
         for module in (parts.unet, parts.vae, *parts.text_encoders):
             dtype = torch.float32 if id(module) in keep_fp32 else self.weight_dtype
