@@ -49,6 +49,14 @@ def matmul_tflops() -> float:
     return 2 * 8192**3 * 20 / (start.elapsed_time(end) / 1000) / 1e12
 
 
+def phase_peak() -> tuple[int, int]:
+    """Peak allocated and reserved bytes since the last call (then the counters start again)."""
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved())
+    torch.cuda.reset_peak_memory_stats()
+    return peak
+
+
 def make_dataset(folder: Path, resolution: int, count: int = 8) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -84,24 +92,35 @@ def run(args: argparse.Namespace) -> dict:
                          instance_prompt=prompt, rank=args.rank, lora_alpha=args.rank,
                          gradient_checkpointing=args.gradient_checkpointing, learning_rate=1e-5,
                          cache_latents=not args.no_cache, cache_text_embeddings=not args.no_cache)
-    torch.cuda.reset_peak_memory_stats()
     with torch.device("cuda"):  # random init on the GPU: seconds instead of a minute on the CPU
         pipeline = build(args.model)
+    # Then hand it over on the CPU in fp32, as load_pipeline does in the app: the trainer moves each part to
+    # the GPU in its training dtype, so the peak below is the training's, not the fp32 build's.
+    pipeline.to("cpu")
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
     trainer = Trainer(config, RunDir(work / "run").create(), pipeline=pipeline)
     trainer.setup()
+    setup_s = time.perf_counter() - started
+    peaks = {"setup": phase_peak()}       # loading to the GPU, latent and text caches
     flops = count_flops(trainer)
+    peaks["flop_count"] = phase_peak()    # one eager step under FlopCounterMode
     if args.compile != "none":
         compile_unet(trainer.parts.unet, args.compile)
 
     # Warm-up (compilation, cuDNN autotuning, allocator), then timed steps with no host sync inside.
+    started = time.perf_counter()
     trainer.total_steps = args.warmup
     trainer.fit()
     torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - started
     started = time.perf_counter()
     trainer.total_steps = args.warmup + args.steps
     trainer.fit()
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - started
+    peaks["steps"] = phase_peak()         # warm-up (compilation, CUDA graphs) and the timed steps
     steps_per_s = args.steps / elapsed
     peak_tflops = matmul_tflops()
     return {
@@ -110,10 +129,12 @@ def run(args: argparse.Namespace) -> dict:
         "compile": args.compile, "gradient_checkpointing": args.gradient_checkpointing, "rank": args.rank,
         "cache": not args.no_cache, "steps": args.steps,
         "steps_per_s": round(steps_per_s, 3), "images_per_s": round(steps_per_s * args.batch, 2),
-        "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+        "peak_allocated_gib": round(max(a for a, _ in peaks.values()) / 2**30, 2),
+        "peak_reserved_gib": round(max(r for _, r in peaks.values()) / 2**30, 2),
+        "peak_allocated_gib_by_phase": {name: round(a / 2**30, 2) for name, (a, _) in peaks.items()},
         "tflop_per_step": round(flops / 1e12, 3), "matmul_tflops": round(peak_tflops, 1),
         "mfu": round(flops * steps_per_s / (peak_tflops * 1e12), 4),
+        "setup_s": round(setup_s, 1), "warmup_s": round(warmup_s, 1), "peak_from": "trainer setup (model on CPU)",
     }
 
 
