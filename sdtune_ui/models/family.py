@@ -46,9 +46,8 @@ class Family:
 
     def encode(self, text_encoders: list[Any],
                input_ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return (encoder_hidden_states, pooled_embeddings or None)."""
-        encoder = text_encoders[0]
-        return encoder(input_ids[0].to(encoder.device), return_dict=False)[0], None
+        """Return (encoder_hidden_states, pooled_embeddings or None); input ids are on the encoders' device."""
+        return text_encoders[0](input_ids[0], return_dict=False)[0], None
 
     def added_cond_kwargs(self, pooled: torch.Tensor | None, time_ids: torch.Tensor | None) -> dict | None:
         return None
@@ -81,7 +80,7 @@ class SDXLFamily(Family):
         hidden_states = []
         pooled = None
         for encoder, ids in zip(text_encoders, input_ids):
-            out = encoder(ids.to(encoder.device), output_hidden_states=True, return_dict=True)
+            out = encoder(ids, output_hidden_states=True, return_dict=True)
             # SDXL conditions on the penultimate layer of both encoders, and on the second's pooled output.
             hidden_states.append(out.hidden_states[-2])
             pooled = out[0]

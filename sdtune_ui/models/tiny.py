@@ -7,8 +7,11 @@ cache, and from then on loaded through the same `from_pretrained` path a real Hu
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import string
+import time
 from pathlib import Path
 
 import torch
@@ -180,17 +183,51 @@ def build_tiny_pipeline(name: str):
 
 
 def tiny_model_path(name: str) -> Path:
-    """The saved diffusers folder of a tiny model, building and saving it on first use."""
+    """The saved diffusers folder of a tiny model, building and saving it on first use.
+
+    Several processes (`accelerate launch`) may ask at once: a lock file makes one build while the
+    others wait, and the folder appears complete or not at all (built under a temporary name).
+    """
     target = cache_dir("models") / name
     if (target / "model_index.json").exists():
         return target
-    # Building seeds torch; keep the caller's random stream as it was (a first run must equal a second).
-    with torch.random.fork_rng(devices=[]):
-        pipe = build_tiny_pipeline(name)
-    # Save under a temporary name and rename, so a crash never leaves half a model in the cache.
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    pipe.save_pretrained(partial, safe_serialization=True)
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+    if int(os.environ.get("RANK", "0")) != 0:
+        # In a distributed run transformers saves weights on rank 0 only, so rank 0 builds; others wait.
+        return _wait_for(target / "model_index.json", timeout_s=600)
+    with _exclusive(target.with_name(target.name + ".lock")):
+        if (target / "model_index.json").exists():  # another process built it while we waited
+            return target
+        # Building seeds torch; keep the caller's random stream as it was (a first run must equal a second).
+        with torch.random.fork_rng(devices=[]):
+            pipe = build_tiny_pipeline(name)
+        partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        pipe.save_pretrained(partial, safe_serialization=True)
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
     return target
+
+
+def _wait_for(marker: Path, timeout_s: float) -> Path:
+    deadline = time.monotonic() + timeout_s
+    while not marker.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{marker.parent} was not built by the main process within {timeout_s:.0f} s")
+        time.sleep(0.2)
+    return marker.parent
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """An inter-process lock on a file (POSIX flock; where unavailable, no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: single-process use is the norm there
+        yield
+        return
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -8,6 +8,7 @@ accelerate, so the same code serves one CPU, one GPU or `accelerate launch` on s
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -65,7 +66,10 @@ class Trainer:
 
         cfg = self.config
         build_optimizer(cfg, [], check_only=True)  # fail on a missing optimizer package before loading anything
-        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
+        # Several processes without CUDA (CPU tests, CPU clusters): accelerate only forms the gloo process
+        # group when told to use the CPU; otherwise every process would train alone.
+        multi_process_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=multi_process_cpu,
                                        gradient_accumulation_steps=cfg.gradient_accumulation_steps)
         acc = self.accelerator
         if self.events is None:
@@ -136,6 +140,10 @@ class Trainer:
         trained = self.method.trained_models(parts)
         prepared = acc.prepare(*trained, self.optimizer)
         self.wrapped_models, self.optimizer = list(prepared[:-1]), prepared[-1]
+        # The forward pass must go through the wrappers: DDP all-reduces gradients only for calls it sees.
+        wrapped = {id(model): wrapper for model, wrapper in zip(trained, self.wrapped_models)}
+        self.unet = wrapped.get(id(parts.unet), parts.unet)
+        self.text_encoders = [wrapped.get(id(encoder), encoder) for encoder in parts.text_encoders]
         self.trainable_params = [p for g in groups for p in g["params"]]
 
         # Random numbers: data decisions on the CPU, noise and timesteps on the device; both checkpointed.
@@ -170,7 +178,8 @@ class Trainer:
         family, parts = self.parts.family, self.parts
         cache = {}
         for prompt in sorted(self._all_prompts()):
-            hidden, pooled = family.encode(parts.text_encoders, family.tokenize(parts.tokenizers, [prompt]))
+            ids = [ids.to(self.accelerator.device) for ids in family.tokenize(parts.tokenizers, [prompt])]
+            hidden, pooled = family.encode(parts.text_encoders, ids)
             pooled = None if pooled is None else pooled[0].to(self.weight_dtype)
             cache[prompt] = (hidden[0].to(self.weight_dtype), pooled)
         return cache
@@ -247,10 +256,10 @@ class Trainer:
         noisy = scheduler.add_noise(latents, batch.noise, batch.timesteps)
         hidden, pooled = batch.hidden, batch.pooled
         if hidden is None:
-            hidden, pooled = family.encode(parts.text_encoders, batch.input_ids)
+            hidden, pooled = family.encode(self.text_encoders, batch.input_ids)
         unet_dtype = self.weight_dtype if self.accelerator.mixed_precision != "no" else torch.float32
         added = family.added_cond_kwargs(pooled, batch.time_ids)
-        prediction = parts.unet(noisy.to(unet_dtype), batch.timesteps, hidden.to(unet_dtype),
+        prediction = self.unet(noisy.to(unet_dtype), batch.timesteps, hidden.to(unet_dtype),
                                 added_cond_kwargs=added, return_dict=False)[0]
         target = family.target(scheduler, latents, batch.noise, batch.timesteps)
         per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
