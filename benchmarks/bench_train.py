@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace) -> dict:
                          instance_prompt=prompt, rank=args.rank, lora_alpha=args.rank,
                          gradient_checkpointing=args.gradient_checkpointing, learning_rate=1e-5,
                          cache_latents=not args.no_cache, cache_text_embeddings=not args.no_cache)
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process under accelerate
     with torch.device("cuda"):  # random init on the GPU: seconds instead of a minute on the CPU
         pipeline = build(args.model)
     # Then hand it over on the CPU in fp32, as load_pipeline does in the app: the trainer moves each part to
@@ -128,7 +130,9 @@ def run(args: argparse.Namespace) -> dict:
         "model": args.model, "method": args.method, "batch": args.batch, "resolution": resolution,
         "compile": args.compile, "gradient_checkpointing": args.gradient_checkpointing, "rank": args.rank,
         "cache": not args.no_cache, "steps": args.steps,
-        "steps_per_s": round(steps_per_s, 3), "images_per_s": round(steps_per_s * args.batch, 2),
+        "processes": trainer.accelerator.num_processes,
+        "steps_per_s": round(steps_per_s, 3),
+        "images_per_s": round(steps_per_s * args.batch * trainer.accelerator.num_processes, 2),
         "peak_allocated_gib": round(max(a for a, _ in peaks.values()) / 2**30, 2),
         "peak_reserved_gib": round(max(r for _, r in peaks.values()) / 2**30, 2),
         "peak_allocated_gib_by_phase": {name: round(a / 2**30, 2) for name, (a, _) in peaks.items()},
@@ -151,7 +155,9 @@ def main() -> None:
                                                               "max-autotune-no-cudagraphs"))
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--no-cache", action="store_true", help="Encode images and prompts every step.")
-    print(json.dumps(run(parser.parse_args())), flush=True)
+    result = run(parser.parse_args())
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
