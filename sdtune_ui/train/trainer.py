@@ -336,7 +336,10 @@ class Trainer:
         requested = bool(self.cancel()) or self.run.cancel_requested()
         if self.accelerator.num_processes == 1:
             return requested
-        # Every process must stop at the same step, or the others would wait forever in all-reduce.
+        # Every process must stop at the same step, or the others would wait forever in all-reduce. Agreeing
+        # costs a collective and a host sync, so several processes agree only every log_every steps.
+        if self.step % self.config.log_every:
+            return False
         flag = torch.tensor([1.0 if requested else 0.0], device=self.accelerator.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
