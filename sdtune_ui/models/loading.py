@@ -55,8 +55,13 @@ def _pipeline_class_for_single_file(path: Path):
     return StableDiffusionXLPipeline if is_sdxl else StableDiffusionPipeline
 
 
-def load_pipeline(name: str, *, dtype: torch.dtype = torch.float32, allow_pickle: bool = False):
-    """Load a Stable Diffusion pipeline (SD1.x, SD2.x or SDXL) from any of the accepted sources."""
+def load_pipeline(name: str, *, dtype: torch.dtype = torch.float32, allow_pickle: bool = False,
+                  single_file_config: str | None = None):
+    """Load a Stable Diffusion pipeline (SD1.x, SD2.x or SDXL) from any of the accepted sources.
+
+    A single-file checkpoint needs its architecture's configs; diffusers fetches the standard ones from the
+    Hub unless `single_file_config` names a diffusers folder or repo to take them from (offline use).
+    """
     from diffusers import DiffusionPipeline
 
     source = resolve_model(name)
@@ -65,7 +70,8 @@ def load_pipeline(name: str, *, dtype: torch.dtype = torch.float32, allow_pickle
         if path.is_file():
             _refuse_pickle(path, allow_pickle)
             pipeline_class = _pipeline_class_for_single_file(path)
-            pipe = pipeline_class.from_single_file(str(path), torch_dtype=dtype)
+            extra = {"config": resolve_model(single_file_config)} if single_file_config else {}
+            pipe = pipeline_class.from_single_file(str(path), torch_dtype=dtype, **extra)
         else:
             pipe = _from_pretrained(DiffusionPipeline, source, path, dtype, allow_pickle)
     except ModelLoadError:

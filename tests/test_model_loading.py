@@ -1,0 +1,38 @@
+"""Base models load from a demo name, a diffusers folder or a single file; the family comes from configs."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from sdtune_ui.errors import ModelLoadError
+from sdtune_ui.models import detect_family, load_pipeline, tiny_model_path
+from sdtune_ui.single_file import save_single_file
+
+
+@pytest.mark.parametrize(("model", "family", "prediction"), [
+    ("tiny-sd1", "sd1", "epsilon"), ("tiny-sd2-v", "sd2", "v_prediction"), ("tiny-sdxl", "sdxl", "epsilon")])
+def test_family_is_read_from_the_configs_not_the_name(model, family, prediction, tmp_path):
+    renamed = tmp_path / "my-community-model"        # e.g. a fine-tune with an unrelated name
+    shutil.copytree(tiny_model_path(model), renamed)
+    detected = detect_family(load_pipeline(str(renamed)))
+    assert (detected.name, detected.prediction_type) == (family, prediction)
+
+
+def test_single_file_safetensors_checkpoint_loads(tmp_path):
+    single = save_single_file(load_pipeline("tiny-sd1"), tmp_path / "model.safetensors")
+    pipe = load_pipeline(str(single), single_file_config="tiny-sd1")
+    assert detect_family(pipe).name == "sd1"
+
+
+def test_pickle_checkpoints_are_refused_unless_allowed(tmp_path):
+    checkpoint = tmp_path / "model.ckpt"
+    checkpoint.write_bytes(b"not loaded")
+    with pytest.raises(ModelLoadError, match="pickle"):
+        load_pipeline(str(checkpoint))
+
+
+def test_a_folder_that_is_not_a_pipeline_gets_a_clear_message(tmp_path):
+    with pytest.raises(ModelLoadError, match="model_index.json"):
+        load_pipeline(str(tmp_path))
