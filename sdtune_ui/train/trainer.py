@@ -49,6 +49,18 @@ def compile_unet(unet: torch.nn.Module, mode: str) -> None:
     unet.compile(mode=None if mode == "default" else mode, dynamic=False)
 
 
+def ddp_settings(config: TrainConfig):
+    """DDP without per-step buffer broadcasts or gradient copies; bf16 all-reduce when training in bf16.
+
+    The UNet has no buffers that change in training, and bucket views let the all-reduce work on the
+    gradients in place. Under bf16 the gradients travel in bf16 (half the bytes), as FSDP's reduce_dtype would.
+    """
+    from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs
+
+    hook = DDPCommunicationHookType.BF16 if config.mixed_precision == "bf16" else DDPCommunicationHookType.NO
+    return DistributedDataParallelKwargs(broadcast_buffers=False, gradient_as_bucket_view=True, comm_hook=hook)
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, run: RunDir, *, events: EventLog | None = None,
                  cancel: Callable[[], bool] | None = None, pipeline: object | None = None):
@@ -70,7 +82,8 @@ class Trainer:
         # group when told to use the CPU; otherwise every process would train alone.
         multi_process_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=multi_process_cpu,
-                                       gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+                                       gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                                       kwargs_handlers=[ddp_settings(cfg)])
         acc = self.accelerator
         if self.events is None:
             self.events = self.run.events() if acc.is_main_process else NullEventLog()
