@@ -25,6 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_DATASET = REPO_ROOT / "assets" / "examples" / "toy_robot"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 PICKLE_OR_FILE = (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
+MAX_PROCESSES = 16  # processes of one `accelerate launch` run started from the app (GPUs, or CPU processes)
 
 # A run that shows the whole flow on the offline tiny model on a CPU in about a minute.
 DEMO_SETTINGS: dict[str, Any] = dict(model="tiny-sd1", method="lora", max_train_steps=60, learning_rate=1e-3,
@@ -78,6 +79,12 @@ def detect_gpu() -> GpuInfo:
         return GpuInfo(None, 0.0)
     props = torch.cuda.get_device_properties(0)
     return GpuInfo(props.name, props.total_memory / 2**30)
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def vram_preset_for(memory_gib: float | None) -> str:
@@ -312,8 +319,15 @@ def resume_run(jobs: Any, runs_dir: Path, run_id: str) -> Any:
     return jobs.submit_training(TrainConfig.from_dict(run.config()), run.path)
 
 
-def start_training(ctx: Any, values: dict[str, Any], *, public: bool) -> Any:
-    """Queue a new run from widget (or API) values; `data` may name a dataset of the data folder."""
+def start_training(ctx: Any, values: dict[str, Any], *, public: bool, num_processes: int = 1) -> Any:
+    """Queue a new run from widget (or API) values; `data` may name a dataset of the data folder.
+
+    With `num_processes` > 1 the run is an `accelerate launch` child process (one process per GPU; on a
+    machine without GPUs, CPU processes over gloo), watched through the same run folder.
+    """
+    num_processes = int(num_processes or 1)
+    if not 1 <= num_processes <= MAX_PROCESSES:
+        raise ConfigError(f"num_processes must be between 1 and {MAX_PROCESSES} (got {num_processes}).")
     values = dict(values)
     data = str(values.get("data") or "").strip()
     if data and data == safe_name(data, "") and (ctx.datasets_dir / data).is_dir():
@@ -321,4 +335,8 @@ def start_training(ctx: Any, values: dict[str, Any], *, public: bool) -> Any:
     config = config_from_values(values)
     if public:
         check_public_config(config, ctx.data_dir)
+        if num_processes > max(1, gpu_count()):
+            raise ConfigError("A public app runs at most one process per GPU.")
+    if num_processes > 1:
+        return ctx.jobs.submit_subprocess_training(config, new_run_dir(ctx.runs_dir, config), num_processes)
     return ctx.jobs.submit_training(config, new_run_dir(ctx.runs_dir, config))

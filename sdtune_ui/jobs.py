@@ -16,6 +16,7 @@ import collections
 import itertools
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -113,12 +114,12 @@ class JobQueue:
         """Queue a run in a child process (`accelerate launch` for several GPUs), watched via its run folder.
 
         `command` replaces the launcher (tests); by default it is `python -m sdtune_ui train` for one
-        process and `accelerate launch --num_processes N -m sdtune_ui train` for more.
+        process and `accelerate launch --multi_gpu --num_processes N -m sdtune_ui train` for more.
         """
         run = self._prepare_run(config, run_dir)
         config_path = run.path / "launch_config.json"
         config.save(config_path)
-        argv = command or launch_command(config_path, run.path, num_processes)
+        argv = command or launch_command(config_path, run.path, num_processes, config.mixed_precision)
 
         def target(job: Job) -> str:
             return _run_subprocess(argv, run, job, poll_s)
@@ -267,18 +268,28 @@ def _record_crash(run: RunDir, err: BaseException) -> None:
         run.events().emit("status", status="failed", message=message)
 
 
-def launch_command(config_path: Path, run_dir: Path, num_processes: int) -> list[str]:
-    """The command line of a run in a child process (`accelerate launch` when several GPUs are used)."""
+def launch_command(config_path: Path, run_dir: Path, num_processes: int, mixed_precision: str = "no") -> list[str]:
+    """The command line of a run in a child process (`accelerate launch` when several processes are used).
+
+    `--multi_gpu` is what makes accelerate start N processes: with GPUs one per GPU over NCCL, on a machine
+    without GPUs N CPU processes over gloo (the trainer handles that case). Without it accelerate would start
+    a single process on a CPU machine.
+    """
     tail = ["-m", "sdtune_ui", "train", "--config", str(config_path), "--output", str(run_dir)]
     if num_processes <= 1:
         return [sys.executable, *tail]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), *tail]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+            "--num_machines", "1", "--mixed_precision", mixed_precision or "no", "--dynamo_backend", "no", *tail]
 
 
 def _run_subprocess(argv: list[str], run: RunDir, job: Job, poll_s: float) -> str:
     """Run the child, forward a cancel through the CANCEL file, make sure the run ends with a status."""
     with open(run.path / "subprocess.log", "ab") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
+        out.write(f"$ {shlex.join(argv)}\n".encode())  # the run folder records how it was launched
+        out.flush()
+        # NVLink multicast (NVLS) off: it can hang NCCL set-up on some multi-GPU hosts.
+        env = {**os.environ, "NCCL_NVLS_ENABLE": os.environ.get("NCCL_NVLS_ENABLE", "0")}
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         forwarded = False
         while process.poll() is None:
             if job.cancelled and not forwarded:

@@ -17,9 +17,13 @@ from sdtune_ui.ui.common import user_errors
 
 def register(ctx: Any, options: Any) -> None:
     @user_errors
-    def start_run(config: dict) -> dict:
-        """Queue a training run. `config` holds TrainConfig fields; `data` may name a dataset of the Dataset tab."""
-        job = app_ops.start_training(ctx, config, public=options.public)
+    def start_run(config: dict, num_processes: int = 1) -> dict:
+        """Queue a training run. `config` holds TrainConfig fields; `data` may name a dataset of the Dataset tab.
+
+        `num_processes` > 1 runs it through `accelerate launch` (one process per GPU; without GPUs, CPU
+        processes over gloo, e.g. for tests or CPU clusters), watched through the same run folder.
+        """
+        job = app_ops.start_training(ctx, config, public=options.public, num_processes=num_processes)
         return {"run_id": job.run_dir.name, "position": ctx.jobs.position(job)}
 
     @user_errors

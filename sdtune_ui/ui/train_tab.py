@@ -64,6 +64,10 @@ def build(ctx: Any, options: Any) -> TrainTab:
         use_method_presets = gr.Checkbox(True, label="Apply the method's recommended settings when switching method")
         demo = gr.Button("Quick CPU demo settings (tiny-sd1, ~1 min)", size="sm")
     form = build_form(defaults, datasets=dataset_choices(ctx), allow_local_paths=options.allow_local_paths)
+    gpus = app_ops.gpu_count()
+    processes = gr.Dropdown([str(n) for n in range(1, max(gpus, 1) + 1)], value="1", label="Processes (GPUs)",
+                            visible=gpus > 1, elem_id="num-processes",
+                            info="More than one: the run starts as `accelerate launch`, one process per GPU.")
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="start-training")
         cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-training")
@@ -80,8 +84,9 @@ def build(ctx: Any, options: Any) -> TrainTab:
 
     # ---------------------------------------------------------------- handlers
     @user_errors
-    def on_start(*args: Any) -> str:
-        job = app_ops.start_training(ctx, form.values(args), public=options.public)
+    def on_start(num_processes: str, *args: Any) -> str:
+        job = app_ops.start_training(ctx, form.values(args), public=options.public,
+                                     num_processes=int(num_processes or 1))
         ahead = ctx.jobs.position(job)
         name = job.run_dir.name
         gr.Info(f"Run {name} queued behind {ahead} job(s)." if ahead else f"Run {name} started.")
@@ -136,7 +141,7 @@ def build(ctx: Any, options: Any) -> TrainTab:
         return [attach, signature, *updates]
 
     # ---------------------------------------------------------------- wiring
-    start.click(on_start, fields, watched, api_name="start_training").then(
+    start.click(on_start, [processes, *fields], watched, api_name="start_training").then(
         on_tick, [watched, gr.State(None)], [watched, last, *view.outputs], show_progress="hidden")
     cancel.click(on_cancel, watched, None, api_name="cancel_training")
     resume.click(on_resume, watched, watched, api_name="resume_training")
