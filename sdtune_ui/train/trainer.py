@@ -50,15 +50,15 @@ def compile_unet(unet: torch.nn.Module, mode: str) -> None:
 
 
 def ddp_settings(config: TrainConfig):
-    """DDP without per-step buffer broadcasts or gradient copies; bf16 all-reduce when training in bf16.
+    """DDP without per-step buffer broadcasts or gradient copies.
 
     The UNet has no buffers that change in training, and bucket views let the all-reduce work on the
-    gradients in place. Under bf16 the gradients travel in bf16 (half the bytes), as FSDP's reduce_dtype would.
+    gradients in place. (A bf16 compression hook was measured on 2xH200 and made full fine-tuning slower:
+    benchmarks/README.md.)
     """
-    from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs
+    from accelerate.utils import DistributedDataParallelKwargs
 
-    hook = DDPCommunicationHookType.BF16 if config.mixed_precision == "bf16" else DDPCommunicationHookType.NO
-    return DistributedDataParallelKwargs(broadcast_buffers=False, gradient_as_bucket_view=True, comm_hook=hook)
+    return DistributedDataParallelKwargs(broadcast_buffers=False, gradient_as_bucket_view=True)
 
 
 class Trainer:
