@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from full_size import build  # noqa: E402
 
 from sdtune_ui.config import TrainConfig  # noqa: E402
-from sdtune_ui.runs import RunDir  # noqa: E402
+from sdtune_ui.runs import RunDir, is_main_process  # noqa: E402
 from sdtune_ui.train.trainer import Trainer, compile_unet  # noqa: E402
 
 METHODS = {"lora": "lora", "full": "full", "dreambooth": "dreambooth", "ti": "textual_inversion",
@@ -156,7 +156,7 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--no-cache", action="store_true", help="Encode images and prompts every step.")
     result = run(parser.parse_args())
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         print(json.dumps(result), flush=True)
 
 

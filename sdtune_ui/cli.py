@@ -74,7 +74,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     from sdtune_ui.app_ops import default_data_dir
-    from sdtune_ui.runs import RunDir, new_run_id
+    from sdtune_ui.runs import RunDir, is_main_process, new_run_id
     from sdtune_ui.train import train
 
     config = config_from_args(args)
@@ -83,17 +83,11 @@ def run_train(args: argparse.Namespace) -> int:
     status = train(config, run_dir)
     run = RunDir(run_dir)
     message = next((e.get("message", "") for e in reversed(run.read_events()) if e["kind"] == "status"), "")
-    if _is_main():
+    if is_main_process():
         print(f"{status}: {message}\nRun folder: {run_dir}")
         for name in sorted(p.name for p in run.output_dir.iterdir()) if run.output_dir.exists() else []:
             print(f"  output/{name}")
     return 0 if status == "completed" else (130 if status == "cancelled" else 1)
-
-
-def _is_main() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
 
 
 def run_presets(args: argparse.Namespace) -> int:

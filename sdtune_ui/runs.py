@@ -151,6 +151,11 @@ class RunDir:
         return sorted(self.samples_dir.glob("*.png"), key=os.path.getmtime) if self.samples_dir.exists() else []
 
 
+def is_main_process() -> bool:
+    """True outside distributed runs and on rank 0: the one process that writes the run folder."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def new_run_id(prefix: str = "run") -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
 

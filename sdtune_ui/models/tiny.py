@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from sdtune_ui.paths import cache_dir
+from sdtune_ui.runs import is_main_process
 
 TINY_MODELS = ("tiny-sd1", "tiny-sd2-v", "tiny-sdxl")
 
@@ -191,7 +192,7 @@ def tiny_model_path(name: str) -> Path:
     target = cache_dir("models") / name
     if (target / "model_index.json").exists():
         return target
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         # In a distributed run transformers saves weights on rank 0 only, so rank 0 builds; others wait.
         return _wait_for(target / "model_index.json", timeout_s=600)
     with _exclusive(target.with_name(target.name + ".lock")):

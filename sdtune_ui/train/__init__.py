@@ -12,7 +12,7 @@ import torch
 
 from sdtune_ui.config import TrainConfig
 from sdtune_ui.errors import Cancelled, SdtuneError
-from sdtune_ui.runs import EventLog, RunDir
+from sdtune_ui.runs import EventLog, RunDir, is_main_process
 from sdtune_ui.train.setup import apply_dataset_info
 
 log = logging.getLogger(__name__)
@@ -29,12 +29,6 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _is_main_process() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
-
-
 def train(config: TrainConfig, run_dir: str | Path, *, events: EventLog | None = None,
           cancel: Callable[[], bool] | None = None) -> str:
     """Validate, train, save; return the final status: completed, cancelled or failed.
@@ -46,7 +40,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, events: EventLog | None =
     from sdtune_ui.train.trainer import Trainer
 
     run = RunDir(Path(run_dir))
-    main = _is_main_process()
+    main = is_main_process()
     if main:
         run.create()
         run.clear_cancel()

@@ -70,6 +70,9 @@ class TrainingData:
         rng = random.Random(seed)
         self.items = [self._item(ex, buckets, False, rng) for ex in examples]
         self.class_items = [self._item(ex, [(resolution, resolution)], True, rng) for ex in class_examples]
+        self._class_order = torch.randperm(len(self.class_items),
+                                           generator=torch.Generator().manual_seed(seed)).tolist()
+        self._cached_epoch: tuple = (None, None, [])
 
     def _item(self, example: Example, buckets: list[tuple[int, int]], is_class: bool, rng: random.Random) -> Item:
         image = example.image
@@ -86,8 +89,14 @@ class TrainingData:
         """Global batches of instance indices for one epoch: same-bucket only, shuffled, deterministic.
 
         A bucket's last partial batch is filled by cycling its own shuffled items, so small datasets
-        (fewer images than the batch) still train on full batches.
+        (fewer images than the batch) still train on full batches. The last epoch asked for is kept, since
+        the loop asks once per step.
         """
+        if self._cached_epoch[:2] != (epoch, global_batch):
+            self._cached_epoch = (epoch, global_batch, self._shuffle_epoch(epoch, global_batch))
+        return self._cached_epoch[2]
+
+    def _shuffle_epoch(self, epoch: int, global_batch: int) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         by_bucket: dict[tuple[int, int], list[int]] = {}
         for index in torch.randperm(len(self.items), generator=generator).tolist():
@@ -101,10 +110,8 @@ class TrainingData:
 
     def class_indices(self, step: int, count: int) -> list[int]:
         """Class items paired with a batch: walk a fixed shuffled order so every class image gets used."""
-        if not self.class_items:
-            return []
-        order = torch.randperm(len(self.class_items), generator=torch.Generator().manual_seed(self.seed)).tolist()
-        return [order[(step * count + i) % len(order)] for i in range(count)]
+        order = self._class_order
+        return [order[(step * count + i) % len(order)] for i in range(count)] if order else []
 
 
 def template_prompt(templates: tuple[str, ...], token_text: str, generator: torch.Generator) -> str:

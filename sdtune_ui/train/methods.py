@@ -7,6 +7,7 @@ live in sdtune_ui/models.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ def _named_trainable(parts: ModelParts) -> dict[str, torch.nn.Parameter]:
             for name, p in module.named_parameters() if p.requires_grad}
 
 
-class Method:
+class Method(ABC):
     """Base strategy; subclasses override only what differs."""
 
     def __init__(self, config: TrainConfig):
@@ -69,8 +70,8 @@ class Method:
     def expand_prompt(self, prompt: str) -> str:
         return prompt
 
-    def after_optimizer_step(self, parts: ModelParts) -> None:
-        pass
+    def after_optimizer_step(self, parts: ModelParts) -> None:  # noqa: B027 - an optional hook
+        """Called after every optimizer step; most methods need nothing here."""
 
     def trainable_state(self, parts: ModelParts) -> dict[str, torch.Tensor]:
         return {name: p.detach().clone() for name, p in _named_trainable(parts).items()}
@@ -84,8 +85,9 @@ class Method:
             for name, p in params.items():
                 p.copy_(state[name].to(p.device, p.dtype))
 
+    @abstractmethod
     def save_output(self, parts: ModelParts, out_dir: Path) -> list[Path]:
-        raise NotImplementedError
+        """Write the method's standard artifact(s) into out_dir; return the files written."""
 
 
 class FullFineTune(Method):

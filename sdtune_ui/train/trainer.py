@@ -340,13 +340,17 @@ class Trainer:
             if validation_due and not at_end:
                 self.validate()
 
+    def _asked_to_cancel(self) -> bool:
+        """The caller's cancel flag or the run folder's CANCEL file (written by the app or a terminal)."""
+        return bool(self.cancel()) or self.run.cancel_requested()
+
     def _stop_if_cancelled(self) -> None:
         """Cancel during setup (model load, caching, class images) takes effect at once, not at step 1."""
-        if bool(self.cancel()) or self.run.cancel_requested():
+        if self._asked_to_cancel():
             raise Cancelled()
 
     def _cancel_requested(self) -> bool:
-        requested = bool(self.cancel()) or self.run.cancel_requested()
+        requested = self._asked_to_cancel()
         if self.accelerator.num_processes == 1:
             return requested
         # Every process must stop at the same step, or the others would wait forever in all-reduce. Agreeing
