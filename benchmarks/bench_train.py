@@ -79,6 +79,58 @@ def count_flops(trainer: Trainer) -> float:
     return float(counter.get_total_flops())
 
 
+KERNEL_KINDS = (  # substring of a CUDA kernel's name -> what it does (first match wins)
+    ("attention", ("flash", "fmha", "attention", "sdpa")),
+    ("matmul", ("gemm", "cutlass", "sm90_xmma", "cublas", "nvjet", "mm_", "splitk")),
+    ("convolution", ("conv", "cudnn", "implicit", "wgrad", "dgrad", "fprop")),
+    ("normalization", ("norm", "welford")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("copy", ("memcpy", "memset", "copy")),
+    ("fused elementwise (inductor)", ("triton",)),
+    ("elementwise", ("elementwise", "vectorized", "reduce", "unrolled", "index")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    for kind, needles in KERNEL_KINDS:
+        if any(needle in lowered for needle in needles):
+            return kind
+    return "other"
+
+
+def profile_steps(trainer: Trainer, steps: int) -> dict:
+    """torch.profiler over a few steps: GPU busy share of the wall time, time by kernel kind, top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    first = trainer.total_steps
+    trainer.total_steps = first + steps
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        trainer.fit()
+        torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - started) * 1000 / steps
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA
+               and e.self_device_time_total > 0]
+    total_us = sum(e.self_device_time_total for e in kernels)
+    by_kind: dict[str, float] = {}
+    for event in kernels:
+        kind = kernel_kind(event.key)
+        by_kind[kind] = by_kind.get(kind, 0.0) + event.self_device_time_total
+    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:12]
+    return {
+        "steps": steps, "wall_ms_per_step": round(wall_ms, 2),
+        "gpu_kernel_ms_per_step": round(total_us / 1000 / steps, 2),
+        "gpu_busy_share": round(total_us / 1000 / steps / wall_ms, 3),
+        "kernel_ms_per_step_by_kind": {k: round(v / 1000 / steps, 2) for k, v in
+                                       sorted(by_kind.items(), key=lambda kv: -kv[1])},
+        "kernel_launches_per_step": round(sum(e.count for e in kernels) / steps),
+        "top_kernels": [{"name": e.key[:90], "ms_per_step": round(e.self_device_time_total / 1000 / steps, 3),
+                         "calls_per_step": round(e.count / steps, 1)} for e in top],
+    }
+
+
 def run(args: argparse.Namespace) -> dict:
     import diffusers
 
@@ -92,7 +144,8 @@ def run(args: argparse.Namespace) -> dict:
                          checkpointing_steps=0, validation_steps=0, log_every=10_000, caption_dropout=0.1,
                          instance_prompt=prompt, rank=args.rank, lora_alpha=args.rank,
                          gradient_checkpointing=args.gradient_checkpointing, learning_rate=1e-5,
-                         cache_latents=not args.no_cache, cache_text_embeddings=not args.no_cache)
+                         cache_latents=not args.no_cache, cache_text_embeddings=not args.no_cache,
+                         offload_frozen_encoders=not args.no_offload)
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process under accelerate
     with torch.device("cuda"):  # random init on the GPU: seconds instead of a minute on the CPU
         pipeline = build(args.model)
@@ -108,8 +161,14 @@ def run(args: argparse.Namespace) -> dict:
     peaks = {"setup": phase_peak()}       # loading to the GPU, latent and text caches
     flops = count_flops(trainer)
     peaks["flop_count"] = phase_peak()    # one eager step under FlopCounterMode
-    if args.compile != "none":
-        compile_unet(trainer.parts.unet, args.compile)
+    unet = trainer.parts.unet
+    if args.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if args.compile != "none" and args.compile_scope == "blocks":
+        # Regional compilation: each transformer block is compiled once and reused (much shorter compile).
+        unet.compile_repeated_blocks(mode=None if args.compile == "default" else args.compile, dynamic=False)
+    elif args.compile != "none":
+        compile_unet(unet, args.compile)
 
     # Warm-up (compilation, cuDNN autotuning, allocator), then timed steps with no host sync inside.
     started = time.perf_counter()
@@ -124,6 +183,7 @@ def run(args: argparse.Namespace) -> dict:
     elapsed = time.perf_counter() - started
     peaks["steps"] = phase_peak()         # warm-up (compilation, CUDA graphs) and the timed steps
     steps_per_s = args.steps / elapsed
+    profile = profile_steps(trainer, args.profile) if args.profile else None
     peak_tflops = matmul_tflops()
     return {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "diffusers": diffusers.__version__,
@@ -138,6 +198,8 @@ def run(args: argparse.Namespace) -> dict:
         "peak_allocated_gib_by_phase": {name: round(a / 2**30, 2) for name, (a, _) in peaks.items()},
         "tflop_per_step": round(flops / 1e12, 3), "matmul_tflops": round(peak_tflops, 1),
         "mfu": round(flops * steps_per_s / (peak_tflops * 1e12), 4),
+        "channels_last": args.channels_last, "compile_scope": args.compile_scope, "offload": not args.no_offload,
+        "profile": profile,
         "setup_s": round(setup_s, 1), "warmup_s": round(warmup_s, 1), "peak_from": "trainer setup (model on CPU)",
     }
 
@@ -153,6 +215,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--compile", default="none", choices=("none", "default", "reduce-overhead",
                                                               "max-autotune-no-cudagraphs"))
+    parser.add_argument("--compile-scope", choices=("whole", "blocks"), default="whole",
+                        help="Compile the whole UNet, or each repeated transformer block once (faster compile).")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--profile", type=int, default=0, help="Profile this many extra steps (torch.profiler).")
+    parser.add_argument("--no-offload", action="store_true", help="Keep cached encoders on the GPU.")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--no-cache", action="store_true", help="Encode images and prompts every step.")
     result = run(parser.parse_args())

@@ -122,6 +122,9 @@ class TrainConfig:
     cache_latents: bool = _field(True, "Encode images with the VAE once, not every step.", advanced=True)
     cache_text_embeddings: bool = _field(True, "Encode prompts once when the text encoders are frozen.",
                                          advanced=True)
+    offload_frozen_encoders: bool = _field(True, "Once their outputs are cached, keep the frozen text encoders "
+                                           "and VAE in CPU memory (back on the GPU only for sample images). "
+                                           "Saves ~1.7 GB of GPU memory on SDXL.", advanced=True)
     compile_unet: str = _field("none", "torch.compile the UNet on CUDA: 'default' (fused kernels), "
                                "'reduce-overhead' (also CUDA graphs: fastest at small batch, fixed shapes), "
                                "'none'. The first steps are slower while it compiles.",

@@ -124,6 +124,8 @@ class Trainer:
         self.latent_cache = self._encode_all_latents() if cfg.cache_latents else None
         self.text_cache = (self._encode_all_prompts() if cfg.cache_text_embeddings
                            and not self.method.trains_text_encoders() else None)
+        # Cached encoders are only needed again for sample images: park them in CPU memory meanwhile.
+        self.parked = self._park_cached_encoders() if cfg.offload_frozen_encoders else []
 
         self._stop_if_cancelled()
 
@@ -196,6 +198,16 @@ class Trainer:
             pooled = None if pooled is None else pooled[0].to(self.weight_dtype)
             cache[prompt] = (hidden[0].to(self.weight_dtype), pooled)
         return cache
+
+    def _park_cached_encoders(self) -> list[torch.nn.Module]:
+        if self.accelerator.device.type != "cuda":
+            return []
+        parked = ([self.parts.vae] if self.latent_cache is not None else []) + (
+            list(self.parts.text_encoders) if self.text_cache is not None else [])
+        for module in parked:
+            module.to("cpu")
+        torch.cuda.empty_cache()
+        return parked
 
     # ------------------------------------------------------------------ batches
     def _batch(self, micro_step: int) -> Batch:
@@ -390,9 +402,13 @@ class Trainer:
             return
         for model in self.wrapped_models:
             model.eval()
+        for module in self.parked:
+            module.to(self.accelerator.device)
         for path, prompt in sample_images(self.parts.pipeline, self.config, self.method, self.step,
                                           self.run.samples_dir, self.accelerator, self.weight_dtype):
             self.emit("sample", step=self.step, path=str(path.relative_to(self.run.path)), prompt=prompt)
+        for module in self.parked:
+            module.to("cpu")
         for model in self.wrapped_models:
             model.train()
 
