@@ -319,15 +319,23 @@ def resume_run(jobs: Any, runs_dir: Path, run_id: str) -> Any:
     return jobs.submit_training(TrainConfig.from_dict(run.config()), run.path)
 
 
-def start_training(ctx: Any, values: dict[str, Any], *, public: bool, num_processes: int = 1) -> Any:
+def start_training(ctx: Any, values: dict[str, Any], *, public: bool, num_processes: int = 1,
+                   multi_gpu_mode: str = "ddp") -> Any:
     """Queue a new run from widget (or API) values; `data` may name a dataset of the data folder.
 
     With `num_processes` > 1 the run is an `accelerate launch` child process (one process per GPU; on a
-    machine without GPUs, CPU processes over gloo), watched through the same run folder.
+    machine without GPUs, CPU processes over gloo), watched through the same run folder. `multi_gpu_mode`
+    picks its accelerate config: "ddp" (a whole model per GPU) or "fsdp" (sharded full fine-tuning).
     """
+    from sdtune_ui.jobs import ACCELERATE_CONFIGS
+    from sdtune_ui.train import sharding
+
     num_processes = int(num_processes or 1)
     if not 1 <= num_processes <= MAX_PROCESSES:
         raise ConfigError(f"num_processes must be between 1 and {MAX_PROCESSES} (got {num_processes}).")
+    multi_gpu_mode = (multi_gpu_mode or "ddp").lower()
+    if multi_gpu_mode not in ACCELERATE_CONFIGS:
+        raise ConfigError(f"multi_gpu_mode must be one of {', '.join(ACCELERATE_CONFIGS)} (got {multi_gpu_mode!r}).")
     values = dict(values)
     data = str(values.get("data") or "").strip()
     if data and data == safe_name(data, "") and (ctx.datasets_dir / data).is_dir():
@@ -337,6 +345,12 @@ def start_training(ctx: Any, values: dict[str, Any], *, public: bool, num_proces
         check_public_config(config, ctx.data_dir)
         if num_processes > max(1, gpu_count()):
             raise ConfigError("A public app runs at most one process per GPU.")
+    if num_processes > 1 and multi_gpu_mode == "fsdp":
+        if gpu_count() < num_processes:
+            raise ConfigError(f"FSDP shards the model over GPUs and needs {num_processes} of them; "
+                              f"{gpu_count()} visible. Use DDP, or fewer processes.")
+        sharding.check_supported(config)
     if num_processes > 1:
-        return ctx.jobs.submit_subprocess_training(config, new_run_dir(ctx.runs_dir, config), num_processes)
+        return ctx.jobs.submit_subprocess_training(config, new_run_dir(ctx.runs_dir, config), num_processes,
+                                                   mode=multi_gpu_mode)
     return ctx.jobs.submit_training(config, new_run_dir(ctx.runs_dir, config))

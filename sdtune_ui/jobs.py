@@ -110,21 +110,23 @@ class JobQueue:
                                  kind="train"))
 
     def submit_subprocess_training(self, config: TrainConfig, run_dir: str | Path, num_processes: int = 1,
-                                   *, command: list[str] | None = None, poll_s: float = 0.5) -> Job:
+                                   *, mode: str = "ddp", command: list[str] | None = None,
+                                   poll_s: float = 0.5) -> Job:
         """Queue a run in a child process (`accelerate launch` for several GPUs), watched via its run folder.
 
         `command` replaces the launcher (tests); by default it is `python -m sdtune_ui train` for one
-        process and `accelerate launch --multi_gpu --num_processes N -m sdtune_ui train` for more.
+        process and `accelerate launch --config_file <mode's config> --num_processes N -m sdtune_ui train`
+        for more.
         """
         run = self._prepare_run(config, run_dir)
         config_path = run.path / "launch_config.json"
         config.save(config_path)
-        argv = command or launch_command(config_path, run.path, num_processes, config.mixed_precision)
+        argv = command or launch_command(config_path, run.path, num_processes, config.mixed_precision, mode)
 
         def target(job: Job) -> str:
             return _run_subprocess(argv, run, job, poll_s)
 
-        return self._enqueue(Job(label=f"train {run.path.name} ({num_processes} process(es))", target=target,
+        return self._enqueue(Job(label=f"train {run.path.name} ({num_processes} process(es), {mode})", target=target,
                                  run_dir=run.path, kind="subprocess"))
 
     # ------------------------------------------------------------------ watching
@@ -268,18 +270,26 @@ def _record_crash(run: RunDir, err: BaseException) -> None:
         run.events().emit("status", status="failed", message=message)
 
 
-def launch_command(config_path: Path, run_dir: Path, num_processes: int, mixed_precision: str = "no") -> list[str]:
+# accelerate config files shipped with the package, by multi-GPU mode (README: "Several GPUs").
+ACCELERATE_CONFIGS = {"ddp": "ddp.yaml", "fsdp": "fsdp_full.yaml"}
+
+
+def accelerate_config(mode: str) -> Path:
+    return Path(__file__).parent / "accelerate_configs" / ACCELERATE_CONFIGS[mode]
+
+
+def launch_command(config_path: Path, run_dir: Path, num_processes: int, mixed_precision: str = "no",
+                   mode: str = "ddp") -> list[str]:
     """The command line of a run in a child process (`accelerate launch` when several processes are used).
 
-    `--multi_gpu` is what makes accelerate start N processes: with GPUs one per GPU over NCCL, on a machine
-    without GPUs N CPU processes over gloo (the trainer handles that case). Without it accelerate would start
-    a single process on a CPU machine.
+    The DDP config's `distributed_type: MULTI_GPU` is what makes accelerate start N processes: with GPUs one
+    per GPU over NCCL, on a machine without GPUs N CPU processes over gloo (the trainer handles that case).
     """
     tail = ["-m", "sdtune_ui", "train", "--config", str(config_path), "--output", str(run_dir)]
     if num_processes <= 1:
         return [sys.executable, *tail]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-            "--num_machines", "1", "--mixed_precision", mixed_precision or "no", "--dynamo_backend", "no", *tail]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config(mode)),
+            "--num_processes", str(num_processes), "--mixed_precision", mixed_precision or "no", *tail]
 
 
 def _run_subprocess(argv: list[str], run: RunDir, job: Job, poll_s: float) -> str:

@@ -46,7 +46,8 @@ def test_two_process_run_started_from_the_app(app):
     assert "output/pytorch_lora_weights.safetensors" in final["outputs"]
     # The run was an `accelerate launch` of two processes, recorded on the log's first line.
     first_line = launched.splitlines()[0]
-    assert "accelerate.commands.launch --multi_gpu --num_processes 2" in first_line, first_line
+    assert "accelerate.commands.launch --config_file" in first_line, first_line
+    assert "ddp.yaml --num_processes 2" in first_line, first_line
     # Only the main process writes events: one step event per step, not one per process.
     steps = [event["step"] for event in run.read_events() if event["kind"] == "step"]
     assert steps == [1, 2, 3, 4, 5, 6]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 
@@ -12,19 +11,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sdtune_ui.jobs import launch_command
 from sdtune_ui.runs import RunDir
 from tests.train_helpers import losses, quick_config, run_training
 
 
 def launch(config, run_dir, num_processes: int, tmp_path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`accelerate launch --multi_gpu`: on a machine without GPUs it starts the processes on the CPU with gloo
-    (accelerate's `--cpu` would run a single process)."""
+    """`accelerate launch` with the project's DDP config: on a machine without GPUs it starts the processes on
+    the CPU with gloo (accelerate's `--cpu` would run a single process)."""
     config_path = tmp_path / f"config-{run_dir.name}.json"
     config.save(config_path)
-    launcher = ["--multi_gpu"] if num_processes > 1 else []
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", str(num_processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "sdtune_ui", "train", "--config", str(config_path), "--output", str(run_dir)]
+    command = launch_command(config_path, run_dir, num_processes, mixed_precision="no")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -41,6 +38,7 @@ def test_two_processes_follow_the_one_process_loss_curve(toy_dataset, tmp_path, 
     assert losses(double) == pytest.approx(losses(single), rel=1e-4)
     # Only the main process writes the run folder: one line per step, one checkpoint.
     assert [e["step"] for e in double.read_events() if e["kind"] == "step"] == [1, 2, 3, 4]
+    assert any("2 processes (MULTI_CPU)" in e.get("message", "") for e in double.read_events())
     a = load_file(single.checkpoints()[-1] / "trainable.safetensors")
     b = load_file(double.checkpoints()[-1] / "trainable.safetensors")
     differences = torch.cat([(a[key] - b[key]).abs().flatten() for key in a])

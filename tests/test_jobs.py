@@ -153,7 +153,11 @@ def test_subprocess_job_is_watched_through_the_run_folder(tmp_path, queue_factor
     assert crashed.wait(20) and crashed.result == "failed"
     assert "code 3" in RunDir(tmp_path / "runs" / "crash").read_events()[-1]["message"]
     argv = launch_command(Path("c.json"), Path("runs/x"), 2, "bf16")
-    assert argv[1:6] == ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    assert argv[1:3] == ["-m", "accelerate.commands.launch"]
+    assert argv[argv.index("--config_file") + 1].endswith("accelerate_configs/ddp.yaml")
+    assert argv[argv.index("--num_processes") + 1] == "2"
+    fsdp = launch_command(Path("c.json"), Path("runs/x"), 2, "bf16", mode="fsdp")
+    assert fsdp[fsdp.index("--config_file") + 1].endswith("accelerate_configs/fsdp_full.yaml")
     assert argv[argv.index("--mixed_precision") + 1] == "bf16" and "--output" in argv
     assert argv[argv.index("-m", 3):argv.index("-m", 3) + 3] == ["-m", "sdtune_ui", "train"]
     assert launch_command(Path("c.json"), Path("runs/x"), 1)[1:4] == ["-m", "sdtune_ui", "train"]

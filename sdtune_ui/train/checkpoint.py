@@ -17,14 +17,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def save_checkpoint(folder: Path, *, step: int, trainable: dict[str, torch.Tensor], optimizer: Any,
+def save_checkpoint(folder: Path, *, step: int, trainable: dict[str, torch.Tensor], optimizer_state: dict,
                     lr_scheduler: Any, rng: dict[str, torch.Tensor], config: dict,
                     ema_state: dict | None = None) -> Path:
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(partial / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+    torch.save(optimizer_state, partial / "optimizer.pt")
     torch.save(lr_scheduler.state_dict(), partial / "scheduler.pt")
     torch.save(rng, partial / "rng.pt")
     if ema_state is not None:
@@ -41,10 +41,9 @@ def save_checkpoint(folder: Path, *, step: int, trainable: dict[str, torch.Tenso
     return folder
 
 
-def load_checkpoint(folder: Path, *, optimizer: Any, lr_scheduler: Any) -> dict[str, Any]:
-    """Load optimizer and schedule state in place; return step, trainable tensors, RNG and EMA states."""
+def load_checkpoint(folder: Path, *, lr_scheduler: Any) -> dict[str, Any]:
+    """Load the schedule state in place; return step, trainable tensors, optimizer, RNG and EMA states."""
     # Our own files, loaded as plain tensors and numbers only (weights_only refuses arbitrary objects).
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     lr_scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     state = json.loads((folder / "state.json").read_text())
     random.setstate((3, tuple(state["python_random"]), None))
@@ -54,6 +53,7 @@ def load_checkpoint(folder: Path, *, optimizer: Any, lr_scheduler: Any) -> dict[
     return {
         "step": state["step"],
         "trainable": load_file(str(folder / "trainable.safetensors")),
+        "optimizer": torch.load(folder / "optimizer.pt", weights_only=True, mmap=True),
         "rng": torch.load(folder / "rng.pt", weights_only=True),
         "ema": torch.load(ema_path, weights_only=True) if ema_path.exists() else None,
     }

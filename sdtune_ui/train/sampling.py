@@ -11,8 +11,11 @@ from sdtune_ui.config import TrainConfig
 
 
 def sample_images(pipe: Any, config: TrainConfig, method: Any, step: int, samples_dir: Path, accelerator: Any,
-                  weight_dtype: torch.dtype) -> list[tuple[Path, str]]:
-    """One image per prompt (x num_validation_images), same seed every time so steps compare fairly."""
+                  weight_dtype: torch.dtype, save: bool = True) -> list[tuple[Path, str]]:
+    """One image per prompt (x num_validation_images), same seed every time so steps compare fairly.
+
+    With save=False the images are made but not written (FSDP's other processes, which must take part).
+    """
     samples_dir.mkdir(parents=True, exist_ok=True)
     device = accelerator.device
     written = []
@@ -23,7 +26,7 @@ def sample_images(pipe: Any, config: TrainConfig, method: Any, step: int, sample
             images = pipe(method.expand_prompt(prompt), num_inference_steps=config.validation_inference_steps,
                           guidance_scale=config.validation_guidance_scale, generator=generator,
                           num_images_per_prompt=config.num_validation_images).images
-        for image_index, image in enumerate(images):
+        for image_index, image in enumerate(images if save else []):
             path = samples_dir / f"step-{step:06d}-p{prompt_index}-{image_index}.png"
             image.save(path)
             written.append((path, prompt))

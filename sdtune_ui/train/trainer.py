@@ -7,6 +7,7 @@ accelerate, so the same code serves one CPU, one GPU or `accelerate launch` on s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -21,6 +22,7 @@ from sdtune_ui.config import TrainConfig
 from sdtune_ui.errors import Cancelled, ConfigError, TrainingStopped
 from sdtune_ui.runs import EventLog, NullEventLog, RunDir
 from sdtune_ui.train import checkpoint as ckpt
+from sdtune_ui.train import sharding
 from sdtune_ui.train.data import TrainingData
 from sdtune_ui.train.methods import Method, make_method
 from sdtune_ui.train.setup import build_optimizer, load_training_inputs, weight_dtype_for
@@ -85,8 +87,14 @@ class Trainer:
                                        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                                        kwargs_handlers=[ddp_settings(cfg)])
         acc = self.accelerator
+        self.sharded = sharding.is_sharded(acc)  # FSDP: each process holds a slice of the UNet (sharding.py)
+        if self.sharded:
+            sharding.check_supported(cfg)
         if self.events is None:
             self.events = self.run.events() if acc.is_main_process else NullEventLog()
+        if acc.num_processes > 1:
+            self.log(f"{acc.num_processes} processes ({acc.distributed_type.value}) on {acc.device.type}: "
+                     f"{cfg.train_batch_size} images per process, {cfg.train_batch_size * acc.num_processes} per step")
         set_seed(cfg.seed)
         self.weight_dtype = weight_dtype_for(cfg.mixed_precision)
 
@@ -117,8 +125,10 @@ class Trainer:
             for encoder in parts.text_encoders if self.method.trains_text_encoders() else []:
                 encoder.gradient_checkpointing_enable()
 
-        if cfg.compile_unet != "none" and acc.device.type == "cuda":
+        if cfg.compile_unet != "none" and acc.device.type == "cuda" and not self.sharded:
             compile_unet(parts.unet, cfg.compile_unet)
+        elif cfg.compile_unet != "none":
+            self.log("compile_unet is skipped: it needs CUDA and is not used together with FSDP", level="warning")
 
         # Caches: the VAE is always frozen; the text encoders are frozen unless the method trains them.
         self.latent_cache = self._encode_all_latents() if cfg.cache_latents else None
@@ -160,6 +170,8 @@ class Trainer:
         self.unet = wrapped.get(id(parts.unet), parts.unet)
         self.text_encoders = [wrapped.get(id(encoder), encoder) for encoder in parts.text_encoders]
         self.trainable_params = [p for g in groups for p in g["params"]]
+        if self.sharded:  # FSDP replaced the parameters; accelerate clips them as the model's own list
+            self.trainable_params = list(self.unet.parameters())
 
         # Random numbers: data decisions on the CPU, noise and timesteps on the device; both checkpointed.
         self.data_generator = torch.Generator().manual_seed(cfg.seed)
@@ -398,14 +410,16 @@ class Trainer:
     def validate(self) -> None:
         from sdtune_ui.train.sampling import sample_images
 
-        if not self.accelerator.is_main_process or not self.config.validation_prompts:
+        main = self.accelerator.is_main_process
+        # Under FSDP every forward gathers weights from all processes, so all of them sample (main one saves).
+        if not self.config.validation_prompts or not (main or self.sharded):
             return
         for model in self.wrapped_models:
             model.eval()
         for module in self.parked:
             module.to(self.accelerator.device)
         for path, prompt in sample_images(self.parts.pipeline, self.config, self.method, self.step,
-                                          self.run.samples_dir, self.accelerator, self.weight_dtype):
+                                          self.run.samples_dir, self.accelerator, self.weight_dtype, save=main):
             self.emit("sample", step=self.step, path=str(path.relative_to(self.run.path)), prompt=prompt)
         for module in self.parked:
             module.to("cpu")
@@ -415,26 +429,43 @@ class Trainer:
     def save_checkpoint(self) -> None:
         acc = self.accelerator
         acc.wait_for_everyone()
+        if self.sharded:  # collectives: every process sends its slices, the main one receives whole tensors
+            trainable = self._gather_unet_state()
+            optimizer_state = sharding.gather_optimizer_state(self.unet, self.optimizer)
         if acc.is_main_process:
+            if not self.sharded:
+                trainable = self.method.trainable_state(self.parts)
+                optimizer_state = self.optimizer.state_dict()
             folder = self.run.checkpoints_dir / f"step-{self.step}"
             rng = {"data": self.data_generator.get_state(), "noise": self.noise_generator.get_state(),
                    "torch": torch.get_rng_state()}
-            ckpt.save_checkpoint(folder, step=self.step, trainable=self.method.trainable_state(self.parts),
-                                 optimizer=self.optimizer, lr_scheduler=self.lr_scheduler, rng=rng,
+            ckpt.save_checkpoint(folder, step=self.step, trainable=trainable,
+                                 optimizer_state=optimizer_state, lr_scheduler=self.lr_scheduler, rng=rng,
                                  config=self.config.to_dict(),
                                  ema_state=self.ema.state_dict() if self.ema is not None else None)
             ckpt.prune_checkpoints(self.run.checkpoints(), self.config.checkpoints_total_limit)
             self.emit("checkpoint", step=self.step, path=str(folder.relative_to(self.run.path)))
         acc.wait_for_everyone()
 
+    def _gather_unet_state(self) -> dict[str, torch.Tensor]:
+        trainable = set(sharding.trainable_names(self.unet))
+        return {f"unet.{name}": tensor for name, tensor in sharding.gather_model_state(self.unet).items()
+                if name in trainable}
+
     def _resume_if_possible(self) -> None:
         latest = self.run.latest_checkpoint()
         if latest is None:
             return
-        saved = ckpt.load_checkpoint(latest, optimizer=self.optimizer, lr_scheduler=self.lr_scheduler)
+        saved = ckpt.load_checkpoint(latest, lr_scheduler=self.lr_scheduler)
         try:
-            self.method.load_trainable_state(self.parts, saved["trainable"])
-        except (KeyError, ValueError) as err:
+            if self.sharded:  # each process copies its slices out of the whole tensors
+                weights = {name.removeprefix("unet."): value for name, value in saved["trainable"].items()}
+                sharding.load_model_state(self.unet, weights)
+                sharding.load_optimizer_state(self.unet, self.optimizer, saved["optimizer"])
+            else:
+                self.method.load_trainable_state(self.parts, saved["trainable"])
+                self.optimizer.load_state_dict(saved["optimizer"])
+        except (KeyError, ValueError, RuntimeError) as err:
             raise ConfigError({"method": f"Checkpoint {latest} does not match these settings ({err})."}) from err
         self.data_generator.set_state(saved["rng"]["data"])
         self.noise_generator.set_state(saved["rng"]["noise"])
@@ -448,12 +479,14 @@ class Trainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         files: list[str] = []
+        unet_state = sharding.gather_model_state(self.unet) if self.sharded else None  # a collective
         if acc.is_main_process:
+            parts = self.parts
             if self.ema is not None:
-                self.ema.copy_to(self.parts.unet.parameters())
-            for model in self.wrapped_models:
-                acc.unwrap_model(model)
-            written = self.method.save_output(self.parts, self.run.output_dir)
+                self.ema.copy_to(parts.unet.parameters())
+            if unet_state is not None:  # a plain module with the whole weights, for the usual savers
+                parts = dataclasses.replace(parts, unet=sharding.whole_copy(parts.unet, unet_state))
+            written = self.method.save_output(parts, self.run.output_dir)
             files = [str(p.relative_to(self.run.path)) for p in written]
             self.emit("output", files=files)
         acc.wait_for_everyone()

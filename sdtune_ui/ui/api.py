@@ -17,13 +17,15 @@ from sdtune_ui.ui.common import user_errors
 
 def register(ctx: Any, options: Any) -> None:
     @user_errors
-    def start_run(config: dict, num_processes: int = 1) -> dict:
+    def start_run(config: dict, num_processes: int = 1, multi_gpu_mode: str = "ddp") -> dict:
         """Queue a training run. `config` holds TrainConfig fields; `data` may name a dataset of the Dataset tab.
 
         `num_processes` > 1 runs it through `accelerate launch` (one process per GPU; without GPUs, CPU
         processes over gloo, e.g. for tests or CPU clusters), watched through the same run folder.
+        `multi_gpu_mode` "fsdp" shards full fine-tuning over the GPUs instead of copying the model ("ddp").
         """
-        job = app_ops.start_training(ctx, config, public=options.public, num_processes=num_processes)
+        job = app_ops.start_training(ctx, config, public=options.public, num_processes=num_processes,
+                                     multi_gpu_mode=multi_gpu_mode)
         return {"run_id": job.run_dir.name, "position": ctx.jobs.position(job)}
 
     @user_errors

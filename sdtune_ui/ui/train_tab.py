@@ -68,6 +68,9 @@ def build(ctx: Any, options: Any) -> TrainTab:
     processes = gr.Dropdown([str(n) for n in range(1, max(gpus, 1) + 1)], value="1", label="Processes (GPUs)",
                             visible=gpus > 1, elem_id="num-processes",
                             info="More than one: the run starts as `accelerate launch`, one process per GPU.")
+    multi_gpu_mode = gr.Radio([("DDP: a whole model per GPU (fastest when it fits)", "ddp"),
+                               ("FSDP: shard weights and optimizer (full fine-tuning of SDXL)", "fsdp")],
+                              value="ddp", label="Multi-GPU mode", visible=gpus > 1, elem_id="multi-gpu-mode")
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="start-training")
         cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-training")
@@ -84,9 +87,9 @@ def build(ctx: Any, options: Any) -> TrainTab:
 
     # ---------------------------------------------------------------- handlers
     @user_errors
-    def on_start(num_processes: str, *args: Any) -> str:
+    def on_start(num_processes: str, mode: str, *args: Any) -> str:
         job = app_ops.start_training(ctx, form.values(args), public=options.public,
-                                     num_processes=int(num_processes or 1))
+                                     num_processes=int(num_processes or 1), multi_gpu_mode=mode)
         ahead = ctx.jobs.position(job)
         name = job.run_dir.name
         gr.Info(f"Run {name} queued behind {ahead} job(s)." if ahead else f"Run {name} started.")
@@ -141,7 +144,7 @@ def build(ctx: Any, options: Any) -> TrainTab:
         return [attach, signature, *updates]
 
     # ---------------------------------------------------------------- wiring
-    start.click(on_start, [processes, *fields], watched, api_name="start_training").then(
+    start.click(on_start, [processes, multi_gpu_mode, *fields], watched, api_name="start_training").then(
         on_tick, [watched, gr.State(None)], [watched, last, *view.outputs], show_progress="hidden")
     cancel.click(on_cancel, watched, None, api_name="cancel_training")
     resume.click(on_resume, watched, watched, api_name="resume_training")
