@@ -332,10 +332,11 @@ def start_training(ctx: Any, values: dict[str, Any], *, public: bool, num_proces
 
     num_processes = int(num_processes or 1)
     if not 1 <= num_processes <= MAX_PROCESSES:
-        raise ConfigError(f"num_processes must be between 1 and {MAX_PROCESSES} (got {num_processes}).")
+        raise ConfigError({"num_processes": f"Choose between 1 and {MAX_PROCESSES} processes (got {num_processes})."})
     multi_gpu_mode = (multi_gpu_mode or "ddp").lower()
     if multi_gpu_mode not in ACCELERATE_CONFIGS:
-        raise ConfigError(f"multi_gpu_mode must be one of {', '.join(ACCELERATE_CONFIGS)} (got {multi_gpu_mode!r}).")
+        choices = ", ".join(ACCELERATE_CONFIGS)
+        raise ConfigError({"multi_gpu_mode": f"Choose one of {choices} (got {multi_gpu_mode!r})."})
     values = dict(values)
     data = str(values.get("data") or "").strip()
     if data and data == safe_name(data, "") and (ctx.datasets_dir / data).is_dir():
@@ -344,11 +345,11 @@ def start_training(ctx: Any, values: dict[str, Any], *, public: bool, num_proces
     if public:
         check_public_config(config, ctx.data_dir)
         if num_processes > max(1, gpu_count()):
-            raise ConfigError("A public app runs at most one process per GPU.")
+            raise ConfigError({"num_processes": "A public app runs at most one process per GPU."})
     if num_processes > 1 and multi_gpu_mode == "fsdp":
         if gpu_count() < num_processes:
-            raise ConfigError(f"FSDP shards the model over GPUs and needs {num_processes} of them; "
-                              f"{gpu_count()} visible. Use DDP, or fewer processes.")
+            raise ConfigError({"multi_gpu_mode": f"FSDP shards the model over GPUs and needs {num_processes} of "
+                                                 f"them; {gpu_count()} visible. Use DDP, or fewer processes."})
         sharding.check_supported(config)
     if num_processes > 1:
         return ctx.jobs.submit_subprocess_training(config, new_run_dir(ctx.runs_dir, config), num_processes,

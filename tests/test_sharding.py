@@ -101,5 +101,7 @@ def test_the_app_refuses_fsdp_without_gpus_or_for_lora(toy_dataset, tmp_path):
     values = quick_config(toy_dataset, method="full").to_dict()
     with pytest.raises(ConfigError, match="needs 2"):
         app_ops.start_training(ctx, values, public=False, num_processes=2, multi_gpu_mode="fsdp")
+    with pytest.raises(ConfigError, match="between 1 and"):
+        app_ops.start_training(ctx, values, public=False, num_processes=99)
     with pytest.raises(ConfigError, match="multi_gpu_mode"):
         app_ops.start_training(ctx, values, public=False, num_processes=2, multi_gpu_mode="zero9")
