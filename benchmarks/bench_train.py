@@ -28,7 +28,8 @@ from full_size import build  # noqa: E402
 
 from sdtune_ui.config import TrainConfig  # noqa: E402
 from sdtune_ui.runs import RunDir, is_main_process  # noqa: E402
-from sdtune_ui.train.trainer import Trainer, compile_unet  # noqa: E402
+from sdtune_ui.train.speed import compile_unet  # noqa: E402
+from sdtune_ui.train.trainer import Trainer  # noqa: E402
 
 METHODS = {"lora": "lora", "full": "full", "dreambooth": "dreambooth", "ti": "textual_inversion",
            "pivotal": "pivotal"}
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace) -> dict:
                          instance_prompt=prompt, rank=args.rank, lora_alpha=args.rank,
                          gradient_checkpointing=args.gradient_checkpointing, learning_rate=1e-5,
                          cache_latents=not args.no_cache, cache_text_embeddings=not args.no_cache,
-                         offload_frozen_encoders=not args.no_offload)
+                         offload_frozen_encoders=not args.no_offload, compile_unet="none")
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process under accelerate
     with torch.device("cuda"):  # random init on the GPU: seconds instead of a minute on the CPU
         pipeline = build(args.model)

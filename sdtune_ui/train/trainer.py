@@ -26,6 +26,7 @@ from sdtune_ui.train import sharding
 from sdtune_ui.train.data import TrainingData
 from sdtune_ui.train.methods import Method, make_method
 from sdtune_ui.train.setup import build_optimizer, load_training_inputs, weight_dtype_for
+from sdtune_ui.train.speed import compile_plan, compile_unet, ddp_settings, eager
 
 
 @dataclass
@@ -40,37 +41,6 @@ class Batch:
     num_class: int
     names: list[str]
     prompts: list[str]
-
-
-def compile_unet(unet: torch.nn.Module, mode: str, scope: str = "whole", gradient_checkpointing: bool = False) -> str:
-    """Compile the UNet in place (the module, its parameters and state-dict keys stay the same); return the mode.
-
-    At small batch the step is bound by Python and kernel launches, not by the GPU; compiling fuses the
-    many small ops, and 'reduce-overhead' also replays them as CUDA graphs. scope 'blocks' compiles each
-    repeated transformer block once and reuses it (about a minute less compiling; the resnets stay eager).
-    """
-    if gradient_checkpointing and mode == "reduce-overhead":
-        # Recomputing a checkpointed block in the backward pass re-runs its CUDA graph, which overwrites
-        # outputs the backward still needs (seen on SDXL): fused kernels only.
-        mode = "default"
-    options = dict(mode=None if mode == "default" else mode, dynamic=False)
-    if scope == "blocks":
-        unet.compile_repeated_blocks(**options)
-    else:
-        unet.compile(**options)
-    return mode
-
-
-def ddp_settings(config: TrainConfig):
-    """DDP without per-step buffer broadcasts or gradient copies.
-
-    The UNet has no buffers that change in training, and bucket views let the all-reduce work on the
-    gradients in place. (A bf16 compression hook was measured on 2xH200 and made full fine-tuning slower:
-    benchmarks/README.md.)
-    """
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    return DistributedDataParallelKwargs(broadcast_buffers=False, gradient_as_bucket_view=True)
 
 
 class Trainer:
@@ -135,11 +105,6 @@ class Trainer:
             for encoder in parts.text_encoders if self.method.trains_text_encoders() else []:
                 encoder.gradient_checkpointing_enable()
 
-        if cfg.compile_unet != "none" and acc.device.type == "cuda" and not self.sharded:
-            mode = compile_unet(parts.unet, cfg.compile_unet, cfg.compile_scope, cfg.gradient_checkpointing)
-            self.log(f"Compiling the UNet ({mode}, {cfg.compile_scope}): the first steps are slower")
-        elif cfg.compile_unet != "none":
-            self.log("compile_unet is skipped: it needs CUDA and is not used together with FSDP", level="warning")
 
         # Caches: the VAE is always frozen; the text encoders are frozen unless the method trains them.
         self.latent_cache = self._encode_all_latents() if cfg.cache_latents else None
@@ -155,6 +120,13 @@ class Trainer:
         self.batches_per_epoch = len(self.data.epoch_batches(0, self.global_batch))
         self.total_steps = cfg.max_train_steps or cfg.num_train_epochs * math.ceil(
             self.batches_per_epoch / cfg.gradient_accumulation_steps)
+        mode, reason = compile_plan(cfg, device_type=acc.device.type, total_steps=self.total_steps,
+                                    bucket_count=len({item.bucket for item in self.data.items}), sharded=self.sharded)
+        if mode != "none":
+            mode = compile_unet(parts.unet, mode, cfg.compile_scope, cfg.gradient_checkpointing)
+            self.log(f"Compiling the UNet ({mode}, {cfg.compile_scope}; {reason}): the first steps are slower")
+        elif cfg.compile_unet != "none" and (cfg.compile_unet != "auto" or acc.device.type == "cuda"):
+            self.log(f"The UNet runs eagerly: {reason}")
         groups = self.method.param_groups(parts)
         if cfg.scale_lr:
             factor = cfg.train_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
@@ -429,8 +401,10 @@ class Trainer:
             model.eval()
         for module in self.parked:
             module.to(self.accelerator.device)
-        for path, prompt in sample_images(self.parts.pipeline, self.config, self.method, self.step,
-                                          self.run.samples_dir, self.accelerator, self.weight_dtype, save=main):
+        with eager():  # sampling's shapes differ from training's: no recompiling for a few images
+            samples = sample_images(self.parts.pipeline, self.config, self.method, self.step,
+                                    self.run.samples_dir, self.accelerator, self.weight_dtype, save=main)
+        for path, prompt in samples:
             self.emit("sample", step=self.step, path=str(path.relative_to(self.run.path)), prompt=prompt)
         for module in self.parked:
             module.to("cpu")

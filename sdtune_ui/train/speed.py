@@ -1,0 +1,75 @@
+"""Speed switches the trainer applies to the UNet: torch.compile (when it pays) and DDP settings.
+
+Measured on an H100 (benchmarks/README.md): at batch 1 the eager step is bound by Python and kernel
+launches, and compiling makes it 3-6x faster, after a minute or two of compiling. So "auto" compiles only
+runs long enough to win that time back, with fixed shapes, on CUDA, without FSDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from sdtune_ui.config import TrainConfig
+
+# Compiling costs ~60-130 s once; the compiled step saves ~0.15 s (SD1.5) to ~0.5 s (SDXL) per step.
+AUTO_COMPILE_MIN_STEPS = 500
+
+
+def compile_plan(config: TrainConfig, *, device_type: str, total_steps: int, bucket_count: int,
+                 sharded: bool) -> tuple[str, str]:
+    """(mode, reason): the torch.compile mode to use ("none" = eager) and why, for the run's log."""
+    requested = config.compile_unet
+    if requested == "none":
+        return "none", "compile_unet is none"
+    if device_type != "cuda" or sharded:
+        return "none", "compiling needs CUDA and is not combined with FSDP"
+    if requested != "auto":
+        return requested, f"compile_unet is {requested}"
+    if total_steps < AUTO_COMPILE_MIN_STEPS:
+        return "none", f"a {total_steps}-step run would not win back the compile time (auto compiles from " \
+                       f"{AUTO_COMPILE_MIN_STEPS} steps)"
+    if bucket_count > 1:
+        return "none", f"{bucket_count} aspect buckets would each compile again (auto compiles one shape)"
+    return "reduce-overhead", f"auto: {total_steps} steps of one shape on CUDA"
+
+
+def compile_unet(unet: torch.nn.Module, mode: str, scope: str = "whole", gradient_checkpointing: bool = False) -> str:
+    """Compile the UNet in place (the module, its parameters and state-dict keys stay the same); return the mode.
+
+    Compiling fuses the many small ops, and 'reduce-overhead' also replays them as CUDA graphs. scope
+    'blocks' compiles each repeated transformer block once and reuses it (about a minute less compiling;
+    the resnets stay eager).
+    """
+    if gradient_checkpointing and mode == "reduce-overhead":
+        # Recomputing a checkpointed block in the backward pass re-runs its CUDA graph, which overwrites
+        # outputs the backward still needs (seen on SDXL): fused kernels only.
+        mode = "default"
+    options = dict(mode=None if mode == "default" else mode, dynamic=False)
+    if scope == "blocks":
+        unet.compile_repeated_blocks(**options)
+    else:
+        unet.compile(**options)
+    return mode
+
+
+@contextlib.contextmanager
+def eager() -> Iterator[None]:
+    """Run compiled modules eagerly inside (sample images: other shapes, no gradients, not worth compiling)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    with set_stance("force_eager") if set_stance else contextlib.nullcontext():
+        yield
+
+
+def ddp_settings(config: TrainConfig):
+    """DDP without per-step buffer broadcasts or gradient copies.
+
+    The UNet has no buffers that change in training, and bucket views let the all-reduce work on the
+    gradients in place. (A bf16 compression hook was measured on 2xH200 and made full fine-tuning slower:
+    benchmarks/README.md.)
+    """
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    return DistributedDataParallelKwargs(broadcast_buffers=False, gradient_as_bucket_view=True)
