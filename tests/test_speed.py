@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sdtune_ui.config import TrainConfig
-from sdtune_ui.train.speed import AUTO_COMPILE_MIN_STEPS, compile_plan, eager
+from sdtune_ui.train.speed import AUTO_COMPILE_MIN_STEPS, compile_plan, compile_scope, eager
 
 
 def plan(compile_unet="auto", device_type="cuda", total_steps=2000, bucket_count=1, sharded=False, **fields):
@@ -35,6 +35,12 @@ def test_an_explicit_mode_is_obeyed_on_cuda_and_none_means_none():
     assert plan("default", total_steps=10, bucket_count=4)[0] == "default"
     assert plan("none")[0] == "none"
     assert plan("reduce-overhead", device_type="cpu")[0] == "none"
+
+
+def test_auto_scope_compiles_sdxl_block_by_block_and_smaller_unets_whole():
+    assert compile_scope(TrainConfig(), "sdxl") == "blocks"
+    assert compile_scope(TrainConfig(), "sd1") == "whole"
+    assert compile_scope(TrainConfig(compile_scope="whole"), "sdxl") == "whole"
 
 
 def test_sample_images_run_compiled_modules_eagerly():

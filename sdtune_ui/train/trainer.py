@@ -26,7 +26,7 @@ from sdtune_ui.train import sharding
 from sdtune_ui.train.data import TrainingData
 from sdtune_ui.train.methods import Method, make_method
 from sdtune_ui.train.setup import build_optimizer, load_training_inputs, weight_dtype_for
-from sdtune_ui.train.speed import compile_plan, compile_unet, ddp_settings, eager
+from sdtune_ui.train.speed import compile_plan, compile_scope, compile_unet, ddp_settings, eager
 
 
 @dataclass
@@ -90,12 +90,25 @@ class Trainer:
         parts = self.parts
         set_seed(cfg.seed)  # adapter / token initialisation depends on the seed only, not on what loaded before
         keep_fp32 = {id(m) for m in self.method.full_precision_models(parts)}
-        for module in (parts.unet, parts.vae, *parts.text_encoders):
-            dtype = torch.float32 if id(module) in keep_fp32 else self.weight_dtype
-            module.to(acc.device, dtype=dtype)
+
+        def to_device(module: torch.nn.Module) -> None:
+            module.to(acc.device, dtype=torch.float32 if id(module) in keep_fp32 else self.weight_dtype)
+
+        for module in (parts.vae, *parts.text_encoders):
+            to_device(module)
         if parts.vae.config.get("force_upcast"):
             parts.vae.to(dtype=torch.float32)  # SDXL's VAE overflows in fp16
         self.method.prepare(parts)
+
+        # Caches: the VAE is always frozen; the text encoders are frozen unless the method trains them. They
+        # are built before the UNet comes to the GPU: encoding 1024px images is the setup's memory peak.
+        self.latent_cache = self._encode_all_latents() if cfg.cache_latents else None
+        self.text_cache = (self._encode_all_prompts() if cfg.cache_text_embeddings
+                           and not self.method.trains_text_encoders() else None)
+        # Cached encoders are only needed again for sample images: park them in CPU memory meanwhile.
+        self.parked = self._park_cached_encoders() if cfg.offload_frozen_encoders else []
+
+        to_device(parts.unet)  # its adapters move with it; trainable ones go back to fp32 next
         if cfg.uses_lora:
             from diffusers.training_utils import cast_training_params
 
@@ -104,14 +117,6 @@ class Trainer:
             parts.unet.enable_gradient_checkpointing()
             for encoder in parts.text_encoders if self.method.trains_text_encoders() else []:
                 encoder.gradient_checkpointing_enable()
-
-
-        # Caches: the VAE is always frozen; the text encoders are frozen unless the method trains them.
-        self.latent_cache = self._encode_all_latents() if cfg.cache_latents else None
-        self.text_cache = (self._encode_all_prompts() if cfg.cache_text_embeddings
-                           and not self.method.trains_text_encoders() else None)
-        # Cached encoders are only needed again for sample images: park them in CPU memory meanwhile.
-        self.parked = self._park_cached_encoders() if cfg.offload_frozen_encoders else []
 
         self._stop_if_cancelled()
 
@@ -123,8 +128,9 @@ class Trainer:
         mode, reason = compile_plan(cfg, device_type=acc.device.type, total_steps=self.total_steps,
                                     bucket_count=len({item.bucket for item in self.data.items}), sharded=self.sharded)
         if mode != "none":
-            mode = compile_unet(parts.unet, mode, cfg.compile_scope, cfg.gradient_checkpointing)
-            self.log(f"Compiling the UNet ({mode}, {cfg.compile_scope}; {reason}): the first steps are slower")
+            scope = compile_scope(cfg, parts.family.name)
+            mode = compile_unet(parts.unet, mode, scope, cfg.gradient_checkpointing)
+            self.log(f"Compiling the UNet ({mode}, {scope}; {reason}): the first steps are slower")
         elif cfg.compile_unet != "none" and (cfg.compile_unet != "auto" or acc.device.type == "cuda"):
             self.log(f"The UNet runs eagerly: {reason}")
         groups = self.method.param_groups(parts)
