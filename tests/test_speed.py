@@ -9,10 +9,10 @@ from sdtune_ui.config import TrainConfig
 from sdtune_ui.train.speed import AUTO_COMPILE_MIN_STEPS, compile_plan, compile_scope, eager
 
 
-def plan(compile_unet="auto", device_type="cuda", total_steps=2000, bucket_count=1, sharded=False, **fields):
-    config = TrainConfig(compile_unet=compile_unet, **fields)
+def plan(compile_unet="auto", device_type="cuda", total_steps=2000, bucket_count=1, sharded=False, processes=1):
+    config = TrainConfig(compile_unet=compile_unet)
     return compile_plan(config, device_type=device_type, total_steps=total_steps, bucket_count=bucket_count,
-                        sharded=sharded)
+                        sharded=sharded, processes=processes)
 
 
 def test_auto_compiles_long_single_shape_runs_on_cuda_with_cuda_graphs():
@@ -25,6 +25,7 @@ def test_auto_compiles_long_single_shape_runs_on_cuda_with_cuda_graphs():
     (dict(bucket_count=3), "3 aspect buckets"),
     (dict(device_type="cpu"), "needs CUDA"),
     (dict(sharded=True), "FSDP"),
+    (dict(processes=2), "DDP"),
 ])
 def test_auto_stays_eager_where_compiling_would_not_pay(situation, expected_reason):
     mode, reason = plan(**situation)

@@ -27,7 +27,7 @@ def compile_scope(config: TrainConfig, family: str) -> str:
 
 
 def compile_plan(config: TrainConfig, *, device_type: str, total_steps: int, bucket_count: int,
-                 sharded: bool) -> tuple[str, str]:
+                 sharded: bool, processes: int = 1) -> tuple[str, str]:
     """(mode, reason): the torch.compile mode to use ("none" = eager) and why, for the run's log."""
     requested = config.compile_unet
     if requested == "none":
@@ -41,6 +41,8 @@ def compile_plan(config: TrainConfig, *, device_type: str, total_steps: int, buc
                        f"{AUTO_COMPILE_MIN_STEPS} steps)"
     if bucket_count > 1:
         return "none", f"{bucket_count} aspect buckets would each compile again (auto compiles one shape)"
+    if processes > 1:
+        return "none", "auto does not compile DDP runs yet (not measured; set compile_unet to compile anyway)"
     return "reduce-overhead", f"auto: {total_steps} steps of one shape on CUDA"
 
 

@@ -125,14 +125,7 @@ class Trainer:
         self.batches_per_epoch = len(self.data.epoch_batches(0, self.global_batch))
         self.total_steps = cfg.max_train_steps or cfg.num_train_epochs * math.ceil(
             self.batches_per_epoch / cfg.gradient_accumulation_steps)
-        mode, reason = compile_plan(cfg, device_type=acc.device.type, total_steps=self.total_steps,
-                                    bucket_count=len({item.bucket for item in self.data.items}), sharded=self.sharded)
-        if mode != "none":
-            scope = compile_scope(cfg, parts.family.name)
-            mode = compile_unet(parts.unet, mode, scope, cfg.gradient_checkpointing)
-            self.log(f"Compiling the UNet ({mode}, {scope}; {reason}): the first steps are slower")
-        elif cfg.compile_unet != "none" and (cfg.compile_unet != "auto" or acc.device.type == "cuda"):
-            self.log(f"The UNet runs eagerly: {reason}")
+        self._compile_if_it_pays()
         groups = self.method.param_groups(parts)
         if cfg.scale_lr:
             factor = cfg.train_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
@@ -166,6 +159,18 @@ class Trainer:
         self.data_generator = torch.Generator().manual_seed(cfg.seed)
         self.noise_generator = torch.Generator(device=acc.device).manual_seed(cfg.seed + 1)
         self._resume_if_possible()
+
+    def _compile_if_it_pays(self) -> None:
+        cfg, acc = self.config, self.accelerator
+        mode, reason = compile_plan(cfg, device_type=acc.device.type, total_steps=self.total_steps,
+                                    bucket_count=len({item.bucket for item in self.data.items}),
+                                    sharded=self.sharded, processes=acc.num_processes)
+        if mode != "none":
+            scope = compile_scope(cfg, self.parts.family.name)
+            mode = compile_unet(self.parts.unet, mode, scope, cfg.gradient_checkpointing)
+            self.log(f"Compiling the UNet ({mode}, {scope}; {reason}): the first steps are slower")
+        elif cfg.compile_unet != "none" and (cfg.compile_unet != "auto" or acc.device.type == "cuda"):
+            self.log(f"The UNet runs eagerly: {reason}")
 
     # ------------------------------------------------------------------ caches
     @torch.no_grad()
