@@ -62,6 +62,22 @@ def saved_pipeline(model: str, folder: Path, dtype: torch.dtype, device: str, ti
     return folder, time.perf_counter() - started
 
 
+def random_lora(model: str, folder: Path, dtype: torch.dtype) -> Path:
+    """A rank-4 LoRA on the UNet's attention projections, saved as diffusers writes one (random numbers)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    target = folder.parent / f"{folder.name}-lora"
+    if not (target / "pytorch_lora_weights.safetensors").exists():
+        unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", torch_dtype=dtype)
+        unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                    target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+        pipeline_class = StableDiffusionXLPipeline if model == "sdxl" else StableDiffusionPipeline
+        pipeline_class.save_lora_weights(str(target), unet_lora_layers=get_peft_model_state_dict(unet))
+    return target / "pytorch_lora_weights.safetensors"
+
+
 def timed(call, device: str) -> float:
     _sync(device)
     started = time.perf_counter()
@@ -73,6 +89,7 @@ def timed(call, device: str) -> float:
 def bench_model(model: str, args: argparse.Namespace) -> dict:
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    from sdtune_ui.artifacts import Artifact
     from sdtune_ui.generate import GenerationEngine, GenerationOptions, default_dtype
 
     device = args.device
@@ -82,8 +99,12 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
 
     # Ours: the engine loads the folder the way the app loads any local model.
     engine = GenerationEngine(device=device, dtype=dtype)
+    # With --lora both load the same LoRA: ours merges it into the weights (fuse_lora), plain diffusers keeps
+    # it as separate layers (its default after load_lora_weights).
+    lora_file = random_lora(model, folder, dtype) if args.lora else None
+    artifacts = [Artifact("lora", str(lora_file), 1.0)] if lora_file else []
     options = GenerationOptions(prompt=PROMPT, negative_prompt=NEGATIVE, scheduler="dpm++", steps=args.steps,
-                                guidance=7.5, seed=0)
+                                guidance=7.5, seed=0, fuse_lora=bool(lora_file))
     load_ours = timed(lambda: engine.load_model(str(folder)), device)
 
     # Plain diffusers, same folder, same dtype, same scheduler and settings.
@@ -92,11 +113,13 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
     plain = pipeline_class.from_pretrained(str(folder), torch_dtype=dtype).to(device)
     plain.scheduler = DPMSolverMultistepScheduler.from_config(plain.scheduler.config, algorithm_type="dpmsolver++")
     plain.set_progress_bar_config(disable=True)
+    if lora_file:
+        plain.load_lora_weights(str(lora_file.parent))
     _sync(device)
     load_plain = time.perf_counter() - started
 
     def run_ours():
-        result = engine.generate(str(folder), [], options)
+        result = engine.generate(str(folder), artifacts, options)
         assert len(result.images) == 1
         return result
 
@@ -122,6 +145,7 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
         "torch": torch.__version__, "diffusers": diffusers.__version__, "model": model,
         "width": size[0], "height": size[1], "steps": args.steps,
         "scheduler": "dpm++ (DPMSolverMultistep, dpmsolver++)",
+        "lora": "rank 4, attention; ours fused, plain unfused" if lora_file else None,
         "guidance": 7.5, "dtype": str(dtype).removeprefix("torch."), "repeats": args.repeats, "tiny": args.tiny,
         "ours_s_per_image": round(ours_s, 4), "plain_s_per_image": round(plain_s, 4),
         "speedup_vs_plain": round(plain_s / ours_s, 3),
@@ -148,6 +172,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="auto = the engine's own default (bf16 on GPUs that support it, else fp16).")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dir", default="/tmp/sdtune-bench-models", help="Where the random pipelines are saved.")
+    parser.add_argument("--lora", action="store_true", help="Both pipelines load the same random rank-4 LoRA.")
     parser.add_argument("--tiny", action="store_true", help="Tiny demo-sized models: a smoke test of this script.")
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
