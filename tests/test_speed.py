@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sdtune_ui.config import TrainConfig
 from sdtune_ui.train.speed import AUTO_COMPILE_MIN_STEPS, compile_plan, compile_scope, eager
@@ -42,6 +43,48 @@ def test_auto_scope_compiles_sdxl_block_by_block_and_smaller_unets_whole():
     assert compile_scope(TrainConfig(), "sdxl") == "blocks"
     assert compile_scope(TrainConfig(), "sd1") == "whole"
     assert compile_scope(TrainConfig(compile_scope="whole"), "sdxl") == "whole"
+
+
+class CopyCounter(TorchDispatchMode):
+    """Counts dtype-conversion copies (aten._to_copy) run inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.__name__.startswith("_to_copy")
+        return func(*args, **(kwargs or {}))
+
+
+def test_lora_without_its_input_cast_computes_the_same_under_autocast():
+    """The adapter's fp32 input copy is pure overhead under autocast: outputs and gradients are identical."""
+    from peft import LoraConfig, get_peft_model
+
+    from sdtune_ui.train.speed import skip_adapter_input_casts
+
+    def run(skip: bool):
+        torch.manual_seed(0)
+        base = torch.nn.Sequential(torch.nn.Linear(16, 16)).to(torch.bfloat16)
+        model = get_peft_model(base, LoraConfig(r=4, target_modules=["0"], init_lora_weights="gaussian"))
+        for name, p in model.named_parameters():
+            if "lora" in name:
+                p.data = p.data.float()
+                torch.nn.init.normal_(p)  # non-zero B, so the adapter's path matters
+        if skip:
+            skip_adapter_input_casts([model])
+        x = torch.randn(3, 16, dtype=torch.bfloat16)
+        copies = CopyCounter()
+        with copies, torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().sum().backward()
+        grads = [p.grad for name, p in model.named_parameters() if "lora" in name]
+        return out, grads, copies.count
+
+    (out_a, grads_a, copies_a), (out_b, grads_b, copies_b) = run(False), run(True)
+    assert copies_b == copies_a - 2  # the input's trip to fp32 and back
+    assert torch.equal(out_a, out_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
 
 
 def test_sample_images_run_compiled_modules_eagerly():

@@ -26,7 +26,14 @@ from sdtune_ui.train import sharding
 from sdtune_ui.train.data import TrainingData
 from sdtune_ui.train.methods import Method, make_method
 from sdtune_ui.train.setup import build_optimizer, load_training_inputs, weight_dtype_for
-from sdtune_ui.train.speed import compile_plan, compile_scope, compile_unet, ddp_settings, eager
+from sdtune_ui.train.speed import (
+    compile_plan,
+    compile_scope,
+    compile_unet,
+    ddp_settings,
+    eager,
+    skip_adapter_input_casts,
+)
 
 
 @dataclass
@@ -113,6 +120,8 @@ class Trainer:
             from diffusers.training_utils import cast_training_params
 
             cast_training_params(self.method.trained_models(parts), dtype=torch.float32)
+            if self.weight_dtype != torch.float32:
+                skip_adapter_input_casts(self.method.trained_models(parts))
         if cfg.gradient_checkpointing:
             parts.unet.enable_gradient_checkpointing()
             for encoder in parts.text_encoders if self.method.trains_text_encoders() else []:
