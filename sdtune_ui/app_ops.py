@@ -330,10 +330,13 @@ def start_training(ctx: Any, values: dict[str, Any], *, public: bool, num_proces
     from sdtune_ui.jobs import ACCELERATE_CONFIGS
     from sdtune_ui.train import sharding
 
-    num_processes = int(num_processes or 1)
+    try:
+        num_processes = int(num_processes or 1)
+    except (TypeError, ValueError):
+        raise ConfigError({"num_processes": f"Give a whole number of processes (got {num_processes!r})."}) from None
     if not 1 <= num_processes <= MAX_PROCESSES:
         raise ConfigError({"num_processes": f"Choose between 1 and {MAX_PROCESSES} processes (got {num_processes})."})
-    multi_gpu_mode = (multi_gpu_mode or "ddp").lower()
+    multi_gpu_mode = str(multi_gpu_mode or "ddp").lower()
     if multi_gpu_mode not in ACCELERATE_CONFIGS:
         choices = ", ".join(ACCELERATE_CONFIGS)
         raise ConfigError({"multi_gpu_mode": f"Choose one of {choices} (got {multi_gpu_mode!r})."})

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from sdtune_ui.errors import ConfigError
 from sdtune_ui.train import sharding
@@ -66,7 +67,7 @@ def test_index_and_name_keyed_optimizer_states_convert_both_ways():
 
 
 @pytest.mark.parametrize("change", [dict(method="lora"), dict(method="full", train_text_encoder=True),
-                                    dict(method="full", use_ema=True)])
+                                    dict(method="full", use_ema=True), dict(method="full", optimizer="prodigy")])
 def test_fsdp_refuses_what_it_cannot_shard_with_a_way_out(toy_dataset, change):
     with pytest.raises(ConfigError) as raised:
         sharding.check_supported(quick_config(toy_dataset, **change))
@@ -92,16 +93,28 @@ def test_the_shipped_accelerate_configs_load_and_name_real_unet_blocks(name):
     assert wrapped <= present
 
 
-def test_the_app_refuses_fsdp_without_gpus_or_for_lora(toy_dataset, tmp_path):
+def test_the_app_refuses_fsdp_without_gpus_or_for_lora(toy_dataset, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     from sdtune_ui import app_ops
 
     ctx = SimpleNamespace(datasets_dir=tmp_path / "datasets", runs_dir=tmp_path / "runs", data_dir=tmp_path)
-    values = quick_config(toy_dataset, method="full").to_dict()
+    full = quick_config(toy_dataset, method="full").to_dict()
+    monkeypatch.setattr(app_ops, "gpu_count", lambda: 0)
     with pytest.raises(ConfigError, match="needs 2"):
-        app_ops.start_training(ctx, values, public=False, num_processes=2, multi_gpu_mode="fsdp")
-    with pytest.raises(ConfigError, match="between 1 and"):
-        app_ops.start_training(ctx, values, public=False, num_processes=99)
+        app_ops.start_training(ctx, full, public=False, num_processes=2, multi_gpu_mode="fsdp")
+    monkeypatch.setattr(app_ops, "gpu_count", lambda: 2)
+    lora = quick_config(toy_dataset, method="lora").to_dict()
+    with pytest.raises(ConfigError, match="DDP config"):
+        app_ops.start_training(ctx, lora, public=False, num_processes=2, multi_gpu_mode="fsdp")
+    for bad in (99, "two"):
+        with pytest.raises(ConfigError, match="num_processes"):
+            app_ops.start_training(ctx, full, public=False, num_processes=bad)
     with pytest.raises(ConfigError, match="multi_gpu_mode"):
-        app_ops.start_training(ctx, values, public=False, num_processes=2, multi_gpu_mode="zero9")
+        app_ops.start_training(ctx, full, public=False, num_processes=2, multi_gpu_mode="zero9")
+
+
+def test_a_checkpoint_missing_trainable_weights_is_refused_with_a_message():
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match="lacks 1 trainable"):
+        sharding.load_model_state(model, {"weight": torch.zeros(2, 2)})

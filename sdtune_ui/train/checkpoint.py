@@ -53,7 +53,8 @@ def load_checkpoint(folder: Path, *, lr_scheduler: Any) -> dict[str, Any]:
     return {
         "step": state["step"],
         "trainable": load_file(str(folder / "trainable.safetensors")),
-        "optimizer": torch.load(folder / "optimizer.pt", weights_only=True, mmap=True),
+        # On the CPU: every process loads it, and GPU tensors would all land on the GPU they were saved from.
+        "optimizer": torch.load(folder / "optimizer.pt", weights_only=True, mmap=True, map_location="cpu"),
         "rng": torch.load(folder / "rng.pt", weights_only=True),
         "ema": torch.load(ema_path, weights_only=True) if ema_path.exists() else None,
     }

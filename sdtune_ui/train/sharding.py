@@ -34,6 +34,9 @@ def check_supported(config: TrainConfig) -> None:
     if config.train_text_encoder:
         raise ConfigError({"train_text_encoder": "FSDP shards the UNet only: turn off train_text_encoder, "
                                                  "or launch with the DDP config."})
+    if config.optimizer != "adamw":
+        raise ConfigError({"optimizer": "Under FSDP only AdamW is tested (8-bit and Prodigy states are not "
+                                        "sharded): choose adamw, or launch with the DDP config."})
     if config.use_ema:
         raise ConfigError({"use_ema": "EMA keeps a whole copy of the weights on every GPU, which defeats "
                                       "FSDP: turn it off, or launch with the DDP config."})
@@ -66,9 +69,13 @@ def gather_optimizer_state(model: torch.nn.Module, optimizer: Any) -> dict:
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Each process copies its own slice out of the whole weights."""
+    """Each process copies its own slice out of the whole weights (all trainable ones must be there)."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
+    missing = set(trainable_names(model)) - set(state)
+    if missing:
+        raise ConfigError({"method": f"The checkpoint lacks {len(missing)} trainable tensors, e.g. "
+                                     f"{sorted(missing)[0]} (a different method or model?)."})
     set_model_state_dict(model, state, options=_options(strict=False))
 
 

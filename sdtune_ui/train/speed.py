@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -89,7 +90,7 @@ def eager() -> Iterator[None]:
         yield
 
 
-def ddp_settings(config: TrainConfig):
+def ddp_settings(config: TrainConfig) -> Any:
     """DDP without per-step buffer broadcasts or gradient copies.
 
     The UNet has no buffers that change in training, and bucket views let the all-reduce work on the

@@ -22,18 +22,10 @@ from sdtune_ui.config import TrainConfig
 from sdtune_ui.errors import Cancelled, ConfigError, TrainingStopped
 from sdtune_ui.runs import EventLog, NullEventLog, RunDir
 from sdtune_ui.train import checkpoint as ckpt
-from sdtune_ui.train import sharding
+from sdtune_ui.train import sharding, speed
 from sdtune_ui.train.data import TrainingData
 from sdtune_ui.train.methods import Method, make_method
 from sdtune_ui.train.setup import build_optimizer, load_training_inputs, weight_dtype_for
-from sdtune_ui.train.speed import (
-    compile_plan,
-    compile_scope,
-    compile_unet,
-    ddp_settings,
-    eager,
-    skip_adapter_input_casts,
-)
 
 
 @dataclass
@@ -72,7 +64,7 @@ class Trainer:
         multi_process_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=multi_process_cpu,
                                        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                                       kwargs_handlers=[ddp_settings(cfg)])
+                                       kwargs_handlers=[speed.ddp_settings(cfg)])
         acc = self.accelerator
         self.sharded = sharding.is_sharded(acc)  # FSDP: each process holds a slice of the UNet (sharding.py)
         if self.sharded:
@@ -121,7 +113,7 @@ class Trainer:
 
             cast_training_params(self.method.trained_models(parts), dtype=torch.float32)
             if self.weight_dtype != torch.float32:
-                skip_adapter_input_casts(self.method.trained_models(parts))
+                speed.skip_adapter_input_casts(self.method.trained_models(parts))
         if cfg.gradient_checkpointing:
             parts.unet.enable_gradient_checkpointing()
             for encoder in parts.text_encoders if self.method.trains_text_encoders() else []:
@@ -171,12 +163,12 @@ class Trainer:
 
     def _compile_if_it_pays(self) -> None:
         cfg, acc = self.config, self.accelerator
-        mode, reason = compile_plan(cfg, device_type=acc.device.type, total_steps=self.total_steps,
+        mode, reason = speed.compile_plan(cfg, device_type=acc.device.type, total_steps=self.total_steps,
                                     bucket_count=len({item.bucket for item in self.data.items}),
                                     sharded=self.sharded, processes=acc.num_processes)
         if mode != "none":
-            scope = compile_scope(cfg, self.parts.family.name)
-            mode = compile_unet(self.parts.unet, mode, scope, cfg.gradient_checkpointing)
+            scope = speed.compile_scope(cfg, self.parts.family.name)
+            mode = speed.compile_unet(self.parts.unet, mode, scope, cfg.gradient_checkpointing)
             self.log(f"Compiling the UNet ({mode}, {scope}; {reason}): the first steps are slower")
         elif cfg.compile_unet != "none" and (cfg.compile_unet != "auto" or acc.device.type == "cuda"):
             self.log(f"The UNet runs eagerly: {reason}")
@@ -421,7 +413,7 @@ class Trainer:
             model.eval()
         for module in self.parked:
             module.to(self.accelerator.device)
-        with eager():  # sampling's shapes differ from training's: no recompiling for a few images
+        with speed.eager():  # sampling's shapes differ from training's: no recompiling for a few images
             samples = sample_images(self.parts.pipeline, self.config, self.method, self.step,
                                     self.run.samples_dir, self.accelerator, self.weight_dtype, save=main)
         for path, prompt in samples:
@@ -470,7 +462,9 @@ class Trainer:
             else:
                 self.method.load_trainable_state(self.parts, saved["trainable"])
                 self.optimizer.load_state_dict(saved["optimizer"])
-        except (KeyError, ValueError, RuntimeError) as err:
+        except (torch.OutOfMemoryError, getattr(torch.distributed, "DistError", torch.OutOfMemoryError)):
+            raise  # not a mismatch: the run's own out-of-memory advice / the process group's error apply
+        except (KeyError, ValueError, RuntimeError) as err:  # missing tensors, size mismatches
             raise ConfigError({"method": f"Checkpoint {latest} does not match these settings ({err})."}) from err
         self.data_generator.set_state(saved["rng"]["data"])
         self.noise_generator.set_state(saved["rng"]["noise"])
