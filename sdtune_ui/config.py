@@ -127,8 +127,9 @@ class TrainConfig:
                                            "Saves ~1.7 GB of GPU memory on SDXL.", advanced=True)
     compile_unet: str = _field("auto", "torch.compile the UNet on CUDA: 'reduce-overhead' (fused kernels and CUDA "
                                "graphs: 3-6x faster steps at small batch, after 1-2 minutes of compiling), "
-                               "'default' (fused kernels only), 'none', or 'auto' (reduce-overhead for runs of "
-                               "500+ steps at one resolution, else none).",
+                               "'default' (fused kernels only), 'none', or 'auto' (reduce-overhead for single-GPU "
+                               "runs at one resolution long enough to win the compile time back: 400+ steps "
+                               "for SDXL, 1000+ for SD1.x/2.x; else none).",
                                choices=("auto", "none", "default", "reduce-overhead", "max-autotune-no-cudagraphs"),
                                advanced=True)
     compile_scope: str = _field("auto", "What compile_unet compiles: the 'whole' UNet, or each repeated "

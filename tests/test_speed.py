@@ -10,19 +10,24 @@ from sdtune_ui.config import TrainConfig
 from sdtune_ui.train.speed import AUTO_COMPILE_MIN_STEPS, compile_plan, compile_scope, eager
 
 
-def plan(compile_unet="auto", device_type="cuda", total_steps=2000, bucket_count=1, sharded=False, processes=1):
+def plan(compile_unet="auto", family="sd1", device_type="cuda", total_steps=2000, bucket_count=1, sharded=False,
+         processes=1):
     config = TrainConfig(compile_unet=compile_unet)
-    return compile_plan(config, device_type=device_type, total_steps=total_steps, bucket_count=bucket_count,
-                        sharded=sharded, processes=processes)
+    return compile_plan(config, family=family, device_type=device_type, total_steps=total_steps,
+                        bucket_count=bucket_count, sharded=sharded, processes=processes)
 
 
 def test_auto_compiles_long_single_shape_runs_on_cuda_with_cuda_graphs():
     assert TrainConfig().compile_unet == "auto"
     assert plan()[0] == "reduce-overhead"
+    # SDXL's eager step is slower, so a shorter run already wins the compile time back.
+    assert plan(family="sdxl", total_steps=AUTO_COMPILE_MIN_STEPS["sdxl"])[0] == "reduce-overhead"
+    assert AUTO_COMPILE_MIN_STEPS["sdxl"] < AUTO_COMPILE_MIN_STEPS["sd1"]
 
 
 @pytest.mark.parametrize("situation, expected_reason", [
-    (dict(total_steps=AUTO_COMPILE_MIN_STEPS - 1), "would not win back"),
+    (dict(total_steps=AUTO_COMPILE_MIN_STEPS["sd1"] - 1), "would not win back"),
+    (dict(family="sdxl", total_steps=AUTO_COMPILE_MIN_STEPS["sdxl"] - 1), "would not win back"),
     (dict(bucket_count=3), "3 aspect buckets"),
     (dict(device_type="cpu"), "needs CUDA"),
     (dict(sharded=True), "FSDP"),

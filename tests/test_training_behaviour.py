@@ -178,12 +178,12 @@ def test_the_compiled_step_gives_the_same_losses_and_weights(toy_dataset, tmp_pa
     CPU inductor here, compiling the whole UNet as the SD1.x default does (~40 s)."""
     from torch._dynamo.utils import counters
 
-    import sdtune_ui.train.trainer as trainer_module
+    from sdtune_ui.train import speed
 
     common = dict(method="lora", max_train_steps=4, learning_rate=1e-3, checkpointing_steps=3, compile_scope="whole")
     plain = run_training(quick_config(toy_dataset, compile_unet="none", **common), tmp_path / "plain")
     counters.clear()
-    monkeypatch.setattr(trainer_module, "compile_plan", lambda config, **_: ("default", "forced by the test"))
+    monkeypatch.setattr(speed, "compile_plan", lambda config, **_: ("default", "forced by the test"))
     compiled = run_training(quick_config(toy_dataset, **common), tmp_path / "compiled")
     assert counters["stats"]["unique_graphs"] > 0  # the step really ran through compiled graphs
     assert losses(compiled) == pytest.approx(losses(plain), rel=1e-4)

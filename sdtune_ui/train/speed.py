@@ -15,8 +15,10 @@ import torch
 
 from sdtune_ui.config import TrainConfig
 
-# Compiling costs ~60-130 s once; the compiled step saves ~0.15 s (SD1.5) to ~0.5 s (SDXL) per step.
-AUTO_COMPILE_MIN_STEPS = 500
+# Break-even run lengths, H100, batch 1 (benchmarks/README.md). SDXL: ~80 s of compiling per block, then
+# 0.14 s per step instead of 0.38 eager -> ~330 steps. SD1.x/2.x: 60-130 s of compiling the whole UNet, then
+# 0.03 instead of 0.11 s (LoRA) or 0.05 instead of 0.16 s (full) per step -> ~700-1,300 steps.
+AUTO_COMPILE_MIN_STEPS = {"sdxl": 400, "sd1": 1000, "sd2": 1000}
 
 
 def compile_scope(config: TrainConfig, family: str) -> str:
@@ -27,7 +29,7 @@ def compile_scope(config: TrainConfig, family: str) -> str:
     return "blocks" if family == "sdxl" else "whole"
 
 
-def compile_plan(config: TrainConfig, *, device_type: str, total_steps: int, bucket_count: int,
+def compile_plan(config: TrainConfig, *, family: str, device_type: str, total_steps: int, bucket_count: int,
                  sharded: bool, processes: int = 1) -> tuple[str, str]:
     """(mode, reason): the torch.compile mode to use ("none" = eager) and why, for the run's log."""
     requested = config.compile_unet
@@ -37,9 +39,10 @@ def compile_plan(config: TrainConfig, *, device_type: str, total_steps: int, buc
         return "none", "compiling needs CUDA and is not combined with FSDP"
     if requested != "auto":
         return requested, f"compile_unet is {requested}"
-    if total_steps < AUTO_COMPILE_MIN_STEPS:
-        return "none", f"a {total_steps}-step run would not win back the compile time (auto compiles from " \
-                       f"{AUTO_COMPILE_MIN_STEPS} steps)"
+    min_steps = AUTO_COMPILE_MIN_STEPS.get(family, max(AUTO_COMPILE_MIN_STEPS.values()))
+    if total_steps < min_steps:
+        return "none", f"a {total_steps}-step run would not win back the compile time (auto compiles {family} " \
+                       f"runs from {min_steps} steps)"
     if bucket_count > 1:
         return "none", f"{bucket_count} aspect buckets would each compile again (auto compiles one shape)"
     if processes > 1:

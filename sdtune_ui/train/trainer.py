@@ -163,9 +163,10 @@ class Trainer:
 
     def _compile_if_it_pays(self) -> None:
         cfg, acc = self.config, self.accelerator
-        mode, reason = speed.compile_plan(cfg, device_type=acc.device.type, total_steps=self.total_steps,
-                                    bucket_count=len({item.bucket for item in self.data.items}),
-                                    sharded=self.sharded, processes=acc.num_processes)
+        mode, reason = speed.compile_plan(cfg, family=self.parts.family.name, device_type=acc.device.type,
+                                          total_steps=self.total_steps, sharded=self.sharded,
+                                          bucket_count=len({item.bucket for item in self.data.items}),
+                                          processes=acc.num_processes)
         if mode != "none":
             scope = speed.compile_scope(cfg, self.parts.family.name)
             mode = speed.compile_unet(self.parts.unet, mode, scope, cfg.gradient_checkpointing)
