@@ -7,7 +7,7 @@ Every GPU call waits its turn in the app's one GPU queue (ctx.jobs).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +33,19 @@ from sdtune_ui.ui.common import user_errors, wait_in_queue
 NONE = ""   # "no trained result": the base model alone
 
 
-def _on_gpu(ctx: Any, label: str, fn: Callable[[], Any]) -> Iterator[tuple[str | None, Any]]:
-    """Run `fn` in the GPU queue; yield (status line, None) while waiting, then (None, result)."""
+def _on_gpu(ctx: Any, label: str, fn: Callable[[], Any], outputs: int) -> Generator[tuple, None, Any]:
+    """Run `fn` in the GPU queue and return its result (`result = yield from _on_gpu(...)`).
+
+    While it waits, yields rows for a handler with `outputs` outputs: the last one shows the queue position,
+    the others are left as they are.
+    """
     jobs = ctx.jobs
-    if hasattr(jobs, "submit") and hasattr(jobs, "position"):
-        for item in wait_in_queue(jobs, label, fn):
-            if isinstance(item, tuple) and len(item) == 2 and item[0] == "done":
-                yield None, item[1]
-            else:
-                yield str(item), None
-    else:
-        yield None, jobs.run_sync(label, fn)
+    if not (hasattr(jobs, "submit") and hasattr(jobs, "position")):
+        return jobs.run_sync(label, fn)
+    for item in wait_in_queue(jobs, label, fn):
+        if isinstance(item, tuple) and len(item) == 2 and item[0] == "done":
+            return item[1]
+        yield (*[gr.skip()] * (outputs - 1), str(item))
 
 
 def _source_choices(ctx: Any) -> list[tuple[str, str]]:
@@ -199,13 +201,8 @@ def build(ctx: Any, options: Any = None) -> None:
         model = guard.model(run_base or base_model)
         options = options_from(prompt, negative_prompt, scheduler, steps, guidance, width, height, seed, num_images,
                                fuse_lora)
-        result: Any = None
-        for waiting, done in _on_gpu(ctx, "Generating", lambda: default_engine().generate(
-                model, found, options, allow_pickle=bool(allow_pickle))):
-            if waiting:
-                yield gr.skip(), waiting
-            else:
-                result = done
+        result = yield from _on_gpu(ctx, "Generating", lambda: default_engine().generate(
+            model, found, options, allow_pickle=bool(allow_pickle)), outputs=2)
         images = list(zip(result.images, result.captions(), strict=True))
         words = f" · trigger words: {', '.join(result.tokens)}" if result.tokens else ""
         yield images, f"{len(images)} image(s) in {result.seconds:.1f} s on {model}{words}"
@@ -221,13 +218,8 @@ def build(ctx: Any, options: Any = None) -> None:
         model = guard.model(run_base or base_model)
         options = options_from(prompt, negative_prompt, scheduler, steps, guidance, width, height, seed, num_images,
                                fuse_lora)
-        result: Any = None
-        for waiting, done in _on_gpu(ctx, "Comparing", lambda: default_engine().compare(
-                model, found, options, allow_pickle=bool(allow_pickle))):
-            if waiting:
-                yield gr.skip(), gr.skip(), waiting
-            else:
-                result = done
+        result = yield from _on_gpu(ctx, "Comparing", lambda: default_engine().compare(
+            model, found, options, allow_pickle=bool(allow_pickle)), outputs=3)
         yield result.pairs(), result.image, f"Base {model} vs tuned, same prompt and seeds."
 
     @user_errors
@@ -246,13 +238,9 @@ def build(ctx: Any, options: Any = None) -> None:
         chosen = [None if s == "final" else int(s) for s in (ticked or [])] or None
         options = options_from("grid", negative_prompt, scheduler, steps, guidance, width, height, seed, 1, fuse_lora)
         image: Any = None
-        for waiting, done in _on_gpu(ctx, "Grid", lambda: overfitting_grid(
-                run_dir, steps=chosen, prompts=prompts, scales=scales or None, options=options,
-                engine=default_engine())):
-            if waiting:
-                yield gr.skip(), waiting
-            else:
-                image = done
+        image = yield from _on_gpu(ctx, "Grid", lambda: overfitting_grid(
+            run_dir, steps=chosen, prompts=prompts, scales=scales or None, options=options,
+            engine=default_engine()), outputs=2)
         yield image, "Rows: checkpoints (and scales); columns: prompts; same seed everywhere."
 
     def on_source(src: str, current_prompt: str) -> tuple:
