@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,18 +15,13 @@ import torch
 
 from sdtune_ui.errors import ConfigError
 from sdtune_ui.train import sharding
+from tests.apphelpers import free_port
 from tests.train_helpers import quick_config
 
 ROOT = Path(__file__).resolve().parent.parent
 # Adam moves every weight by about the learning rate (1e-3) per step; reduction order between processes
 # changes the last digits of the gradients, so "the same" means well under a third of one step.
 SAME = 3e-4
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

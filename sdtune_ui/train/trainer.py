@@ -152,9 +152,9 @@ class Trainer:
         wrapped = {id(model): wrapper for model, wrapper in zip(trained, self.wrapped_models)}
         self.unet = wrapped.get(id(parts.unet), parts.unet)
         self.text_encoders = [wrapped.get(id(encoder), encoder) for encoder in parts.text_encoders]
-        self.trainable_params = [p for g in groups for p in g["params"]]
-        if self.sharded:  # FSDP replaced the parameters; accelerate clips them as the model's own list
-            self.trainable_params = list(self.unet.parameters())
+        # Under FSDP the parameters were replaced; accelerate clips them only as the sharded model's own list.
+        self.trainable_params = (list(self.unet.parameters()) if self.sharded
+                                 else [p for g in groups for p in g["params"]])
 
         # Random numbers: data decisions on the CPU, noise and timesteps on the device; both checkpointed.
         self.data_generator = torch.Generator().manual_seed(cfg.seed)
