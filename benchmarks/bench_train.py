@@ -100,18 +100,22 @@ def kernel_kind(name: str) -> str:
     return "other"
 
 
+def train_steps(trainer: Trainer, steps: int) -> float:
+    """Run `steps` more training steps (no host sync inside); their wall time in seconds, GPU work included."""
+    trainer.total_steps = trainer.step + steps
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    trainer.fit()
+    torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
 def profile_steps(trainer: Trainer, steps: int) -> dict:
     """torch.profiler over a few steps: GPU busy share of the wall time, time by kernel kind, top kernels."""
     from torch.profiler import ProfilerActivity, profile
 
-    first = trainer.total_steps
-    trainer.total_steps = first + steps
-    torch.cuda.synchronize()
-    started = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        trainer.fit()
-        torch.cuda.synchronize()
-    wall_ms = (time.perf_counter() - started) * 1000 / steps
+        wall_ms = train_steps(trainer, steps) * 1000 / steps
     kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA
                and e.self_device_time_total > 0]
     total_us = sum(e.self_device_time_total for e in kernels)
@@ -169,17 +173,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.compile != "none":  # the trainer's own compile step (after the eager FLOP count)
         compiled_mode = compile_unet(unet, args.compile, args.compile_scope, args.gradient_checkpointing)
 
-    # Warm-up (compilation, cuDNN autotuning, allocator), then timed steps with no host sync inside.
-    started = time.perf_counter()
-    trainer.total_steps = args.warmup
-    trainer.fit()
-    torch.cuda.synchronize()
-    warmup_s = time.perf_counter() - started
-    started = time.perf_counter()
-    trainer.total_steps = args.warmup + args.steps
-    trainer.fit()
-    torch.cuda.synchronize()
-    elapsed = time.perf_counter() - started
+    # Warm-up (compilation, cuDNN autotuning, allocator), then the timed steps.
+    warmup_s = train_steps(trainer, args.warmup)
+    elapsed = train_steps(trainer, args.steps)
     peaks["steps"] = phase_peak()         # warm-up (compilation, CUDA graphs) and the timed steps
     steps_per_s = args.steps / elapsed
     profile = profile_steps(trainer, args.profile) if args.profile else None
