@@ -89,8 +89,8 @@ def timed(call, device: str) -> float:
 def bench_model(model: str, args: argparse.Namespace) -> dict:
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    from sdtune_ui.artifacts import Artifact
-    from sdtune_ui.generate import GenerationEngine, GenerationOptions, default_dtype
+    from sdtune_ui.generate.artifacts import Artifact
+    from sdtune_ui.generate.engine import GenerationEngine, GenerationOptions, default_dtype
 
     device = args.device
     dtype = DTYPES[args.dtype] if args.dtype != "auto" else default_dtype(device)

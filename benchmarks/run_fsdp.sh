@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED=1 SDTUNE_HOME=/tmp/sdt NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM
 out=${OUT:-/tmp/out}; logs=/tmp/fsdp_logs; mkdir -p "$out" "$logs"
 export DEADLINE=$(( $(date +%s) + ${BUDGET_S:-560} )) LOG_DIR="$logs"
 fsdp="python3 -m accelerate.commands.launch --config_file sdtune_ui/accelerate_configs/fsdp_full.yaml --num_processes 2"
-common="--model tiny-sdxl --method full --data assets/examples/toy_robot --mixed-precision bf16 --batch-size 1
+common="--model tiny-sdxl --method full --data sdtune_ui/examples/toy_robot --mixed-precision bf16 --batch-size 1
         --checkpointing-steps 2 --validation-prompts toy_robot_on_a_table --validation-steps 2 --log-every 1"
 runs=/tmp/fsdp_runs; rm -rf $runs
 

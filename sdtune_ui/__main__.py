@@ -2,6 +2,6 @@
 
 import sys
 
-from sdtune_ui.cli import main
+from sdtune_ui.cli.main import main
 
 sys.exit(main())

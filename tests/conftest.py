@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from sdtune_ui.examples import EXAMPLE_DATASET
+
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLE_DATASET = REPO / "assets" / "examples" / "toy_robot"
 
 # Offline by construction: any accidental Hub access fails fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 import torch
 
+from sdtune_ui.examples import EXAMPLE_DATASET
+
 # Offline and isolated even without the shared conftest (its session fixture, when present, sets its own home).
 os.environ.setdefault("SDTUNE_HOME", tempfile.mkdtemp(prefix="sdtune-gen-home-"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLE_DATASET = REPO / "assets" / "examples" / "toy_robot"
+
 _RUNS: dict[tuple[str, str], Path] = {}
 _ROOT: list[Path] = []
 

@@ -55,8 +55,8 @@ def _components(demo) -> list[dict]:
 
 
 def test_space_mode_hides_host_paths_and_offers_duplicate(tmp_path, monkeypatch):
-    from sdtune_ui.app_ops import GpuInfo
-    from sdtune_ui.jobs import JobQueue
+    from sdtune_ui.app.jobs import JobQueue
+    from sdtune_ui.app.ops import GpuInfo
     from sdtune_ui.ui.app import build_app, options_for, space_notices
     from sdtune_ui.ui.context import AppContext
 

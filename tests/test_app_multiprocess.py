@@ -10,7 +10,7 @@ import time
 import pytest
 from apphelpers import running_app
 
-from sdtune_ui.app_ops import EXAMPLE_DATASET
+from sdtune_ui.app.ops import EXAMPLE_DATASET
 from sdtune_ui.runs import RunDir
 
 gradio_client = pytest.importorskip("gradio_client")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sdtune_ui import app_ops
+from sdtune_ui.app import ops as app_ops
+from sdtune_ui.app.jobs import JobQueue
 from sdtune_ui.config import TrainConfig
 from sdtune_ui.errors import ConfigError, DatasetError, SdtuneError
-from sdtune_ui.jobs import JobQueue
 from sdtune_ui.runs import RunDir
 
 

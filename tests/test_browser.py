@@ -13,11 +13,12 @@ import pytest
 from apphelpers import running_app, wait_for
 from PIL import Image
 
+from sdtune_ui.examples import EXAMPLE_DATASET
 from sdtune_ui.runs import RunDir
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "examples" / "toy_robot"
+EXAMPLE = EXAMPLE_DATASET
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                "--disable-sync"]
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from sdtune_ui.cli import build_parser, config_from_args
+from sdtune_ui.cli.main import build_parser
+from sdtune_ui.cli.train import config_from_args
 from sdtune_ui.config import METHOD_PRESETS, METHODS, VRAM_PRESETS, TrainConfig, preset
 from sdtune_ui.errors import ConfigError
 

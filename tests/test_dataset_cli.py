@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdtune_ui.cli_dataset import add_dataset_commands
+from sdtune_ui.cli.dataset import add_dataset_commands
 from sdtune_ui.data.formats import read_captions, read_dataset_info
 
 
@@ -106,7 +106,7 @@ def test_unknown_captioner_is_exit_code_2(tmp_path, capsys):
 
 def test_ingest_caption_doctor_then_the_training_core_trains_on_the_result(tmp_path, capsys):
     """The acceptance path, through the real `python -m sdtune_ui` entry point."""
-    from sdtune_ui.cli import main
+    from sdtune_ui.cli.main import main
 
     src = photos(tmp_path / "src", 3)
     ds = tmp_path / "ds"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sdtune_ui.jobs import launch_command
+from sdtune_ui.app.jobs import launch_command
 from sdtune_ui.runs import RunDir
 from tests.train_helpers import losses, quick_config, run_training
 

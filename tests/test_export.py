@@ -18,11 +18,11 @@ from generate_helpers import (
 from huggingface_hub import ModelCard
 from safetensors import safe_open
 
-from sdtune_ui.artifacts import artifact_from_spec, run_artifacts
 from sdtune_ui.errors import SdtuneError
-from sdtune_ui.export import export_run, push_folder, push_run, scrub, zip_export
-from sdtune_ui.generate import GenerationEngine, GenerationOptions, _normalise_lora
-from sdtune_ui.kohya import read_lora_file
+from sdtune_ui.export.formats import export_run, push_folder, push_run, scrub, zip_export
+from sdtune_ui.export.kohya import read_lora_file
+from sdtune_ui.generate.artifacts import artifact_from_spec, run_artifacts
+from sdtune_ui.generate.engine import GenerationEngine, GenerationOptions, _normalise_lora
 from sdtune_ui.models import load_pipeline, tiny_model_path
 
 TOKEN = "hf_FAKEtoken1234567890abcdefSECRET"
@@ -160,7 +160,7 @@ def test_single_file_layout_for_sd2_and_sdxl(tmp_path, model):
     from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
     from safetensors.torch import load_file
 
-    from sdtune_ui.single_file import _text_state, save_single_file
+    from sdtune_ui.export.single_file import _text_state, save_single_file
 
     pipe = load_pipeline(model)
     path = save_single_file(pipe, tmp_path / "model.safetensors")

@@ -16,7 +16,8 @@ from generate_helpers import (
     trained_run,
 )
 
-from sdtune_ui.artifacts import (
+from sdtune_ui.errors import ModelLoadError, SdtuneError
+from sdtune_ui.generate.artifacts import (
     Artifact,
     artifact_from_spec,
     base_model_from_card,
@@ -26,9 +27,9 @@ from sdtune_ui.artifacts import (
     parse_spec,
     run_artifacts,
 )
-from sdtune_ui.errors import ModelLoadError, SdtuneError
-from sdtune_ui.generate import SCHEDULERS, GenerationEngine, GenerationOptions, default_engine, release_gpu
-from sdtune_ui.grid import default_grid_prompts, grid_layout, overfitting_grid
+from sdtune_ui.generate.engine import SCHEDULERS, GenerationEngine, GenerationOptions, default_engine, release_gpu
+from sdtune_ui.generate.grid import grid_layout
+from sdtune_ui.generate.overfitting import default_grid_prompts, overfitting_grid
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from generate_helpers import (
 )
 from PIL import Image
 
-import sdtune_ui.export as export_module
-from sdtune_ui.cli import main
+from sdtune_ui import hub
+from sdtune_ui.cli.main import main
 
 TOKEN = "hf_CLItokenABCDEFGH12345678"
 FAST = ["--steps", "2", "--width", "32", "--height", "32"]
@@ -85,7 +85,7 @@ def test_push_command_reads_the_token_from_the_environment(monkeypatch, capsys, 
         def upload_folder(self, **kwargs):
             calls.append(("upload_folder", sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())))
 
-    monkeypatch.setattr(export_module, "_default_api", Api)
+    monkeypatch.setattr(hub, "default_api", Api)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     run = trained_run("lora")
     assert main(["push", str(run), "--repo-id", "me/cli-lora"]) == 0

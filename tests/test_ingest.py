@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from sdtune_ui.data.formats import read_captions
+from sdtune_ui.data.hub import ingest_hub_dataset, push_dataset_to_hub, scrub
 from sdtune_ui.data.ingest import IngestLimits, ingest, new_dataset_dir
 from sdtune_ui.errors import SdtuneError
-from sdtune_ui.hub_dataset import ingest_hub_dataset, push_dataset_to_hub, scrub
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from sdtune_ui.app_ops import EXAMPLE_DATASET
+from sdtune_ui.app.jobs import JobQueue, launch_command
+from sdtune_ui.app.ops import EXAMPLE_DATASET
 from sdtune_ui.config import TrainConfig
 from sdtune_ui.errors import ConfigError
-from sdtune_ui.jobs import JobQueue, launch_command
 from sdtune_ui.runs import RunDir, list_runs
 
 

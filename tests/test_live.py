@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from sdtune_ui.app import live
 from sdtune_ui.config import TrainConfig
 from sdtune_ui.runs import RunDir
-from sdtune_ui.ui import live
 
 
 def make_run(root: Path, name: str = "run-1", events: list[dict] | None = None) -> RunDir:

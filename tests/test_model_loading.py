@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from sdtune_ui.errors import ModelLoadError
+from sdtune_ui.export.single_file import save_single_file
 from sdtune_ui.models import detect_family, load_pipeline, tiny_model_path
-from sdtune_ui.single_file import save_single_file
 
 
 @pytest.mark.parametrize(("model", "family", "prediction"), [

@@ -73,7 +73,7 @@ def test_the_shipped_accelerate_configs_load_and_name_real_unet_blocks(name):
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.utils import DistributedType
 
-    from sdtune_ui.jobs import accelerate_config
+    from sdtune_ui.app.jobs import accelerate_config
     from sdtune_ui.models.tiny import build_tiny_pipeline
 
     config = load_config_from_file(str(accelerate_config(name)))
@@ -90,7 +90,7 @@ def test_the_shipped_accelerate_configs_load_and_name_real_unet_blocks(name):
 def test_the_app_refuses_fsdp_without_gpus_or_for_lora(toy_dataset, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from sdtune_ui import app_ops
+    from sdtune_ui.app import ops as app_ops
 
     ctx = SimpleNamespace(datasets_dir=tmp_path / "datasets", runs_dir=tmp_path / "runs", data_dir=tmp_path)
     full = quick_config(toy_dataset, method="full").to_dict()

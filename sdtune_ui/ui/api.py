@@ -10,8 +10,8 @@ from typing import Any
 
 import gradio as gr
 
-from sdtune_ui import app_ops
-from sdtune_ui.ui import live
+from sdtune_ui.app import live
+from sdtune_ui.app import ops as app_ops
 from sdtune_ui.ui.common import user_errors
 
 

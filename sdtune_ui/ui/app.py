@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
 
-from sdtune_ui.app_ops import GpuInfo, detect_gpu
-from sdtune_ui.ui import api, dataset_tab, runs_tab, train_tab
+from sdtune_ui.app.ops import GpuInfo, detect_gpu
+from sdtune_ui.ui import api, dataset_tab, generate_tab, runs_tab, train_tab
 from sdtune_ui.ui.context import AppContext
 
 TITLE = "sdtune_ui: fine-tune Stable Diffusion"
@@ -93,10 +91,6 @@ def build_app(ctx: AppContext, options: AppOptions | None = None) -> gr.Blocks:
 
 
 def _generate_tab(ctx: AppContext, options: AppOptions) -> None:
-    """The Generate tab belongs to the generation package; it is added when that module is installed.
-    It gets the same options (public app: no local paths)."""
-    if importlib.util.find_spec("sdtune_ui.ui.generate_tab") is None:
-        return
-    module = importlib.import_module("sdtune_ui.ui.generate_tab")
+    """The Generate tab gets the same options as the others (public app: no local paths)."""
     with gr.Tab("Generate", id="generate"):
-        module.build(ctx, options)
+        generate_tab.build(ctx, options)

@@ -21,7 +21,7 @@ class GpuQueue(Protocol):
 @dataclass
 class AppContext:
     data_dir: Path          # everything the app writes lives below this folder
-    jobs: Any               # sdtune_ui.jobs.JobQueue (implements GpuQueue and training runs)
+    jobs: Any               # sdtune_ui.app.jobs.JobQueue (implements GpuQueue and training runs)
     is_space: bool = False
 
     @property

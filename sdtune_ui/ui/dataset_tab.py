@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from sdtune_ui import app_ops
+from sdtune_ui.app import ops as app_ops
 from sdtune_ui.config import METHODS
 from sdtune_ui.data.formats import edit_captions, existing_formats, list_images, read_captions, write_captions
 from sdtune_ui.errors import DatasetError
@@ -28,10 +28,8 @@ class DatasetTab:
 
 
 def _captioners() -> tuple[list[tuple[str, str]], str | None]:
-    try:
-        from sdtune_ui.caption import CAPTIONERS
-    except ImportError:  # the captioning package is optional for the rest of the tab
-        return [], None
+    from sdtune_ui.caption import CAPTIONERS
+
     return [(f"{name}: {spec.description}", name) for name, spec in CAPTIONERS.items()], "tiny-blip"
 
 
@@ -174,7 +172,7 @@ def build(ctx: Any, options: Any) -> DatasetTab:
 
     @user_errors
     def on_push(name: str, repo_id: str, hf_token: str, is_private: bool) -> str:
-        from sdtune_ui.hub_dataset import push_dataset_to_hub
+        from sdtune_ui.data.hub import push_dataset_to_hub
 
         if not hf_token.strip():
             raise gr.Error("Paste a Hugging Face token with write access to push.")

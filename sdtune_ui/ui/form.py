@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from sdtune_ui.app_ops import field_applies
+from sdtune_ui.app.ops import field_applies
 from sdtune_ui.config import TrainConfig, field_info
 from sdtune_ui.models import KNOWN_MODELS, TINY_MODELS
 from sdtune_ui.ui.common import humanize

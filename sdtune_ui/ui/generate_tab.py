@@ -1,7 +1,7 @@
 """Generate tab: try a run's result (or any LoRA / embedding) against its base model, compare, find the
 checkpoint that learned without forgetting (grid), then export or push it (Share panel).
 
-Only widgets and glue live here: generation is sdtune_ui.generate / grid, exports sdtune_ui.export.
+Only widgets and glue live here: generation is sdtune_ui.generate.engine / grid, exports sdtune_ui.export.
 Every GPU call waits its turn in the app's one GPU queue (ctx.jobs).
 """
 
@@ -13,7 +13,9 @@ from typing import Any
 
 import gradio as gr
 
-from sdtune_ui.artifacts import (
+from sdtune_ui.errors import SdtuneError
+from sdtune_ui.export.formats import FORMATS, export_run, push_run, zip_export
+from sdtune_ui.generate.artifacts import (
     Artifact,
     artifact_from_spec,
     base_model_from_card,
@@ -22,10 +24,8 @@ from sdtune_ui.artifacts import (
     parse_choice,
     run_artifacts,
 )
-from sdtune_ui.errors import SdtuneError
-from sdtune_ui.export import FORMATS, export_run, push_run, zip_export
-from sdtune_ui.generate import MAX_GUIDANCE, SCHEDULERS, GenerationOptions, default_engine
-from sdtune_ui.grid import default_grid_prompts, overfitting_grid
+from sdtune_ui.generate.engine import MAX_GUIDANCE, SCHEDULERS, GenerationOptions, default_engine
+from sdtune_ui.generate.overfitting import default_grid_prompts, overfitting_grid
 from sdtune_ui.models import KNOWN_MODELS, TINY_MODELS
 from sdtune_ui.runs import RunDir
 from sdtune_ui.ui.common import user_errors, wait_in_queue

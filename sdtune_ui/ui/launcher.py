@@ -68,8 +68,8 @@ def check_args(args: argparse.Namespace) -> list[tuple[str, str]] | None:
 
 def create(args: argparse.Namespace, jobs: Any = None) -> tuple[Any, Any]:
     """The context and the Blocks for these flags (not launched)."""
-    from sdtune_ui.app_ops import default_data_dir, release_generation_memory, release_orphaned_runs
-    from sdtune_ui.jobs import JobQueue
+    from sdtune_ui.app.jobs import JobQueue
+    from sdtune_ui.app.ops import default_data_dir, release_generation_memory, release_orphaned_runs
     from sdtune_ui.ui.app import build_app, options_for
     from sdtune_ui.ui.context import AppContext
 

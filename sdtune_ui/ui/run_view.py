@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from sdtune_ui.ui import live
+from sdtune_ui.app import live
 
 EMPTY_LOSS = live.loss_frame(live.RunSnapshot("", Path()))
 EMPTY_LR = live.lr_frame(live.RunSnapshot("", Path()))

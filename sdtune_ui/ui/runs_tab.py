@@ -7,8 +7,9 @@ from typing import Any
 
 import gradio as gr
 
-from sdtune_ui import app_ops
-from sdtune_ui.ui import live, run_view
+from sdtune_ui.app import live
+from sdtune_ui.app import ops as app_ops
+from sdtune_ui.ui import run_view
 from sdtune_ui.ui.common import user_errors
 
 PLACEHOLDER = "Pick a run in the list to see its curves, samples and outputs."

@@ -10,11 +10,12 @@ from typing import Any
 
 import gradio as gr
 
-from sdtune_ui import app_ops
+from sdtune_ui.app import live
+from sdtune_ui.app import ops as app_ops
 from sdtune_ui.config import VRAM_PRESETS, TrainConfig
 from sdtune_ui.models import KNOWN_MODELS
 from sdtune_ui.runs import list_runs
-from sdtune_ui.ui import live, run_view
+from sdtune_ui.ui import run_view
 from sdtune_ui.ui.common import user_errors
 from sdtune_ui.ui.form import Form, build_form
 

@@ -65,7 +65,7 @@ class RunArtifacts:
 def _lora_alpha_factor(lora_file: Path, config: dict) -> float:
     from safetensors import safe_open
 
-    from sdtune_ui.kohya import LORA_ADAPTER_METADATA_KEY
+    from sdtune_ui.export.kohya import LORA_ADAPTER_METADATA_KEY
 
     with safe_open(str(lora_file), framework="pt") as handle:
         if LORA_ADAPTER_METADATA_KEY in (handle.metadata() or {}):

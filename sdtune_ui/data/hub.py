@@ -1,21 +1,17 @@
-"""Push a dataset folder to the Hugging Face Hub as an imagefolder dataset.
-
-The user's token is passed per call and lives only in memory: it is never written to disk (no
-`login()`, no git credential), never logged, and scrubbed from every error message we raise, with the
-original exception detached (`from None`) so a traceback can't show it either.
+"""Hub datasets: import one into a dataset folder (through the usual image checks), push a folder as an
+imagefolder dataset. Token handling is sdtune_ui.hub's (never written, never logged, scrubbed from errors).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from sdtune_ui import hub
 from sdtune_ui.data.formats import (
     METADATA_JSONL,
     existing_formats,
@@ -26,26 +22,10 @@ from sdtune_ui.data.formats import (
 )
 from sdtune_ui.data.images import ImageResult, from_pil, load_image
 from sdtune_ui.data.ingest import CancelLike, IngestLimits, IngestReport, ProgressFn, _Run
-from sdtune_ui.errors import DatasetError, SdtuneError
+from sdtune_ui.errors import DatasetError
+from sdtune_ui.hub import scrub  # noqa: F401 - part of this module's API
 
 log = logging.getLogger(__name__)
-
-_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-
-
-def scrub(text: str, token: str | None = None) -> str:
-    """`text` with the token (and anything shaped like an HF token) replaced by `***`."""
-    if token:
-        text = text.replace(token, "***")
-    return _TOKEN_PATTERN.sub("hf_***", text)
-
-
-def _default_api(token: str) -> Any:
-    from huggingface_hub import HfApi
-
-    return HfApi(token=token)
-
 
 def push_dataset_to_hub(
     folder: str | os.PathLike[str],
@@ -54,19 +34,14 @@ def push_dataset_to_hub(
     token: str,
     private: bool = True,
     commit_message: str = "Upload dataset with sdtune_ui",
-    api_factory: Callable[[str], Any] = _default_api,
+    api_factory: hub.ApiFactory | None = None,
 ) -> str:
     """Create (or reuse) the dataset repo and upload the images with metadata.jsonl; returns its URL.
 
     Loaded elsewhere with `datasets.load_dataset(repo_id)` (imagefolder: `image` + `text` columns).
     """
     root = Path(folder)
-    if not _REPO_ID.match(repo_id or ""):
-        raise DatasetError(f"{repo_id!r} is not a Hub repo id; use the form 'your-name/my-dataset'.")
-    if not token or not token.strip():
-        raise SdtuneError(
-            "A Hugging Face token with write access is needed to push (huggingface.co/settings/tokens)."
-        )
+    hub.check_repo_id(repo_id, "your-name/my-dataset")
     images = list_images(root)
     if not images:
         raise DatasetError(f"{root} holds no images to push.")
@@ -74,26 +49,10 @@ def push_dataset_to_hub(
     if captions and "jsonl" not in existing_formats(root):
         # imagefolder reads captions only from metadata.jsonl/csv, not from sidecar .txt files
         write_captions(root, captions, ("jsonl",))
-    token = token.strip()
-    try:
-        api = api_factory(token)
-        api.create_repo(repo_id=repo_id, repo_type="dataset", private=private, exist_ok=True)
-        allow = [*images, METADATA_JSONL, "metadata.csv", "dataset_info.json", "README.md"]
-        api.upload_folder(
-            folder_path=str(root),
-            repo_id=repo_id,
-            repo_type="dataset",
-            commit_message=commit_message,
-            allow_patterns=[p for p in allow if (root / p).is_file()],
-        )
-    except Exception as err:  # noqa: BLE001 - hub/network errors of every type become one clean message
-        message = scrub(f"{type(err).__name__}: {err}", token)
-        log.warning("Pushing the dataset to %s failed: %s", repo_id, message)
-        raise SdtuneError(
-            f"Could not push the dataset to {repo_id}: {message}. Check the token has write access "
-            "and the repo name is yours."
-        ) from None
-    return f"https://huggingface.co/datasets/{repo_id}"
+    allow = [*images, METADATA_JSONL, "metadata.csv", "dataset_info.json", "README.md"]
+    return hub.upload_folder(root, repo_id, repo_type="dataset", token=token, private=private,
+                             commit_message=commit_message, api_factory=api_factory,
+                             allow_patterns=[p for p in allow if (root / p).is_file()])
 
 
 _IMAGE_COLUMNS = ("image", "img", "images", "picture", "photo")

@@ -275,7 +275,7 @@ ACCELERATE_CONFIGS = {"ddp": "ddp.yaml", "fsdp": "fsdp_full.yaml"}
 
 
 def accelerate_config(mode: str) -> Path:
-    return Path(__file__).parent / "accelerate_configs" / ACCELERATE_CONFIGS[mode]
+    return Path(__file__).resolve().parent.parent / "accelerate_configs" / ACCELERATE_CONFIGS[mode]
 
 
 def launch_command(config_path: Path, run_dir: Path, num_processes: int, mixed_precision: str = "no",

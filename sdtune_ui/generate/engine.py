@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from sdtune_ui.artifacts import Artifact, read_state_dict
 from sdtune_ui.errors import ModelLoadError, SdtuneError
+from sdtune_ui.generate.artifacts import Artifact, read_state_dict
 
 SCHEDULERS = ("dpm++", "euler", "euler_a", "ddim", "unipc", "default")
 MAX_GUIDANCE = 30.0
@@ -152,7 +152,7 @@ def _has_adapter_metadata(file: Path) -> bool:
         return False
     from safetensors import safe_open
 
-    from sdtune_ui.kohya import LORA_ADAPTER_METADATA_KEY
+    from sdtune_ui.export.kohya import LORA_ADAPTER_METADATA_KEY
 
     with safe_open(str(file), framework="pt") as handle:
         return LORA_ADAPTER_METADATA_KEY in (handle.metadata() or {})
@@ -359,7 +359,7 @@ class GenerationEngine:
     def compare(self, base_model: str, artifacts: Sequence[Artifact], options: GenerationOptions, *,
                 prompts: Sequence[str] | None = None, allow_pickle: bool = False) -> CompareResult:
         """The same prompts and seeds without and with the artifacts, plus a labelled side-by-side image."""
-        from sdtune_ui.grid import make_grid
+        from sdtune_ui.generate.grid import make_grid
 
         prompts = list(prompts or [options.prompt])
         base: list[GenerationResult] = []

@@ -20,14 +20,14 @@ from sdtune_ui.errors import SdtuneError
 
 
 def _run_and_step(text: str) -> tuple[str, int | None]:
-    from sdtune_ui.artifacts import parse_choice
+    from sdtune_ui.generate.artifacts import parse_choice
 
     return parse_choice(text)
 
 
 def add_generate_commands(subparsers: Any) -> None:
-    from sdtune_ui.export import FORMATS
-    from sdtune_ui.generate import SCHEDULERS
+    from sdtune_ui.export.formats import FORMATS
+    from sdtune_ui.generate.engine import SCHEDULERS
 
     gen = subparsers.add_parser("generate", help="Generate images with a base model plus LoRAs / embeddings / a run.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -95,7 +95,7 @@ def add_generate_commands(subparsers: Any) -> None:
 
 
 def _artifacts(args: argparse.Namespace) -> tuple[str, list]:
-    from sdtune_ui.artifacts import artifact_from_spec, base_model_from_card, run_artifacts
+    from sdtune_ui.generate.artifacts import artifact_from_spec, base_model_from_card, run_artifacts
 
     model, artifacts = args.model, []
     if args.run:
@@ -123,7 +123,7 @@ def _artifacts(args: argparse.Namespace) -> tuple[str, list]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from sdtune_ui.generate import GenerationOptions, default_engine
+    from sdtune_ui.generate.engine import GenerationOptions, default_engine
 
     model, artifacts = _artifacts(args)
     options = GenerationOptions(prompt=args.prompt, negative_prompt=args.negative_prompt, scheduler=args.scheduler,
@@ -148,8 +148,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_grid(args: argparse.Namespace) -> int:
-    from sdtune_ui.generate import GenerationOptions
-    from sdtune_ui.grid import overfitting_grid
+    from sdtune_ui.generate.engine import GenerationOptions
+    from sdtune_ui.generate.overfitting import overfitting_grid
 
     steps = None
     if args.steps:
@@ -170,7 +170,7 @@ def run_grid(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from sdtune_ui.export import export_run
+    from sdtune_ui.export.formats import export_run
 
     for path in export_run(args.run_dir, args.format, args.out, step=args.step, half=args.half,
                            repo_id=args.repo_id):
@@ -179,7 +179,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    from sdtune_ui.export import push_run
+    from sdtune_ui.export.formats import push_run
 
     token = args.token or os.environ.get("HF_TOKEN") or ""
     if not token:

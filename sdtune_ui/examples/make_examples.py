@@ -1,4 +1,4 @@
-"""Make the example dataset in assets/examples/toy_robot: a small made-up subject, drawn in code.
+"""Make the example dataset in sdtune_ui/examples/toy_robot: a small made-up subject, drawn in code.
 
 Eight 128x128 photos-to-be of "sks robot" (a red robot with a yellow visor) on varied backgrounds,
 with captions in metadata.jsonl and sidecar .txt files, plus a DreamBooth dataset_info.json.

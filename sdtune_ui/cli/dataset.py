@@ -52,7 +52,7 @@ def run_ingest(args: argparse.Namespace) -> int:
 
     limits = IngestLimits(max_files=args.max_files)
     if args.hub:
-        from sdtune_ui.hub_dataset import ingest_hub_dataset
+        from sdtune_ui.data.hub import ingest_hub_dataset
 
         if len(args.src) != 1:
             raise SdtuneError("--hub takes exactly one dataset id, e.g. someone/pets.")
@@ -102,7 +102,7 @@ def run_captions(args: argparse.Namespace) -> int:
 
 def run_push(args: argparse.Namespace) -> int:
     """Upload a dataset folder to the Hub as an imagefolder (token from $HF_TOKEN or your saved login)."""
-    from sdtune_ui.hub_dataset import push_dataset_to_hub
+    from sdtune_ui.data.hub import push_dataset_to_hub
 
     token = os.environ.get(args.token_env)
     if not token:

@@ -1,4 +1,4 @@
-"""Headless command line: `python -m sdtune_ui train|dataset|caption|generate|export ...`.
+"""CLI commands `train` and `presets`.
 
 `train` flags are generated from TrainConfig's fields, so the CLI, the app and config.json can never
 disagree about what a setting is called or means.
@@ -9,13 +9,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from sdtune_ui.config import METHOD_PRESETS, TrainConfig, field_info
-from sdtune_ui.errors import SdtuneError
 
 # Short spellings users expect from other trainers' CLIs.
 ALIASES = {"max_train_steps": ["--steps"], "data": ["--dataset"], "train_batch_size": ["--batch-size"],
@@ -35,7 +32,7 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def add_train_command(subparsers: Any) -> None:
+def add_train_commands(subparsers: Any) -> None:
     parser = subparsers.add_parser("train", help="Train (or resume) a run; writes a run folder.",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", help="JSON file with settings (flags given here override it).")
@@ -59,6 +56,10 @@ def add_train_command(subparsers: Any) -> None:
         parser.add_argument(_flag(f.name), *ALIASES.get(f.name, []), **kwargs)
     parser.set_defaults(handler=run_train)
 
+    presets = subparsers.add_parser("presets", help="Print the recommended settings per method.")
+    presets.add_argument("--full", action="store_true", help="Print every setting, not only the preset's.")
+    presets.set_defaults(handler=run_presets)
+
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values: dict[str, Any] = {}
@@ -73,7 +74,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from sdtune_ui.app_ops import default_data_dir
+    from sdtune_ui.app.ops import default_data_dir
     from sdtune_ui.runs import RunDir, is_main_process, new_run_id
     from sdtune_ui.train import train
 
@@ -94,38 +95,3 @@ def run_presets(args: argparse.Namespace) -> int:
     print(json.dumps({m: {**dataclasses.asdict(TrainConfig()), **p} if args.full else p
                       for m, p in METHOD_PRESETS.items()}, indent=2))
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sdtune_ui", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="Show library logs.")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    add_train_command(subparsers)
-    presets = subparsers.add_parser("presets", help="Print the recommended settings per method.")
-    presets.add_argument("--full", action="store_true", help="Print every setting, not only the preset's.")
-    presets.set_defaults(handler=run_presets)
-    for module_name, function in (("sdtune_ui.cli_dataset", "add_dataset_commands"),
-                                  ("sdtune_ui.cli_generate", "add_generate_commands")):
-        try:
-            module = __import__(module_name, fromlist=[function])
-        except ModuleNotFoundError as err:
-            if err.name != module_name:
-                raise
-            continue
-        getattr(module, function)(subparsers)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    try:
-        return args.handler(args)
-    except SdtuneError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Labelled image grids, and the overfitting study: prompts x checkpoints (x LoRA scales) in one image.
+"""The overfitting study: prompts x checkpoints (x LoRA scales) in one labelled image.
 
 The study answers "did it learn my subject without forgetting the class?": the instance prompt (and the
 subject in a new context) should show the subject, while the plain class prompt should still show a
@@ -9,95 +9,14 @@ both hold is the whole point of saving several.
 from __future__ import annotations
 
 import re
-import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sdtune_ui.errors import SdtuneError
-
-MIN_CELL = 128          # tiny demo images are upscaled so labels stay readable
-MAX_LABEL_LINES = 4
-BACKGROUND = (255, 255, 255)
-TEXT = (20, 20, 20)
+from sdtune_ui.generate.grid import make_grid
 
 
-@dataclass
-class GridLayout:
-    cell_width: int
-    cell_height: int
-    rows: int
-    cols: int
-    font_size: int
-
-    @property
-    def line_height(self) -> int:
-        return self.font_size + 4
-
-    @property
-    def header_height(self) -> int:
-        return MAX_LABEL_LINES * self.line_height + 8
-
-    @property
-    def label_width(self) -> int:
-        return max(120, self.cell_width // 2)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return (self.label_width + self.cols * self.cell_width, self.header_height + self.rows * self.cell_height)
-
-
-def grid_layout(image_size: tuple[int, int], rows: int, cols: int) -> GridLayout:
-    width, height = image_size
-    scale = max(1, -(-MIN_CELL // min(width, height)))   # integer upscale, so pixels stay sharp
-    cell_w, cell_h = width * scale, height * scale
-    return GridLayout(cell_w, cell_h, rows, cols, font_size=max(12, cell_w // 24))
-
-
-def _font(size: int) -> Any:
-    from PIL import ImageFont
-
-    return ImageFont.load_default(size=size)
-
-
-def _wrapped(text: str, width_px: int, font_size: int) -> list[str]:
-    chars = max(4, int(width_px / (font_size * 0.55)))
-    lines = textwrap.wrap(text, chars) or [""]
-    if len(lines) > MAX_LABEL_LINES:
-        lines = lines[:MAX_LABEL_LINES]
-        lines[-1] = lines[-1][: max(1, chars - 1)] + "…"
-    return lines
-
-
-def make_grid(rows: Sequence[Sequence[Any]], *, row_labels: Sequence[str], col_labels: Sequence[str]) -> Any:
-    """One image: column labels on top, row labels on the left, every image in its cell."""
-    from PIL import Image, ImageDraw
-
-    if not rows or not rows[0]:
-        raise SdtuneError("Nothing to put in the grid.")
-    cols = max(len(row) for row in rows)
-    if len(row_labels) != len(rows) or len(col_labels) != cols:
-        raise ValueError("one label per row and per column is needed")
-    layout = grid_layout(rows[0][0].size, len(rows), cols)
-    canvas = Image.new("RGB", layout.size, BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
-    font = _font(layout.font_size)
-    for c, label in enumerate(col_labels):
-        x = layout.label_width + c * layout.cell_width + 4
-        for n, line in enumerate(_wrapped(label, layout.cell_width - 8, layout.font_size)):
-            draw.text((x, 4 + n * layout.line_height), line, fill=TEXT, font=font)
-    for r, (row, label) in enumerate(zip(rows, row_labels, strict=True)):
-        top = layout.header_height + r * layout.cell_height
-        for n, line in enumerate(_wrapped(label, layout.label_width - 8, layout.font_size)):
-            draw.text((4, top + 4 + n * layout.line_height), line, fill=TEXT, font=font)
-        for c, image in enumerate(row):
-            cell = image.convert("RGB").resize((layout.cell_width, layout.cell_height), Image.NEAREST)
-            canvas.paste(cell, (layout.label_width + c * layout.cell_width, top))
-    return canvas
-
-
-# ------------------------------------------------------------------------------------ overfitting study
 def _subject_and_class(config: dict) -> tuple[str, str]:
     """(the prompt naming the subject, the class noun) from a run's settings."""
     instance = (config.get("instance_prompt") or "").strip()
@@ -136,8 +55,8 @@ def overfitting_grid(run_dir: str | Path, steps: Sequence[int | None] | None = N
     `steps`: checkpoint steps, None meaning the final output; default: every checkpoint (the last
     `max_checkpoints`) plus the final output when there is one.
     """
-    from sdtune_ui.artifacts import artifacts_in_folder, checkpoint_steps, run_artifacts
-    from sdtune_ui.generate import GenerationOptions, default_engine
+    from sdtune_ui.generate.artifacts import artifacts_in_folder, checkpoint_steps, run_artifacts
+    from sdtune_ui.generate.engine import GenerationOptions, default_engine
     from sdtune_ui.runs import RunDir
 
     engine = engine or default_engine()

@@ -7,7 +7,6 @@ The UI modules only wire widgets to these functions; the tests call them directl
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import re
 import shutil
@@ -19,10 +18,9 @@ from typing import Any
 
 from sdtune_ui.config import METHOD_PRESETS, VRAM_PRESETS, TrainConfig, field_info
 from sdtune_ui.errors import ConfigError, DatasetError, SdtuneError
+from sdtune_ui.examples import EXAMPLE_DATASET
 from sdtune_ui.runs import RunDir, list_runs, new_run_id
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_DATASET = REPO_ROOT / "assets" / "examples" / "toy_robot"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 PICKLE_OR_FILE = (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
 MAX_PROCESSES = 16  # processes of one `accelerate launch` run started from the app (GPUs, or CPU processes)
@@ -48,9 +46,7 @@ def default_data_dir() -> Path:
 
 def release_generation_memory() -> None:
     """Drop the Generate tab's cached pipeline before another GPU job (training, captioning) needs the memory."""
-    if importlib.util.find_spec("sdtune_ui.generate") is None:  # the generation package is optional
-        return
-    from sdtune_ui.generate import release_gpu
+    from sdtune_ui.generate.engine import release_gpu
 
     release_gpu()
 
@@ -327,7 +323,7 @@ def start_training(ctx: Any, values: dict[str, Any], *, public: bool, num_proces
     machine without GPUs, CPU processes over gloo), watched through the same run folder. `multi_gpu_mode`
     picks its accelerate config: "ddp" (a whole model per GPU) or "fsdp" (sharded full fine-tuning).
     """
-    from sdtune_ui.jobs import ACCELERATE_CONFIGS
+    from sdtune_ui.app.jobs import ACCELERATE_CONFIGS
     from sdtune_ui.train import sharding
 
     try:

@@ -47,7 +47,7 @@ def lora_alphas(metadata: dict[str, str], fallback_alpha: float | None) -> dict[
 
 def _sgm_module_path(module: str, unet_config: dict) -> str:
     """diffusers UNet module path -> the original (sgm) path kohya uses for SDXL."""
-    from sdtune_ui.single_file import unet_key_to_ldm
+    from sdtune_ui.export.single_file import unet_key_to_ldm
 
     return unet_key_to_ldm(module + ".weight", unet_config).removesuffix(".weight")
 

@@ -17,19 +17,17 @@ import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from sdtune_ui.artifacts import EMBEDDINGS_FILE, LORA_FILE, run_artifacts
+from sdtune_ui import hub
 from sdtune_ui.errors import SdtuneError
+from sdtune_ui.generate.artifacts import EMBEDDINGS_FILE, LORA_FILE, run_artifacts
+from sdtune_ui.hub import scrub  # noqa: F401 - part of this module's API (tests, callers)
 from sdtune_ui.runs import RunDir
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("diffusers", "kohya", "a1111", "single-file")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-_TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{8,}")
 MAX_CARD_SAMPLES = 8
 
 
@@ -56,8 +54,8 @@ def _samples(run: RunDir, out_dir: Path) -> list[tuple[str, str]]:
 
 
 def _single_file(folder: Path, target: Path, half: bool) -> Path:
+    from sdtune_ui.export.single_file import save_single_file
     from sdtune_ui.models import load_pipeline
-    from sdtune_ui.single_file import save_single_file
 
     pipe = load_pipeline(str(folder))
     return save_single_file(pipe, target, half=half)
@@ -69,8 +67,8 @@ def export_run(run_dir: str | Path, format: str, out_dir: str | Path, *, step: i
 
     Returns the written top-level paths, README.md (the model card) last.
     """
-    from sdtune_ui.kohya import save_a1111_embedding, save_kohya_lora
-    from sdtune_ui.model_card import build_model_card, family_of
+    from sdtune_ui.export.kohya import save_a1111_embedding, save_kohya_lora
+    from sdtune_ui.export.model_card import build_model_card, family_of
 
     if format not in FORMATS:
         raise SdtuneError(f"Unknown export format {format!r}; choose one of {', '.join(FORMATS)}.")
@@ -190,52 +188,23 @@ def zip_export(paths: list[Path], zip_path: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- Hub
-def scrub(text: str, token: str | None) -> str:
-    """`text` without the token, nor anything shaped like a Hugging Face token."""
-    if token:
-        text = text.replace(token, "***")
-    return _TOKEN_SHAPE.sub("hf_***", text)
-
-
-def _default_api(token: str) -> Any:
-    from huggingface_hub import HfApi
-
-    return HfApi(token=token)
-
-
 def push_folder(folder: str | Path, repo_id: str, *, token: str, private: bool = True,
                 commit_message: str = "Upload model trained with sdtune_ui",
-                api_factory: Callable[[str], Any] | None = None) -> str:
+                api_factory: hub.ApiFactory | None = None) -> str:
     """Create the model repo if needed (new or existing) and upload the folder; returns the repo URL."""
     folder = Path(folder)
-    if not _REPO_ID.match(repo_id or ""):
-        raise SdtuneError(f"{repo_id!r} is not a Hub repo id; use the form 'your-name/my-model'.")
-    token = (token or "").strip()
-    if not token:
-        raise SdtuneError("Pushing needs a Hugging Face token with write access (huggingface.co/settings/tokens); "
-                          "paste it for this push or set HF_TOKEN.")
+    hub.check_repo_id(repo_id)
     if not folder.is_dir() or not any(folder.iterdir()):
         raise SdtuneError(f"{folder} is empty; export the run first.")
-    log.info("Pushing %s to the Hub repo %s", folder, repo_id)
-    try:
-        api = (api_factory or _default_api)(token)
-        api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                          commit_message=commit_message, ignore_patterns=[".complete", "*.partial*"])
-    except Exception as err:  # noqa: BLE001 - every hub/network error becomes one clean, token-free message
-        message = scrub(f"{type(err).__name__}: {err}", token)
-        log.warning("Pushing to %s failed: %s", repo_id, message)
-        # `from None`: the original exception (whose text or locals could hold the token) is not chained.
-        raise SdtuneError(f"Could not push to {repo_id}: {message}. Check that the token has write access "
-                          "and that the repo name is under your account or organisation.") from None
-    return f"https://huggingface.co/{repo_id}"
+    return hub.upload_folder(folder, repo_id, repo_type="model", token=token, private=private,
+                             commit_message=commit_message, api_factory=api_factory,
+                             ignore_patterns=[".complete", "*.partial*"])
 
 
 def push_run(run_dir: str | Path, repo_id: str, *, token: str, private: bool = True, format: str = "diffusers",
-             step: int | None = None, api_factory: Callable[[str], Any] | None = None) -> str:
+             step: int | None = None, api_factory: hub.ApiFactory | None = None) -> str:
     """Export the run (diffusers files + model card with samples) to a temporary folder and push it."""
-    if not _REPO_ID.match(repo_id or ""):
-        raise SdtuneError(f"{repo_id!r} is not a Hub repo id; use the form 'your-name/my-model'.")
+    hub.check_repo_id(repo_id)
     with tempfile.TemporaryDirectory(prefix="sdtune-push-") as tmp:
         folder = Path(tmp) / "export"
         export_run(run_dir, format, folder, step=step, repo_id=repo_id)

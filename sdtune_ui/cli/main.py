@@ -1,0 +1,40 @@
+"""Headless command line: `python -m sdtune_ui train|presets|dataset|caption|generate|grid|export|push ...`.
+
+Each group of commands lives in its own module (train.py, dataset.py, generate.py) and registers itself here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from sdtune_ui.cli.dataset import add_dataset_commands
+from sdtune_ui.cli.generate import add_generate_commands
+from sdtune_ui.cli.train import add_train_commands
+from sdtune_ui.errors import SdtuneError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sdtune_ui", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="Show library logs.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_train_commands(subparsers)
+    add_dataset_commands(subparsers)
+    add_generate_commands(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.handler(args)
+    except SdtuneError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
