@@ -90,7 +90,8 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from sdtune_ui.generate.artifacts import Artifact
-    from sdtune_ui.generate.engine import GenerationEngine, GenerationOptions, default_dtype
+    from sdtune_ui.generate.engine import GenerationEngine, default_dtype
+    from sdtune_ui.generate.options import GenerationOptions
 
     device = args.device
     dtype = DTYPES[args.dtype] if args.dtype != "auto" else default_dtype(device)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdtune_ui import methods
 from sdtune_ui.errors import ConfigError
+from sdtune_ui.methods import ADAPTER, DEFAULT_METHOD, FULL_WEIGHTS, TOKENS
 
-METHODS = ("full", "dreambooth", "lora", "textual_inversion", "pivotal")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -24,16 +26,13 @@ TI_PROPERTIES = ("object", "style", "captions")
 
 
 def _field(default: Any, help: str, *, choices: tuple | None = None, advanced: bool = False,
-           methods: tuple[str, ...] | None = None, factory: Any = None) -> Any:
-    """A dataclass field carrying the help text, allowed values and which methods it applies to."""
-    metadata = {"help": help, "choices": choices, "advanced": advanced, "methods": methods}
+           needs: tuple[str, ...] = (), factory: Any = None) -> Any:
+    """A dataclass field carrying the help text, allowed values and the method traits it needs to apply
+    (methods/base.py: a LoRA rank needs a method that trains adapters)."""
+    metadata = {"help": help, "choices": choices, "advanced": advanced, "needs": needs}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
-
-
-TI_METHODS = ("textual_inversion", "pivotal")
-LORA_METHODS = ("lora", "pivotal")
 
 
 @dataclass
@@ -41,7 +40,7 @@ class TrainConfig:
     # What to train
     model: str = _field("tiny-sd1", "Base model: a Hub id, a local diffusers folder, a .safetensors file, "
                         "or a built-in demo model (tiny-sd1, tiny-sd2-v, tiny-sdxl).")
-    method: str = _field("lora", "Training method.", choices=METHODS)
+    method: str = _field(DEFAULT_METHOD, "Training method.", choices=methods.method_names())
     allow_pickle: bool = _field(False, "Allow loading pickle checkpoints (.ckpt/.bin), which can run code.",
                                 advanced=True)
 
@@ -70,22 +69,22 @@ class TrainConfig:
     prior_loss_weight: float = _field(1.0, "Weight of the class (prior) loss.", advanced=True)
 
     # Textual inversion / pivotal tuning
-    placeholder_token: str = _field("<sks>", "New token that stands for the concept.", methods=TI_METHODS)
+    placeholder_token: str = _field("<sks>", "New token that stands for the concept.", needs=(TOKENS,))
     initializer_token: str = _field("dog", "Word whose embedding starts the new token (e.g. its class).",
-                                    methods=TI_METHODS)
-    num_vectors: int = _field(1, "Number of embedding vectors for the new token.", methods=TI_METHODS)
+                                    needs=(TOKENS,))
+    num_vectors: int = _field(1, "Number of embedding vectors for the new token.", needs=(TOKENS,))
     learnable_property: str = _field("object", "Prompt templates: object, style, or the dataset's captions.",
-                                     choices=TI_PROPERTIES, methods=TI_METHODS)
+                                     choices=TI_PROPERTIES, needs=(TOKENS,))
     ti_learning_rate: float = _field(0.0, "Learning rate of the token embeddings in pivotal tuning "
-                                     "(0 = same as learning_rate).", advanced=True, methods=("pivotal",))
+                                     "(0 = same as learning_rate).", advanced=True, needs=(TOKENS, ADAPTER))
 
     # LoRA
-    rank: int = _field(4, "LoRA rank.", methods=LORA_METHODS)
-    lora_alpha: float = _field(0.0, "LoRA alpha (0 = same as rank, i.e. scale 1).", methods=LORA_METHODS)
-    lora_dropout: float = _field(0.0, "Dropout on the LoRA layers.", advanced=True, methods=LORA_METHODS)
+    rank: int = _field(4, "LoRA rank.", needs=(ADAPTER,))
+    lora_alpha: float = _field(0.0, "LoRA alpha (0 = same as rank, i.e. scale 1).", needs=(ADAPTER,))
+    lora_dropout: float = _field(0.0, "Dropout on the LoRA layers.", advanced=True, needs=(ADAPTER,))
     lora_targets: str = _field("attention", "UNet layers that get LoRA: attention projections, plus "
                                "feed-forward, or all linear/conv layers of the transformer blocks and resnets.",
-                               choices=LORA_TARGETS, advanced=True, methods=LORA_METHODS)
+                               choices=LORA_TARGETS, advanced=True, needs=(ADAPTER,))
     train_text_encoder: bool = _field(False, "Also train the text encoder(s) (LoRA on them for LoRA methods).")
 
     # Optimisation
@@ -112,8 +111,8 @@ class TrainConfig:
     mixed_precision: str = _field("no", "Mixed precision (bf16 on recent GPUs, fp16 on older ones).",
                                   choices=MIXED_PRECISION)
     use_ema: bool = _field(False, "Keep an exponential moving average of the weights (full fine-tuning).",
-                           advanced=True, methods=("full", "dreambooth"))
-    ema_decay: float = _field(0.9999, "EMA decay.", advanced=True, methods=("full", "dreambooth"))
+                           advanced=True, needs=(FULL_WEIGHTS,))
+    ema_decay: float = _field(0.9999, "EMA decay.", advanced=True, needs=(FULL_WEIGHTS,))
     seed: int = _field(0, "Random seed.")
     snr_gamma: float = _field(0.0, "Min-SNR loss weighting gamma (5 is typical; 0 = off).", advanced=True)
     noise_offset: float = _field(0.0, "Noise offset (helps very dark/bright images; 0.05-0.1).", advanced=True)
@@ -154,16 +153,16 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ derived values
     @property
-    def uses_lora(self) -> bool:
-        return self.method in LORA_METHODS
+    def method_class(self) -> type[methods.Method]:
+        return methods.method_named(self.method)
 
-    @property
-    def uses_textual_inversion(self) -> bool:
-        return self.method in TI_METHODS
+    def has(self, trait: str) -> bool:
+        """Whether the run's method has a trait (methods/base.py), e.g. `config.has(TOKENS)`."""
+        return self.method in methods.method_names() and self.method_class.has(trait)
 
-    @property
-    def trains_full_unet(self) -> bool:
-        return self.method in ("full", "dreambooth")
+    def applies(self, name: str) -> bool:
+        """Whether the setting `name` means anything for this run's method."""
+        return field_applies(_FIELDS[name].metadata, self.method)
 
     @property
     def effective_lora_alpha(self) -> float:
@@ -201,7 +200,7 @@ class TrainConfig:
             errors["max_train_steps"] = "Steps and epochs cannot be negative."
         elif self.max_train_steps == 0 and self.num_train_epochs == 0:
             errors["max_train_steps"] = "Set max_train_steps (e.g. 400) or num_train_epochs."
-        if self.uses_lora and self.rank < 1:
+        if self.has(ADAPTER) and self.rank < 1:
             errors["rank"] = "The LoRA rank must be at least 1 (4-32 is typical)."
         if not 0 <= self.lora_dropout < 1:
             errors["lora_dropout"] = "Must be between 0 and 1."
@@ -210,40 +209,27 @@ class TrainConfig:
                 errors["class_prompt"] = "Prior preservation needs a class prompt, e.g. 'a photo of a dog'."
             if self.num_class_images < 1:
                 errors["num_class_images"] = "Prior preservation needs at least 1 class image."
-            if self.method in TI_METHODS and self.method == "textual_inversion":
-                errors["with_prior_preservation"] = "Textual inversion changes no weights; it needs no prior."
-        if self.method == "dreambooth" and not self.instance_prompt.strip():
-            errors["instance_prompt"] = ("DreamBooth needs an instance prompt with a rare token, "
-                                         "e.g. 'a photo of sks dog'.")
-        if self.uses_textual_inversion:
-            self._validate_textual_inversion(errors)
         if self.snr_gamma < 0:
             errors["snr_gamma"] = "Must be 0 (off) or positive (5 is typical)."
         if self.checkpointing_steps < 0 or self.validation_steps < 0 or self.log_every < 1:
             errors["checkpointing_steps"] = "Step intervals cannot be negative (log_every at least 1)."
-        if self.use_ema and not self.trains_full_unet:
-            errors["use_ema"] = "EMA applies to full fine-tuning and DreamBooth only."
         if not 0 < self.ema_decay < 1:
             errors["ema_decay"] = "Must be between 0 and 1 (0.9999 is typical)."
+        if self.method in methods.method_names():
+            self._check_switches_apply(errors)
+            self.method_class.check_settings(self, errors)
         if errors:
             raise ConfigError(errors)
         return self
 
-    def _validate_textual_inversion(self, errors: dict[str, str]) -> None:
-        token = self.placeholder_token.strip()
-        if not token or " " in token:
-            errors["placeholder_token"] = "Give one new token without spaces, e.g. <sks>."
-        if not self.initializer_token.strip():
-            errors["initializer_token"] = "Give a word to start from, e.g. the class: dog."
-        if self.num_vectors < 1:
-            errors["num_vectors"] = "Must be at least 1."
-        if self.instance_prompt and token not in self.instance_prompt:
-            errors["instance_prompt"] = (
-                f"The instance prompt must contain the placeholder token {token}, e.g. 'a photo of {token}'."
-            )
-        for prompt in self.validation_prompts:
-            if token and token not in prompt:
-                errors["validation_prompts"] = f"Validation prompt {prompt!r} does not contain {token}."
+    def _check_switches_apply(self, errors: dict[str, str]) -> None:
+        """A switch turned on that the method ignores is a mistake worth saying (e.g. EMA for textual inversion)."""
+        for f in dataclasses.fields(self):
+            if f.metadata["needs"] and getattr(self, f.name) is True and not self.applies(f.name):
+                users = ", ".join(methods.method_named(m).label for m in methods.method_names()
+                                  if field_applies(f.metadata, m))
+                needs = " and ".join(methods.TRAIT_TEXT[trait] for trait in f.metadata["needs"])
+                errors[f.name] = f"{f.name} applies to {needs} only ({users})."
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -270,21 +256,19 @@ class TrainConfig:
 
 
 def field_info() -> list[dataclasses.Field]:
-    """The config's fields with their metadata (help, choices, advanced, methods), for UIs and CLIs."""
+    """The config's fields with their metadata (help, choices, advanced, needs), for UIs and CLIs."""
     return list(dataclasses.fields(TrainConfig))
 
 
-# Recommended starting points, from the method papers' and diffusers' example defaults.
-METHOD_PRESETS: dict[str, dict[str, Any]] = {
-    "full": dict(learning_rate=1e-5, max_train_steps=1000, use_ema=True, train_batch_size=1,
-                 gradient_checkpointing=True),
-    "dreambooth": dict(learning_rate=5e-6, max_train_steps=400, with_prior_preservation=True,
-                       num_class_images=100, prior_loss_weight=1.0),
-    "lora": dict(learning_rate=1e-4, max_train_steps=500, rank=16, lora_alpha=16),
-    "textual_inversion": dict(learning_rate=5e-4, scale_lr=True, max_train_steps=2000, train_batch_size=1,
-                              caption_dropout=0.0),
-    "pivotal": dict(learning_rate=1e-4, ti_learning_rate=5e-4, max_train_steps=1000, rank=16, lora_alpha=16),
-}
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def field_applies(metadata: Mapping[str, Any], method: str) -> bool:
+    """Whether a setting (given by its field metadata) means anything for `method`: the method has every
+    trait the setting needs."""
+    needs = metadata.get("needs") or ()
+    return all(methods.method_named(method).has(trait) for trait in needs)
+
 
 # Memory-aware settings by GPU memory (GiB). Picked from measured peaks; see benchmarks/README.md.
 VRAM_PRESETS: dict[str, dict[str, Any]] = {
@@ -296,10 +280,22 @@ VRAM_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset(method: str, vram: str | None = None, **overrides: Any) -> TrainConfig:
-    """A config with the method's recommended defaults, optionally a memory preset, then overrides."""
-    values: dict[str, Any] = {"method": method, **METHOD_PRESETS.get(method, {})}
+def method_presets() -> dict[str, dict[str, Any]]:
+    """Recommended starting points per method (each method's class holds its own)."""
+    return {cls.name: dict(cls.preset) for cls in methods.method_classes()}
+
+
+def preset_values(method: str | None = None, vram: str | None = None) -> dict[str, Any]:
+    """The settings presets change: the method's recommended values, then the memory preset's (in that order).
+
+    The one place presets are merged: TrainConfig presets, the CLI's --preset and the app's preset buttons.
+    """
+    values: dict[str, Any] = dict(methods.method_named(method).preset) if method else {}
     if vram:
         values.update(VRAM_PRESETS[vram])
-    values.update(overrides)
-    return TrainConfig.from_dict(values)
+    return values
+
+
+def preset(method: str, vram: str | None = None, **overrides: Any) -> TrainConfig:
+    """A config with the method's recommended defaults, optionally a memory preset, then overrides."""
+    return TrainConfig.from_dict({"method": method, **preset_values(method, vram), **overrides})

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+FINISHED = ("completed", "failed", "cancelled")   # a run in one of these has stopped and owns no process
 
 
 class EventLog:

@@ -6,8 +6,9 @@ import pytest
 
 from sdtune_ui.app import ops as app_ops
 from sdtune_ui.app.jobs import JobQueue
-from sdtune_ui.config import TrainConfig
+from sdtune_ui.config import TrainConfig, field_applies, preset_values
 from sdtune_ui.errors import ConfigError, DatasetError, SdtuneError
+from sdtune_ui.methods import ADAPTER
 from sdtune_ui.runs import RunDir
 
 
@@ -45,8 +46,8 @@ def test_config_from_widget_values():
 def test_presets_and_hardware():
     assert app_ops.vram_preset_for(None) == "CPU"
     assert app_ops.vram_preset_for(23.6) == "24 GB+" and app_ops.vram_preset_for(7.8) == "8 GB"
-    assert app_ops.preset_values("lora", "CPU")["mixed_precision"] == "no"
-    assert not app_ops.field_applies({"methods": ("lora",)}, "full") and app_ops.field_applies({}, "full")
+    assert preset_values("lora", "CPU")["mixed_precision"] == "no"
+    assert not field_applies({"needs": (ADAPTER,)}, "full") and field_applies({}, "full")
 
 
 def test_public_app_reads_only_its_own_data(tmp_path):

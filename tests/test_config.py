@@ -8,8 +8,12 @@ import pytest
 
 from sdtune_ui.cli.main import build_parser
 from sdtune_ui.cli.train import config_from_args
-from sdtune_ui.config import METHOD_PRESETS, METHODS, VRAM_PRESETS, TrainConfig, preset
+from sdtune_ui.config import VRAM_PRESETS, TrainConfig, method_presets, preset
 from sdtune_ui.errors import ConfigError
+from sdtune_ui.methods import method_names
+
+METHOD_PRESETS = method_presets()
+METHODS = method_names()
 
 
 def field_errors(**overrides) -> dict[str, str]:

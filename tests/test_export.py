@@ -22,7 +22,8 @@ from sdtune_ui.errors import SdtuneError
 from sdtune_ui.export.formats import export_run, push_folder, push_run, scrub, zip_export
 from sdtune_ui.export.kohya import read_lora_file
 from sdtune_ui.generate.artifacts import artifact_from_spec, run_artifacts
-from sdtune_ui.generate.engine import GenerationEngine, GenerationOptions, _normalise_lora
+from sdtune_ui.generate.engine import GenerationEngine, _normalise_lora
+from sdtune_ui.generate.options import GenerationOptions
 from sdtune_ui.models import load_pipeline, tiny_model_path
 
 TOKEN = "hf_FAKEtoken1234567890abcdefSECRET"
@@ -160,7 +161,7 @@ def test_single_file_layout_for_sd2_and_sdxl(tmp_path, model):
     from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
     from safetensors.torch import load_file
 
-    from sdtune_ui.export.single_file import _text_state, save_single_file
+    from sdtune_ui.export.single_file import save_single_file, transformers_clip_state
 
     pipe = load_pipeline(model)
     path = save_single_file(pipe, tmp_path / "model.safetensors")
@@ -173,7 +174,7 @@ def test_single_file_layout_for_sd2_and_sdxl(tmp_path, model):
         # diffusers picks the second encoder by width, which both tiny encoders share: check its layout directly.
         converted = convert_open_clip_checkpoint(pipe.text_encoder_2, load_file(str(path)),
                                                  prefix="conditioner.embedders.1.model.")
-        mine = _text_state(pipe.text_encoder_2)
+        mine = transformers_clip_state(pipe.text_encoder_2)
         assert mine.keys() == converted.keys() and all(torch.equal(mine[k], converted[k]) for k in mine)
 
 

@@ -27,8 +27,9 @@ from sdtune_ui.generate.artifacts import (
     parse_spec,
     run_artifacts,
 )
-from sdtune_ui.generate.engine import SCHEDULERS, GenerationEngine, GenerationOptions, default_engine, release_gpu
+from sdtune_ui.generate.engine import GenerationEngine, default_engine, release_gpu
 from sdtune_ui.generate.grid import grid_layout
+from sdtune_ui.generate.options import SCHEDULERS, GenerationOptions
 from sdtune_ui.generate.overfitting import default_grid_prompts, overfitting_grid
 
 

@@ -7,10 +7,13 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sdtune_ui.config import TrainConfig
-from sdtune_ui.train.speed import AUTO_COMPILE_MIN_STEPS, compile_plan, compile_scope, eager
+from sdtune_ui.families import family_named
+from sdtune_ui.train.speed import compile_plan, compile_scope, eager
+
+SD1, SDXL = family_named("sd1")(), family_named("sdxl")()
 
 
-def plan(compile_unet="auto", family="sd1", device_type="cuda", total_steps=2000, bucket_count=1, sharded=False,
+def plan(compile_unet="auto", family=SD1, device_type="cuda", total_steps=2000, bucket_count=1, sharded=False,
          processes=1):
     config = TrainConfig(compile_unet=compile_unet)
     return compile_plan(config, family=family, device_type=device_type, total_steps=total_steps,
@@ -21,13 +24,13 @@ def test_auto_compiles_long_single_shape_runs_on_cuda_with_cuda_graphs():
     assert TrainConfig().compile_unet == "auto"
     assert plan()[0] == "reduce-overhead"
     # SDXL's eager step is slower, so a shorter run already wins the compile time back.
-    assert plan(family="sdxl", total_steps=AUTO_COMPILE_MIN_STEPS["sdxl"])[0] == "reduce-overhead"
-    assert AUTO_COMPILE_MIN_STEPS["sdxl"] < AUTO_COMPILE_MIN_STEPS["sd1"]
+    assert plan(family=SDXL, total_steps=SDXL.auto_compile_min_steps)[0] == "reduce-overhead"
+    assert SDXL.auto_compile_min_steps < SD1.auto_compile_min_steps
 
 
 @pytest.mark.parametrize("situation, expected_reason", [
-    (dict(total_steps=AUTO_COMPILE_MIN_STEPS["sd1"] - 1), "would not win back"),
-    (dict(family="sdxl", total_steps=AUTO_COMPILE_MIN_STEPS["sdxl"] - 1), "would not win back"),
+    (dict(total_steps=SD1.auto_compile_min_steps - 1), "would not win back"),
+    (dict(family=SDXL, total_steps=SDXL.auto_compile_min_steps - 1), "would not win back"),
     (dict(bucket_count=3), "3 aspect buckets"),
     (dict(device_type="cpu"), "needs CUDA"),
     (dict(sharded=True), "FSDP"),
@@ -45,9 +48,9 @@ def test_an_explicit_mode_is_obeyed_on_cuda_and_none_means_none():
 
 
 def test_auto_scope_compiles_sdxl_block_by_block_and_smaller_unets_whole():
-    assert compile_scope(TrainConfig(), "sdxl") == "blocks"
-    assert compile_scope(TrainConfig(), "sd1") == "whole"
-    assert compile_scope(TrainConfig(compile_scope="whole"), "sdxl") == "whole"
+    assert compile_scope(TrainConfig(), SDXL) == "blocks"
+    assert compile_scope(TrainConfig(), SD1) == "whole"
+    assert compile_scope(TrainConfig(compile_scope="whole"), SDXL) == "whole"
 
 
 class CopyCounter(TorchDispatchMode):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sdtune_ui.config import TrainConfig
-from sdtune_ui.runs import RunDir
+from sdtune_ui.runs import FINISHED, RunDir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -265,7 +265,7 @@ def _record_crash(run: RunDir, err: BaseException) -> None:
     """End a run whose job crashed outside the core's own handling with a failed status and a log."""
     with open(run.log_path, "a", encoding="utf-8") as handle:
         handle.write(traceback.format_exc() + "\n")
-    if run.status() not in ("completed", "failed", "cancelled"):
+    if run.status() not in FINISHED:
         message = f"Unexpected error: {type(err).__name__}: {err} (details in train.log)"
         run.events().emit("status", status="failed", message=message)
 
@@ -307,7 +307,7 @@ def _run_subprocess(argv: list[str], run: RunDir, job: Job, poll_s: float) -> st
                 forwarded = True
             time.sleep(poll_s)
     status = run.status()
-    if status not in ("completed", "failed", "cancelled"):
+    if status not in FINISHED:
         # The child died without reporting (killed, crashed before the core started): say so in the folder.
         status = "failed"
         message = f"The training process exited with code {process.returncode} (see subprocess.log)."

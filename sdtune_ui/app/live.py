@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from sdtune_ui.runs import RunDir, list_runs
+from sdtune_ui.runs import FINISHED, RunDir, list_runs
 
-FINAL_STATUSES = ("completed", "failed", "cancelled")
 MAX_PLOT_POINTS = 1000  # the browser draws every point: keep long runs light
 
 
@@ -46,7 +45,7 @@ class RunSnapshot:
 
     @property
     def finished(self) -> bool:
-        return self.status in FINAL_STATUSES
+        return self.status in FINISHED
 
     def signature(self) -> tuple:
         """Changes whenever anything shown would change (lets the UI skip identical refreshes)."""

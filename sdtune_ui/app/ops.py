@@ -16,17 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdtune_ui.config import METHOD_PRESETS, VRAM_PRESETS, TrainConfig, field_info
+from sdtune_ui.config import TrainConfig, field_info
 from sdtune_ui.errors import ConfigError, DatasetError, SdtuneError
 from sdtune_ui.examples import EXAMPLE_DATASET
-from sdtune_ui.runs import RunDir, list_runs, new_run_id
+from sdtune_ui.methods import DEFAULT_METHOD
+from sdtune_ui.runs import FINISHED, RunDir, list_runs, new_run_id
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-PICKLE_OR_FILE = (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
 MAX_PROCESSES = 16  # processes of one `accelerate launch` run started from the app (GPUs, or CPU processes)
 
 # A run that shows the whole flow on the offline tiny model on a CPU in about a minute.
-DEMO_SETTINGS: dict[str, Any] = dict(model="tiny-sd1", method="lora", max_train_steps=60, learning_rate=1e-3,
+DEMO_SETTINGS: dict[str, Any] = dict(model="tiny-sd1", method=DEFAULT_METHOD, max_train_steps=60, learning_rate=1e-3,
                                      rank=8, log_every=2, checkpointing_steps=20, validation_steps=20,
                                      validation_inference_steps=4, validation_prompts=["a photo of sks robot"])
 
@@ -205,22 +205,6 @@ def widget_values(values: dict[str, Any]) -> dict[str, Any]:
     return {name: "\n".join(v) if isinstance(v, list) else v for name, v in values.items()}
 
 
-def preset_values(method: str | None = None, vram: str | None = None) -> dict[str, Any]:
-    """Settings a preset changes: the method's recommended values, then the memory preset's."""
-    values: dict[str, Any] = {}
-    if method:
-        values.update(METHOD_PRESETS.get(method, {}))
-    if vram:
-        values.update(VRAM_PRESETS.get(vram, {}))
-    return values
-
-
-def field_applies(metadata: dict, method: str) -> bool:
-    """Whether a setting matters for `method` (fields without a method list apply to all)."""
-    methods = metadata.get("methods")
-    return methods is None or method in methods
-
-
 # ---------------------------------------------------------------------------- the public app's rules
 def check_public_config(config: TrainConfig, data_dir: Path) -> None:
     """On a Space or a share link, a run may only read the app's own data and Hub/demo models.
@@ -228,13 +212,14 @@ def check_public_config(config: TrainConfig, data_dir: Path) -> None:
     A visitor must not make the server read arbitrary folders (e.g. `/root`) as datasets or models.
     """
     from sdtune_ui.models import TINY_MODELS
+    from sdtune_ui.models.loading import PICKLE_SUFFIXES
 
     errors = {}
     data = Path(config.data).expanduser()
     if not _inside(data, data_dir):
         errors["data"] = "Choose a dataset from the Dataset tab (this public app only reads its own data folder)."
     model = config.model.strip()
-    looks_local = (model.startswith(("/", ".", "~", "\\")) or model.lower().endswith(PICKLE_OR_FILE)
+    looks_local = (model.startswith(("/", ".", "~", "\\")) or model.lower().endswith((".safetensors", *PICKLE_SUFFIXES))
                    or model.count("/") > 1 or Path(model).expanduser().exists())
     if model not in TINY_MODELS and looks_local:
         errors["model"] = "This public app loads models from the Hub (user/name) or the tiny-* demos only."
@@ -283,7 +268,7 @@ def cancel_run(jobs: Any, runs_dir: Path, run_id: str) -> None:
     """
     run = run_dir(runs_dir, run_id)
     status = run.status()
-    if jobs.find(run.path) is None and status in ("completed", "failed", "cancelled"):
+    if jobs.find(run.path) is None and status in FINISHED:
         raise SdtuneError(f"Run {run_id} has already finished ({status}).")
     jobs.cancel(run.path)
 

@@ -15,8 +15,7 @@ from typing import Any
 
 from sdtune_ui.data.advice import SUBJECTS
 from sdtune_ui.errors import Cancelled, SdtuneError
-
-METHODS = ("full", "dreambooth", "lora", "textual_inversion", "pivotal")
+from sdtune_ui.methods import DEFAULT_METHOD, method_names
 
 
 def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -154,7 +153,8 @@ def add_dataset_commands(subparsers: Any) -> None:
 
     doctor = commands.add_parser("doctor", help="Pre-flight check of a dataset folder.", formatter_class=fmt)
     doctor.add_argument("dir", help="Dataset folder.")
-    doctor.add_argument("--method", choices=METHODS, default="lora", help="Training method to advise for.")
+    doctor.add_argument("--method", choices=method_names(), default=DEFAULT_METHOD,
+                        help="Training method to advise for.")
     doctor.add_argument("--trigger", default=None, help="Trigger word every caption should contain, e.g. sks.")
     doctor.add_argument("--resolution", type=int, default=512, help="Training resolution.")
     doctor.add_argument("--subject", choices=SUBJECTS, default="object", help="What the images show.")

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from sdtune_ui.errors import SdtuneError
+from sdtune_ui.generate.options import SCHEDULERS, GenerationOptions, option_fields
+from sdtune_ui.methods.outputs import EMBEDDING, LORA
 
 
 def _run_and_step(text: str) -> tuple[str, int | None]:
@@ -25,9 +27,30 @@ def _run_and_step(text: str) -> tuple[str, int | None]:
     return parse_choice(text)
 
 
+def _add_option_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per GenerationOptions field, with its help, choices and default (the prompt is required)."""
+    defaults = GenerationOptions()
+    for f in option_fields():
+        default = getattr(defaults, f.name)
+        kwargs: dict[str, Any] = {"help": f.metadata["help"], "default": default}
+        if isinstance(default, bool):
+            kwargs = {"help": f.metadata["help"], "action": "store_true"}
+        elif f.metadata["choices"]:
+            kwargs["choices"] = f.metadata["choices"]
+        else:
+            kwargs["type"] = type(default)
+        if f.name == "prompt":
+            kwargs = {"help": f.metadata["help"], "required": True}
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
+
+
+def options_from_args(args: argparse.Namespace, **overrides: Any) -> GenerationOptions:
+    values = {f.name: getattr(args, f.name) for f in option_fields() if hasattr(args, f.name)}
+    return GenerationOptions(**{**values, **overrides}).validate()
+
+
 def add_generate_commands(subparsers: Any) -> None:
     from sdtune_ui.export.formats import FORMATS
-    from sdtune_ui.generate.engine import SCHEDULERS
 
     gen = subparsers.add_parser("generate", help="Generate images with a base model plus LoRAs / embeddings / a run.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -39,16 +62,7 @@ def add_generate_commands(subparsers: Any) -> None:
     gen.add_argument("--embedding", action="append", default=[], metavar="PATH",
                      help="Textual-inversion embedding file (diffusers or A1111); repeatable.")
     gen.add_argument("--lora-scale", type=float, default=1.0, help="Scale of the --run's LoRA.")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--negative-prompt", default="")
-    gen.add_argument("--scheduler", choices=SCHEDULERS, default="dpm++")
-    gen.add_argument("--steps", type=int, default=25)
-    gen.add_argument("--guidance", type=float, default=7.5)
-    gen.add_argument("--width", type=int, default=0, help="0 = the model's native size.")
-    gen.add_argument("--height", type=int, default=0, help="0 = the model's native size.")
-    gen.add_argument("--seed", type=int, default=0, help="Image i uses seed + i.")
-    gen.add_argument("--num-images", type=int, default=1)
-    gen.add_argument("--fuse-lora", action="store_true", help="Merge LoRAs into the weights (faster).")
+    _add_option_flags(gen)
     gen.add_argument("--compare", action="store_true", help="Also generate with the base model, side by side.")
     gen.add_argument("--allow-pickle", action="store_true", help="Allow pickle files (.ckpt/.bin/.pt): only "
                      "for files you trust, they can run code.")
@@ -62,9 +76,10 @@ def add_generate_commands(subparsers: Any) -> None:
     grid.add_argument("--prompt", action="append", default=[], help="Prompts (default: built from the run's "
                       "instance/class tokens); repeatable.")
     grid.add_argument("--scales", nargs="+", type=float, default=None, help="LoRA scales, e.g. 0.5 1.0.")
-    grid.add_argument("--scheduler", choices=SCHEDULERS, default="dpm++")
-    grid.add_argument("--inference-steps", type=int, default=25)
-    grid.add_argument("--guidance", type=float, default=7.5)
+    defaults = GenerationOptions()
+    grid.add_argument("--scheduler", choices=SCHEDULERS, default=defaults.scheduler)
+    grid.add_argument("--inference-steps", type=int, default=defaults.steps)
+    grid.add_argument("--guidance", type=float, default=defaults.guidance)
     grid.add_argument("--size", type=int, default=0, help="Image size (0 = native).")
     grid.add_argument("--seed", type=int, default=0)
     grid.add_argument("--out", required=True, help="PNG file to write.")
@@ -102,17 +117,17 @@ def _artifacts(args: argparse.Namespace) -> tuple[str, list]:
         run_dir, step = _run_and_step(args.run)
         found = run_artifacts(run_dir, step)
         for artifact in found.artifacts:
-            if artifact.kind == "lora":
+            if artifact.kind == LORA:
                 artifact.scale = args.lora_scale
         artifacts += found.artifacts
         model = model or found.base_model
     for spec in args.lora:
-        artifacts.append(artifact_from_spec(spec, kind="lora", allow_pickle=args.allow_pickle))
+        artifacts.append(artifact_from_spec(spec, kind=LORA, allow_pickle=args.allow_pickle))
     for spec in args.embedding:
-        artifacts.append(artifact_from_spec(spec, kind="embedding", allow_pickle=args.allow_pickle))
+        artifacts.append(artifact_from_spec(spec, kind=EMBEDDING, allow_pickle=args.allow_pickle))
     if not model:
         for spec in args.lora:
-            model = base_model_from_card(artifact_from_spec(spec, kind="lora", allow_pickle=args.allow_pickle).path)
+            model = base_model_from_card(artifact_from_spec(spec, kind=LORA, allow_pickle=args.allow_pickle).path)
             if model:
                 print(f"Base model from the LoRA's model card: {model}")
                 break
@@ -123,12 +138,10 @@ def _artifacts(args: argparse.Namespace) -> tuple[str, list]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from sdtune_ui.generate.engine import GenerationOptions, default_engine
+    from sdtune_ui.generate.engine import default_engine
 
     model, artifacts = _artifacts(args)
-    options = GenerationOptions(prompt=args.prompt, negative_prompt=args.negative_prompt, scheduler=args.scheduler,
-                                steps=args.steps, guidance=args.guidance, width=args.width, height=args.height,
-                                seed=args.seed, num_images=args.num_images, fuse_lora=args.fuse_lora).validate()
+    options = options_from_args(args)
     engine = default_engine()
     out = Path(args.out)
     if args.compare:
@@ -148,7 +161,6 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_grid(args: argparse.Namespace) -> int:
-    from sdtune_ui.generate.engine import GenerationOptions
     from sdtune_ui.generate.overfitting import overfitting_grid
 
     steps = None

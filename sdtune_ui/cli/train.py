@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sdtune_ui.config import METHOD_PRESETS, TrainConfig, field_info
+from sdtune_ui.config import TrainConfig, field_info, method_presets, preset_values
+from sdtune_ui.methods import DEFAULT_METHOD
 
 # Short spellings users expect from other trainers' CLIs.
 ALIASES = {"max_train_steps": ["--steps"], "data": ["--dataset"], "train_batch_size": ["--batch-size"],
@@ -40,7 +41,7 @@ def add_train_commands(subparsers: Any) -> None:
                         help="Run folder (default: <data dir>/runs/<method>-<time>, where the app lists runs; "
                              "$SDTUNE_DATA_DIR or ./data). An existing run folder is resumed.")
     parser.add_argument("--preset", action="store_true",
-                        help="Start from the method's recommended settings (see METHOD_PRESETS).")
+                        help="Start from the method's recommended settings (`presets` prints them).")
     defaults = TrainConfig()
     for f in field_info():
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata["help"]}
@@ -67,8 +68,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values.update(TrainConfig.load(args.config).to_dict())
     flags = {f.name: getattr(args, f.name) for f in field_info() if getattr(args, f.name) is not None}
     if args.preset:
-        method = flags.get("method", values.get("method", "lora"))
-        values.update(METHOD_PRESETS.get(method, {}))
+        values.update(preset_values(flags.get("method", values.get("method", DEFAULT_METHOD))))
     values.update(flags)
     return TrainConfig.from_dict(values)
 
@@ -93,5 +93,5 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_presets(args: argparse.Namespace) -> int:
     print(json.dumps({m: {**dataclasses.asdict(TrainConfig()), **p} if args.full else p
-                      for m, p in METHOD_PRESETS.items()}, indent=2))
+                      for m, p in method_presets().items()}, indent=2))
     return 0

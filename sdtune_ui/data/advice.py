@@ -1,42 +1,17 @@
-"""How many images and steps each training method wants, and roughly how long that takes.
+"""How many images and steps a training method wants, and roughly how long that takes.
 
-The numbers are starting points gathered from the method papers, diffusers' example scripts and the
-DreamBooth training guide (objects ~200-400 steps, faces ~800-1200 with prior preservation). They are
-advice shown to the user, never enforced.
+Each method's class holds its numbers (`Method.advice`, `recommended_steps`, `advice_notes`: starting points
+from the method papers, diffusers' example scripts and the DreamBooth guide); this module turns them into a
+recommendation for a dataset. Advice shown to the user, never enforced.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
+from sdtune_ui.methods import UNET_WEIGHTS, method_named
+
 SUBJECTS = ("object", "face", "style")
-
-# Seconds per optimizer step at 512 px, batch 1, on a 24 GB consumer GPU (RTX 3090/4090 class), for an
-# SD 1.x-sized UNet. An assumption for the estimate, not a measurement: pass `seconds_per_step` from a
-# previous run to replace it.
-_SECONDS_PER_STEP_512 = {"full": 0.55, "dreambooth": 0.55, "lora": 0.3, "textual_inversion": 0.25, "pivotal": 0.3}
-
-
-@dataclass
-class MethodAdvice:
-    images_low: int  # below this: warning
-    images_high: int  # above this: info (more rarely helps / another method fits better)
-    images_text: str
-    steps_per_image: int
-    steps_min: int
-    steps_max: int
-
-
-ADVICE: dict[str, MethodAdvice] = {
-    "dreambooth": MethodAdvice(4, 20, "DreamBooth works best with 4-20 images of one subject", 80, 200, 400),
-    "lora": MethodAdvice(5, 200, "LoRA works well from ~10 to a few hundred images", 100, 500, 3000),
-    "textual_inversion": MethodAdvice(3, 20, "Textual inversion needs only 3-10 images of the concept", 0, 2000, 3000),
-    "pivotal": MethodAdvice(4, 50, "Pivotal tuning works best with 5-30 images of the concept", 100, 800, 2000),
-    "full": MethodAdvice(100, 10**9, "A full fine-tune wants hundreds of images or more", 10, 1000, 20000),
-}
-# Faces need many more DreamBooth steps (and prior preservation) than objects; styles sit in between.
-_DREAMBOOTH_SUBJECT_STEPS = {"object": (80, 200, 400), "face": (150, 800, 1200), "style": (100, 400, 1000)}
 
 
 @dataclass
@@ -85,41 +60,21 @@ def recommend(
     with_prior_preservation: bool | None = None,
 ) -> Recommendation:
     """Step count, epochs and a time estimate for `method` on `image_count` images."""
-    if method not in ADVICE:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(ADVICE)}")
+    method_class = method_named(method)
     if subject not in SUBJECTS:
         raise ValueError(f"unknown subject {subject!r}; choose one of {', '.join(SUBJECTS)}")
-    advice = ADVICE[method]
-    per_image, low, high = advice.steps_per_image, advice.steps_min, advice.steps_max
-    if method == "dreambooth":
-        per_image, low, high = _DREAMBOOTH_SUBJECT_STEPS[subject]
     batch_size = max(1, batch_size)
     n = max(image_count, 1)
-    if method == "full":
-        steps = math.ceil(n * per_image / batch_size)  # ~10 epochs
-    elif per_image:
-        steps = n * per_image
-    else:
-        steps = low
-    steps = int(min(max(steps, low), high))
-    notes: list[str] = []
-    if method == "dreambooth":
-        notes.append("learning rate ~2e-6 to 5e-6; stop early if samples start to look like the training photos")
-        if subject == "face" and not with_prior_preservation:
-            notes.append("for faces, turn on prior preservation (class images) so other people don't all "
-                         "turn into your subject")
-    if method in ("lora", "pivotal") and subject == "face":
-        notes.append("faces usually need the upper end of the step range")
-    if method == "textual_inversion":
-        notes.append("textual inversion learns one new word; it cannot teach the model new details")
+    steps, low, high = method_class.recommended_steps(image_count, subject, batch_size)
+    notes = method_class.advice_notes(subject, with_prior_preservation)
     seconds_assumed = seconds_per_step is None
     if seconds_per_step is None:
         # Step time grows ~ with pixels per step; prior preservation doubles the batch.
         scale = (resolution / 512) ** 2 * batch_size
-        if method == "dreambooth" and with_prior_preservation:
+        if with_prior_preservation and method_class.has(UNET_WEIGHTS):
             scale *= 1.8
         # Below ~0.05 s a step is bound by host overhead, not pixels (tiny demo resolutions).
-        seconds_per_step = max(0.05, _SECONDS_PER_STEP_512[method] * scale)
+        seconds_per_step = max(0.05, method_class.advice.seconds_per_step_512 * scale)
     return Recommendation(
         method=method,
         subject=subject,

@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sdtune_ui.data.advice import ADVICE, Recommendation, recommend
+from sdtune_ui.data.advice import Recommendation, recommend
 from sdtune_ui.data.buckets import assign_buckets
 from sdtune_ui.data.formats import has_word, list_images, metadata_orphans, read_captions, read_dataset_info
 from sdtune_ui.data.images import load_image, small_for_resolution
 from sdtune_ui.errors import DatasetError
+from sdtune_ui.methods import DEFAULT_METHOD, INSTANCE_PROMPT, TOKENS, method_named, method_names
 
 TEXT_ENCODER_TOKENS = 77  # CLIP's context, including the start and end tokens
 SEVERITIES = ("error", "warning", "info")
@@ -153,7 +154,7 @@ def count_tokens(text: str, tokenizer: Any | None = None) -> int:
 def diagnose(
     folder: str | os.PathLike[str],
     *,
-    method: str = "lora",
+    method: str = DEFAULT_METHOD,
     trigger: str | None = None,
     resolution: int = 512,
     subject: str = "object",
@@ -177,8 +178,8 @@ def diagnose(
     root = Path(folder)
     if not root.is_dir():
         raise DatasetError(f"The dataset folder {root} does not exist.")
-    if method not in ADVICE:
-        raise DatasetError(f"Unknown method {method!r}; choose one of {', '.join(ADVICE)}.")
+    if method not in method_names():
+        raise DatasetError(f"Unknown method {method!r}; choose one of {', '.join(method_names())}.")
     findings: list[Finding] = []
     names = list_images(root)
     sizes: dict[str, tuple[int, int]] = {}
@@ -226,7 +227,8 @@ def diagnose(
     buckets = _buckets(sizes, resolution, bucketing, findings)
     recommendation = None
     if sizes:
-        advice = ADVICE[method]
+        method_class = method_named(method)
+        advice = method_class.advice
         count = len(sizes)
         if count < advice.images_low:
             findings.append(Finding("warning", "image_count", f"{count} image(s): {advice.images_text}."))
@@ -236,9 +238,8 @@ def diagnose(
         recommendation = recommend(method, count, subject=subject, resolution=resolution, batch_size=batch_size,
                                    seconds_per_step=seconds_per_step,
                                    with_prior_preservation=with_prior_preservation)
-        if method == "dreambooth" and subject == "face" and not with_prior_preservation:
-            findings.append(Finding("warning", "prior_preservation", "DreamBooth on a face: turn on prior "
-                                    "preservation (with_prior_preservation and a class prompt)."))
+        for code, message in method_class.dataset_warnings(subject, with_prior_preservation):
+            findings.append(Finding("warning", code, message))
     orphans = metadata_orphans(root)
     if orphans:
         findings.append(Finding("warning", "orphans", f"the metadata lists {len(orphans)} file(s) that are not in "
@@ -283,9 +284,10 @@ def _check_captions(root: Path, names: list[str], sizes: dict[str, tuple[int, in
         findings.append(Finding("error", "metadata", str(err)))
         captions = {}
     info = read_dataset_info(root) if (root / "dataset_info.json").is_file() else {}
-    prompt = instance_prompt or (info.get("instance_prompt") if method == "dreambooth" else None)
+    method_class = method_named(method)
+    prompt = instance_prompt or (info.get("instance_prompt") if method_class.has(INSTANCE_PROMPT) else None)
     if uses_captions is None:
-        uses_captions = not prompt and method != "textual_inversion"
+        uses_captions = not prompt and method_class.reads_captions
     usable = [n for n in names if n in sizes]
     missing = [n for n in usable if n not in captions]
     empty = [n for n in usable if n in captions and not captions[n].strip()]
@@ -345,7 +347,7 @@ def _buckets(sizes: dict[str, tuple[int, int]], resolution: int, bucketing: bool
 
 def diagnose_config(config: Any, **overrides: Any) -> DoctorReport:
     """The doctor for a TrainConfig (folder datasets only): method, resolution, prompts and batch from it."""
-    uses_ti = config.method in ("textual_inversion", "pivotal")
+    uses_ti = config.has(TOKENS)
     kwargs: dict[str, Any] = {
         "method": config.method,
         "resolution": config.resolution or 512,

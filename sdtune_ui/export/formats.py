@@ -21,8 +21,9 @@ from pathlib import Path
 
 from sdtune_ui import hub
 from sdtune_ui.errors import SdtuneError
-from sdtune_ui.generate.artifacts import EMBEDDINGS_FILE, LORA_FILE, run_artifacts
+from sdtune_ui.generate.artifacts import run_artifacts
 from sdtune_ui.hub import scrub  # noqa: F401 - part of this module's API (tests, callers)
+from sdtune_ui.methods.outputs import EMBEDDING, EMBEDDINGS_FILE, LORA, LORA_FILE, PIPELINE
 from sdtune_ui.runs import RunDir
 
 log = logging.getLogger(__name__)
@@ -84,18 +85,16 @@ def export_run(run_dir: str | Path, format: str, out_dir: str | Path, *, step: i
     roles: dict[str, str] = {}   # which written file is the LoRA / the embedding, for the card's snippet
 
     def kohya_lora() -> None:
-        unet_config = None
-        if family == "sdxl":
-            unet_config = _unet_config(config)
+        unet_config = _unet_config(config) if family.kohya_ldm_unet_names else None
         target = out / f"{name}.safetensors"
         roles["lora_file"] = target.name
-        written.append(save_kohya_lora(by_kind["lora"].path, target, family=family,
+        written.append(save_kohya_lora(by_kind[LORA].path, target, family=family,
                                        fallback_alpha=float(config.get("lora_alpha") or config.get("rank") or 0)
                                        or None, base_model=config.get("model", ""), unet_config=unet_config))
         notes.append(f"`{target.name}` is a kohya-format LoRA for AUTOMATIC1111 / ComfyUI (`<lora:{name}:1>`).")
 
     def a1111_embedding() -> None:
-        path, word = save_a1111_embedding(by_kind["embedding"].path, out, token=config.get("placeholder_token"))
+        path, word = save_a1111_embedding(by_kind[EMBEDDING].path, out, token=config.get("placeholder_token"))
         written.append(path)
         roles["embedding_file"] = path.name
         notes.append(f"`{path.name}` is the embedding for AUTOMATIC1111 / ComfyUI: write `{word}` in the prompt "
@@ -103,14 +102,14 @@ def export_run(run_dir: str | Path, format: str, out_dir: str | Path, *, step: i
 
     def single_file() -> None:
         target = out / f"{name}.safetensors"
-        written.append(_single_file(Path(by_kind["pipeline"].path), target, half))
+        written.append(_single_file(Path(by_kind[PIPELINE].path), target, half))
         notes.append(f"`{target.name}` is a single-file checkpoint in the original layout "
                      "(AUTOMATIC1111, ComfyUI, `from_single_file`).")
 
     if format == "diffusers":
         for artifact in found.artifacts:
             source = Path(artifact.path)
-            if artifact.kind == "pipeline":
+            if artifact.kind == PIPELINE:
                 # The pipeline goes at the folder's root, where from_pretrained(repo_id) looks for it.
                 skip = {".complete", "README.md"}
                 shutil.copytree(source, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*skip))
@@ -120,21 +119,21 @@ def export_run(run_dir: str | Path, format: str, out_dir: str | Path, *, step: i
                 written.append(out / source.name)
                 roles[f"{artifact.kind}_file"] = source.name
     elif format == "kohya":
-        if "lora" not in by_kind:
+        if LORA not in by_kind:
             raise SdtuneError("The kohya format is for LoRA runs; this run has no LoRA "
                               "(use a1111 for embeddings, single-file for full fine-tunes).")
         kohya_lora()
-        if "embedding" in by_kind:
+        if EMBEDDING in by_kind:
             a1111_embedding()
     elif format == "a1111":
-        if "lora" in by_kind:
+        if LORA in by_kind:
             kohya_lora()
-        if "embedding" in by_kind:
+        if EMBEDDING in by_kind:
             a1111_embedding()
-        if "pipeline" in by_kind:
+        if PIPELINE in by_kind:
             single_file()
     else:  # single-file
-        if "pipeline" not in by_kind:
+        if PIPELINE not in by_kind:
             raise SdtuneError("A single-file checkpoint needs a full fine-tune or DreamBooth run; "
                               "for a LoRA export the kohya format, for an embedding the a1111 format.")
         single_file()

@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from sdtune_ui.errors import SdtuneError
+from sdtune_ui.families import Family
 
 LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # where diffusers stores peft's LoraConfig in a file
 
@@ -67,7 +67,7 @@ def _peft_key(key: str) -> str:
     return key
 
 
-def diffusers_lora_to_kohya(state: dict[str, torch.Tensor], *, family: str, alphas: dict[str, float | None],
+def diffusers_lora_to_kohya(state: dict[str, torch.Tensor], *, family: type[Family], alphas: dict[str, float | None],
                             unet_config: dict | None = None) -> dict[str, torch.Tensor]:
     """A diffusers/peft LoRA state dict (`unet.<module>.lora_A.weight` ...) -> kohya keys with alphas."""
     from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
@@ -75,9 +75,9 @@ def diffusers_lora_to_kohya(state: dict[str, torch.Tensor], *, family: str, alph
     peft_state = {_peft_key(key): value for key, value in state.items()}
     if not any(".lora_A." in key for key in peft_state):
         raise SdtuneError("This file is not a diffusers/peft LoRA (no lora_A weights); nothing to convert.")
-    if family == "sdxl":
+    if family.kohya_ldm_unet_names:
         if unet_config is None:
-            raise SdtuneError("Converting an SDXL LoRA needs the base model's UNet config.")
+            raise SdtuneError(f"Converting a {family.label} LoRA needs the base model's UNet config.")
         renamed = {}
         for key, value in peft_state.items():
             if key.startswith("unet."):
@@ -88,7 +88,7 @@ def diffusers_lora_to_kohya(state: dict[str, torch.Tensor], *, family: str, alph
     kohya = convert_state_dict_to_kohya(peft_state)
     out: dict[str, torch.Tensor] = {}
     for key, value in kohya.items():
-        if family != "sdxl":
+        if family.text_encoder_count == 1:
             key = re.sub(r"^lora_te1_", "lora_te_", key)  # one text encoder: sd-scripts and A1111 say lora_te_
         if key.endswith(".alpha"):
             down = out.get(key.replace(".alpha", ".lora_down.weight"))
@@ -101,15 +101,14 @@ def diffusers_lora_to_kohya(state: dict[str, torch.Tensor], *, family: str, alph
     return out
 
 
-def kohya_metadata(*, family: str, rank: int, alpha: float | None, base_model: str) -> dict[str, str]:
+def kohya_metadata(*, family: type[Family], rank: int, alpha: float | None, base_model: str) -> dict[str, str]:
     """The few `ss_*` fields A1111 and ComfyUI show in their LoRA browsers."""
-    version = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}.get(family, family)
     return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(alpha if alpha else rank),
-        "ss_base_model_version": version,
-        "ss_v2": str(family == "sd2"),
+        "ss_base_model_version": family.kohya_base_version,
+        "ss_v2": str(family.kohya_is_v2),
         "ss_sd_model_name": base_model,
         "ss_training_comment": "trained with sdtune_ui",
     }
@@ -120,7 +119,7 @@ def lora_rank(state: dict[str, torch.Tensor]) -> int:
     return max(ranks) if ranks else 0
 
 
-def save_kohya_lora(source: str | Path, target: str | Path, *, family: str, fallback_alpha: float | None,
+def save_kohya_lora(source: str | Path, target: str | Path, *, family: type[Family], fallback_alpha: float | None,
                     base_model: str = "", unet_config: dict | None = None) -> Path:
     """Convert a diffusers LoRA file into a kohya-format `.safetensors` file."""
     from safetensors.torch import save_file
@@ -167,7 +166,3 @@ def save_a1111_embedding(source: str | Path, target_dir: str | Path, *, token: s
     target.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in out.items()}, str(target), metadata={"name": name, "token": token})
     return target, name
-
-
-def is_kohya_lora(state: dict[str, Any]) -> bool:
-    return any(key.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for key in state)

@@ -11,64 +11,27 @@ import os
 from pathlib import Path
 from typing import Any
 
-METHOD_TAGS = {
-    "lora": ["lora", "template:sd-lora"],
-    "pivotal": ["lora", "textual_inversion", "pivotal-tuning", "template:sd-lora"],
-    "textual_inversion": ["textual_inversion"],
-    "dreambooth": ["dreambooth"],
-    "full": ["fine-tuned"],
-}
-FAMILY_TAGS = {"sd1": ["stable-diffusion", "stable-diffusion-diffusers"],
-               "sd2": ["stable-diffusion", "stable-diffusion-diffusers"],
-               "sdxl": ["stable-diffusion-xl", "stable-diffusion-xl-diffusers"]}
+from sdtune_ui.config import field_applies, field_info
+from sdtune_ui.families import Family, family_of_model
+from sdtune_ui.methods import TOKENS, Method, method_named, method_names
+
 SETTINGS = ("method", "model", "data", "resolution", "max_train_steps", "train_batch_size",
             "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "optimizer", "mixed_precision",
             "rank", "lora_alpha", "lora_targets", "train_text_encoder", "placeholder_token", "initializer_token",
             "num_vectors", "instance_prompt", "class_prompt", "with_prior_preservation", "prior_loss_weight",
             "snr_gamma", "use_ema", "seed")
-METHOD_ONLY = {"rank": ("lora", "pivotal"), "lora_alpha": ("lora", "pivotal"), "lora_targets": ("lora", "pivotal"),
-               "placeholder_token": ("textual_inversion", "pivotal"),
-               "initializer_token": ("textual_inversion", "pivotal"), "num_vectors": ("textual_inversion", "pivotal"),
-               "use_ema": ("full", "dreambooth")}
 
 
-def family_of(config: dict) -> str:
-    """sd1 / sd2 / sdxl for a run's base model, from its UNet config (no weights are loaded)."""
-    import json
-
-    from sdtune_ui.models import resolve_model
-
-    source = resolve_model(str(config.get("model", "")))
-    path = Path(source).expanduser()
-    unet_config: dict = {}
-    try:
-        if path.is_dir():
-            unet_config = json.loads((path / "unet" / "config.json").read_text())
-        elif path.is_file() and path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as handle:
-                keys = list(handle.keys())
-            if any(k.startswith("conditioner.embedders.1") for k in keys):
-                return "sdxl"
-            return "sd2" if any(k.startswith("cond_stage_model.model.") for k in keys) else "sd1"
-        elif source:
-            from huggingface_hub import hf_hub_download
-
-            unet_config = json.loads(Path(hf_hub_download(source, "unet/config.json")).read_text())
-    except Exception:  # noqa: BLE001 - offline or unknown repo: fall back to the name below
-        unet_config = {}
-    if unet_config:
-        if unet_config.get("addition_embed_type") == "text_time":
-            return "sdxl"
-        return "sd2" if unet_config.get("use_linear_projection") else "sd1"
-    return "sdxl" if "xl" in source.lower() else "sd1"
+def family_of(config: dict) -> type[Family]:
+    """The family of a run's base model, from its UNet config or keys (no weights are loaded)."""
+    return family_of_model(str(config.get("model", "")))
 
 
 def trigger_words(config: dict) -> list[str]:
     """What to type in a prompt to get the subject: the TI token, or the instance prompt."""
     words = []
-    if config.get("method") in ("textual_inversion", "pivotal") and config.get("placeholder_token"):
+    method_class = _method(config)
+    if method_class is not None and method_class.has(TOKENS) and config.get("placeholder_token"):
         words.append(config["placeholder_token"])
     if config.get("instance_prompt"):
         words.append(config["instance_prompt"])
@@ -82,11 +45,18 @@ def _public_value(name: str, value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
+def _method(config: dict) -> type[Method] | None:
+    name = config.get("method", "")
+    return method_named(name) if name in method_names() else None
+
+
 def settings_table(config: dict) -> str:
     method = config.get("method", "")
+    fields = {f.name: f for f in field_info()}
     rows = ["| setting | value |", "|---|---|"]
     for name in SETTINGS:
-        if name not in config or (name in METHOD_ONLY and method not in METHOD_ONLY[name]):
+        applies = name in fields and (_method(config) is None or field_applies(fields[name].metadata, method))
+        if name not in config or not applies:
             continue
         value = config[name]
         if name == "lora_alpha":
@@ -99,14 +69,10 @@ def settings_table(config: dict) -> str:
     return "\n".join(rows)
 
 
-METHOD_NAMES = {"lora": "LoRA", "pivotal": "pivotal-tuning LoRA with a textual-inversion embedding",
-                "textual_inversion": "textual-inversion embedding", "dreambooth": "DreamBooth fine-tune",
-                "full": "full fine-tune"}
-
-
-def _usage(family: str, config: dict, *, pipeline: bool, lora_file: str | None, embedding_file: str | None) -> str:
+def _usage(family: type[Family], config: dict, *, pipeline: bool, lora_file: str | None,
+           embedding_file: str | None) -> str:
     """A diffusers snippet that loads exactly the exported files."""
-    pipeline_class = "StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline"
+    pipeline_class = family.pipeline_class_name
     source = "REPO_ID" if pipeline else config.get("model", "")
     lines = ["```python", "import torch", f"from diffusers import {pipeline_class}", "",
              f'pipe = {pipeline_class}.from_pretrained("{source}", torch_dtype=torch.float16).to("cuda")']
@@ -114,7 +80,7 @@ def _usage(family: str, config: dict, *, pipeline: bool, lora_file: str | None, 
         lines.append(f'pipe.load_lora_weights("REPO_ID", weight_name="{lora_file}")')
     token = config.get("placeholder_token") or "<token>"
     if embedding_file:
-        if family == "sdxl":
+        if family.text_encoder_count > 1:  # one set of vectors per text encoder
             lines += ["from huggingface_hub import hf_hub_download", "from safetensors.torch import load_file",
                       f'state = load_file(hf_hub_download("REPO_ID", "{embedding_file}"))',
                       f'pipe.load_textual_inversion(state["clip_l"], token="{token}", '
@@ -129,7 +95,7 @@ def _usage(family: str, config: dict, *, pipeline: bool, lora_file: str | None, 
 
 
 def build_model_card(config: dict, *, files: list[str], samples: list[tuple[str, str]] | None = None,
-                     family: str | None = None, repo_id: str | None = None, notes: list[str] | None = None,
+                     family: type[Family] | None = None, repo_id: str | None = None, notes: list[str] | None = None,
                      lora_file: str | None = None, embedding_file: str | None = None) -> Any:
     """A huggingface_hub ModelCard for an exported run.
 
@@ -140,14 +106,15 @@ def build_model_card(config: dict, *, files: list[str], samples: list[tuple[str,
 
     family = family or family_of(config)
     method = config.get("method", "")
-    tags = ["text-to-image", "diffusers", "diffusers-training", *FAMILY_TAGS.get(family, []),
-            *METHOD_TAGS.get(method, []), "sdtune_ui"]
+    method_class = _method(config)
+    tags = ["text-to-image", "diffusers", "diffusers-training", *family.card_tags,
+            *(method_class.card_tags if method_class else ()), "sdtune_ui"]
     triggers = trigger_words(config)
     data = ModelCardData(
         base_model=_public_value("model", config.get("model", "")) or None,
         library_name="diffusers",
         pipeline_tag="text-to-image",
-        license="openrail++" if family == "sdxl" else "creativeml-openrail-m",
+        license=family.license,
         tags=list(dict.fromkeys(tags)),
         instance_prompt=triggers[0] if triggers else None,
         widget=[{"text": prompt, "output": {"url": path}} for path, prompt in (samples or [])] or None,
@@ -166,7 +133,7 @@ def build_model_card(config: dict, *, files: list[str], samples: list[tuple[str,
 
 # {title}
 
-{gallery}A {METHOD_NAMES.get(method, method)} of {base_link}, trained with sdtune_ui.
+{gallery}A {method_class.summary if method_class else method} of {base_link}, trained with sdtune_ui.
 
 ## Trigger words
 

@@ -108,7 +108,7 @@ def vae_key_to_ldm(key: str, config: dict) -> str:
     raise SdtuneError(f"Single-file export does not know the VAE layer {key!r} (unsupported architecture).")
 
 
-def _open_clip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+def open_clip_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """A transformers CLIP text model in OpenCLIP layout (SD2's encoder, SDXL's second encoder)."""
     out: dict[str, torch.Tensor] = {}
     fixed = {
@@ -139,7 +139,7 @@ def _open_clip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.T
     return out
 
 
-def _text_state(encoder: Any) -> dict[str, torch.Tensor]:
+def transformers_clip_state(encoder: Any) -> dict[str, torch.Tensor]:
     """Text encoder weights named as in transformers 4 (`text_model.` prefix), which the original layout keeps;
     transformers 5's CLIPTextModel drops that wrapper."""
     state = {}
@@ -154,7 +154,7 @@ def _text_state(encoder: Any) -> dict[str, torch.Tensor]:
 
 def pipeline_to_ldm_state(pipe: Any) -> dict[str, torch.Tensor]:
     """The whole pipeline (UNet, VAE, text encoders) as one state dict in the original layout."""
-    from sdtune_ui.models.family import detect_family
+    from sdtune_ui.families import detect_family
 
     family = detect_family(pipe)
     unet_config, vae_config = dict(pipe.unet.config), dict(pipe.vae.config)
@@ -166,15 +166,7 @@ def pipeline_to_ldm_state(pipe: Any) -> dict[str, torch.Tensor]:
         if ".mid.attn_1." in ldm_key and ldm_key.endswith(".weight") and tensor.ndim == 2:
             tensor = tensor[:, :, None, None]  # LDM's VAE attention uses 1x1 convolutions
         state[ldm_key] = tensor
-    text = _text_state(pipe.text_encoder)
-    if family.name == "sdxl":
-        state.update({"conditioner.embedders.0.transformer." + k: v for k, v in text.items()})
-        text_2 = _text_state(pipe.text_encoder_2)
-        state.update(_open_clip(text_2, "conditioner.embedders.1.model."))
-    elif family.name == "sd2":
-        state.update(_open_clip(text, "cond_stage_model.model."))
-    else:
-        state.update({"cond_stage_model.transformer." + k: v for k, v in text.items()})
+    state.update(family.ldm_text_encoder_state(pipe))  # each family's text encoders have their own layout
     return state
 
 

@@ -20,12 +20,11 @@ from typing import Any
 import torch
 
 from sdtune_ui.errors import ModelLoadError, SdtuneError
+from sdtune_ui.methods.outputs import EMBEDDING, EMBEDDINGS_FILE, KINDS, LORA, LORA_FILE, PIPELINE, PIPELINE_MARKER
+from sdtune_ui.models.loading import refuse_pickle
 from sdtune_ui.runs import RunDir
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
-EMBEDDINGS_FILE = "learned_embeds.safetensors"
-PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
-KINDS = ("lora", "embedding", "pipeline")
+_LORA_KEY = re.compile(r"lora[_.]")   # lora_A / lora_down / lora.up ...: a LoRA file's keys
 _materialize_lock = threading.Lock()
 
 
@@ -76,18 +75,18 @@ def _lora_alpha_factor(lora_file: Path, config: dict) -> float:
 
 
 def artifacts_in_folder(folder: str | Path, config: dict | None = None) -> list[Artifact]:
-    """The standard artifacts a training output folder holds (see train/methods.py)."""
+    """The standard artifacts a training output folder holds (methods/outputs.py)."""
     folder = Path(folder)
     config = config or {}
     found: list[Artifact] = []
-    if (folder / "model_index.json").exists():
-        found.append(Artifact("pipeline", str(folder), label="fine-tuned model"))
+    if (folder / PIPELINE_MARKER).exists():
+        found.append(Artifact(PIPELINE, str(folder), label="fine-tuned model"))
     if (folder / LORA_FILE).exists():
-        found.append(Artifact("lora", str(folder / LORA_FILE), label="LoRA",
+        found.append(Artifact(LORA, str(folder / LORA_FILE), label="LoRA",
                               alpha_factor=_lora_alpha_factor(folder / LORA_FILE, config)))
     if (folder / EMBEDDINGS_FILE).exists():
         token = config.get("placeholder_token") or embedding_token(folder / EMBEDDINGS_FILE)
-        found.append(Artifact("embedding", str(folder / EMBEDDINGS_FILE), label=f"embedding {token}", token=token))
+        found.append(Artifact(EMBEDDING, str(folder / EMBEDDINGS_FILE), label=f"embedding {token}", token=token))
     return found
 
 
@@ -118,8 +117,8 @@ def materialize_checkpoint(run_dir: str | Path, step: int) -> Path:
     from safetensors.torch import load_file
 
     from sdtune_ui.config import TrainConfig
+    from sdtune_ui.methods import make_method
     from sdtune_ui.models import load_pipeline, model_parts
-    from sdtune_ui.train.methods import make_method
 
     run = RunDir(Path(run_dir))
     folder = run.checkpoints_dir / f"step-{step}"
@@ -180,17 +179,10 @@ def embedding_token(path: str | Path) -> str:
     return path.stem
 
 
-def _check_pickle(path: Path, allow_pickle: bool) -> None:
-    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
-        raise ModelLoadError(
-            f"{path.name} is a pickle file, which can run arbitrary code when loaded. Use a .safetensors "
-            "file, or allow pickle files explicitly (--allow-pickle / the 'allow pickle' box) if you trust it.")
-
-
 def read_state_dict(path: str | Path, *, allow_pickle: bool = False) -> dict[str, Any]:
     """Tensors of a .safetensors file, or (only when allowed) of a pickle file, loaded as data only."""
     path = Path(path)
-    _check_pickle(path, allow_pickle)
+    refuse_pickle(path, allow_pickle)
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
 
@@ -205,9 +197,9 @@ def classify_file(path: str | Path, *, allow_pickle: bool = False) -> str:
     keys = list(state)
     # Embedding layouts first: a diffusers embedding's single key is its token, which may contain "lora".
     if "string_to_param" in state or "emb_params" in state or {"clip_l", "clip_g"} <= set(keys) or len(keys) == 1:
-        return "embedding"
-    if any("lora" in key for key in keys):
-        return "lora"
+        return EMBEDDING
+    if any(_LORA_KEY.search(key) for key in keys):
+        return LORA
     raise ModelLoadError(f"{Path(path).name} is neither a LoRA nor a textual-inversion embedding.")
 
 
@@ -235,9 +227,9 @@ def artifact_from_spec(spec: str, *, kind: str | None = None, allow_pickle: bool
         found_kind = classify_file(path, allow_pickle=allow_pickle)
         if kind and found_kind != kind:
             raise ModelLoadError(f"{path.name} looks like a {found_kind}, not a {kind}.")
-        found = Artifact(found_kind, str(path), token=embedding_token(path) if found_kind == "embedding" else None)
+        found = Artifact(found_kind, str(path), token=embedding_token(path) if found_kind == EMBEDDING else None)
     elif re.fullmatch(r"[\w.-]+/[\w.-]+", path_text) and not path_text.startswith((".", "/")):
-        found = Artifact(kind or "lora", path_text)  # a Hub repo: diffusers downloads it when loading
+        found = Artifact(kind or LORA, path_text)  # a Hub repo: diffusers downloads it when loading
     else:
         raise ModelLoadError(f"{path_text} was not found (give a .safetensors file, a folder, or a Hub repo id).")
     if scale is not None:

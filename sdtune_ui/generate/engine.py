@@ -9,7 +9,6 @@ touches only what changed, so flipping a LoRA scale or comparing with the base i
 from __future__ import annotations
 
 import copy
-import gc
 import hashlib
 import threading
 import time
@@ -22,44 +21,8 @@ import torch
 
 from sdtune_ui.errors import ModelLoadError, SdtuneError
 from sdtune_ui.generate.artifacts import Artifact, read_state_dict
-
-SCHEDULERS = ("dpm++", "euler", "euler_a", "ddim", "unipc", "default")
-MAX_GUIDANCE = 30.0
-MAX_IMAGES = 16
-
-
-@dataclass
-class GenerationOptions:
-    prompt: str
-    negative_prompt: str = ""
-    scheduler: str = "dpm++"        # DPM-Solver++ multistep: good images in ~25 steps
-    steps: int = 25
-    guidance: float = 7.5
-    width: int = 0                  # 0 = the model's native size
-    height: int = 0
-    seed: int = 0
-    num_images: int = 1
-    fuse_lora: bool = False         # merge LoRAs into the weights: faster, but each scale change re-merges
-
-    def validate(self) -> GenerationOptions:
-        problems = []
-        if self.scheduler not in SCHEDULERS:
-            problems.append(f"scheduler {self.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
-        if not 1 <= self.steps <= 500:
-            problems.append("steps must be between 1 and 500 (20-30 is typical)")
-        if not 0 <= self.guidance <= MAX_GUIDANCE:
-            problems.append(f"guidance must be between 0 and {MAX_GUIDANCE:g} (5-9 is typical)")
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value and (value < 8 or value % 8):
-                problems.append(f"{name} must be a multiple of 8 (e.g. 512), or 0 for the model's size")
-        if not 1 <= self.num_images <= MAX_IMAGES:
-            problems.append(f"images per prompt must be between 1 and {MAX_IMAGES}")
-        if self.seed < 0:
-            problems.append("seed must be 0 or positive")
-        if problems:
-            raise SdtuneError("Cannot generate: " + "; ".join(problems) + ".")
-        return self
+from sdtune_ui.generate.options import GenerationOptions
+from sdtune_ui.methods.outputs import EMBEDDING, LORA, LORA_FILE, PIPELINE
 
 
 @dataclass
@@ -199,13 +162,13 @@ class GenerationEngine:
         self._embeddings.clear()
         self._pristine_text = []
         self._fused = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        from diffusers.training_utils import free_memory
+
+        free_memory()
 
     @property
     def family(self) -> str:
-        from sdtune_ui.models import detect_family
+        from sdtune_ui.families import detect_family
 
         return detect_family(self.pipe).name if self.pipe is not None else ""
 
@@ -214,13 +177,13 @@ class GenerationEngine:
                 fuse: bool = False) -> Any:
         """The pipeline for `model` with exactly `artifacts` applied (a pipeline artifact replaces the model)."""
         with self._lock:
-            folders = [a for a in artifacts if a.kind == "pipeline"]
+            folders = [a for a in artifacts if a.kind == PIPELINE]
             if len(folders) > 1:
                 raise SdtuneError("Pick at most one fine-tuned model; LoRAs and embeddings can be combined freely.")
             pipe = self.load_model(folders[0].path if folders else model, allow_pickle=allow_pickle)
             self._unfuse()
-            self._apply_embeddings([a for a in artifacts if a.kind == "embedding"], allow_pickle)
-            self._apply_loras([a for a in artifacts if a.kind == "lora"], allow_pickle)
+            self._apply_embeddings([a for a in artifacts if a.kind == EMBEDDING], allow_pickle)
+            self._apply_loras([a for a in artifacts if a.kind == LORA], allow_pickle)
             if fuse and self._adapters:
                 names = list(self._adapters)
                 pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
@@ -251,7 +214,7 @@ class GenerationEngine:
         path = Path(artifact.path)
         try:
             if path.exists():
-                file = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
+                file = path / LORA_FILE if path.is_dir() else path
                 if _has_adapter_metadata(file):
                     # Loading by path lets diffusers read rank/alpha from the file's metadata.
                     self.pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name)
@@ -366,20 +329,14 @@ class GenerationEngine:
         tuned: list[GenerationResult] = []
         with self._lock:
             for prompt in prompts:
-                base.append(self.generate(base_model, [], _with_prompt(options, prompt), allow_pickle=allow_pickle))
+                base.append(self.generate(base_model, [], options.replace(prompt=prompt), allow_pickle=allow_pickle))
             for prompt in prompts:
-                tuned.append(self.generate(base_model, artifacts, _with_prompt(options, prompt),
+                tuned.append(self.generate(base_model, artifacts, options.replace(prompt=prompt),
                                            allow_pickle=allow_pickle))
         columns = [f"{p} (seed {s})" for p, r in zip(prompts, base, strict=True) for s in r.seeds]
         grid = make_grid([[im for r in base for im in r.images], [im for r in tuned for im in r.images]],
                          row_labels=["base", "tuned"], col_labels=columns)
         return CompareResult(base, tuned, grid)
-
-
-def _with_prompt(options: GenerationOptions, prompt: str) -> GenerationOptions:
-    values = asdict(options)
-    values["prompt"] = prompt
-    return GenerationOptions(**values)
 
 
 @dataclass

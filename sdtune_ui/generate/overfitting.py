@@ -15,6 +15,8 @@ from typing import Any
 
 from sdtune_ui.errors import SdtuneError
 from sdtune_ui.generate.grid import make_grid
+from sdtune_ui.methods import ADAPTER, TOKENS, methods_with
+from sdtune_ui.methods.outputs import LORA
 
 
 def _subject_and_class(config: dict) -> tuple[str, str]:
@@ -26,7 +28,7 @@ def _subject_and_class(config: dict) -> tuple[str, str]:
     class_noun = ""
     if class_prompt:
         class_noun = re.sub(r"^(a|an) (photo|picture|painting) of (a|an|the) ", "", class_prompt).strip()
-    if method in ("textual_inversion", "pivotal") and placeholder:
+    if method in methods_with(TOKENS) and placeholder:
         class_noun = class_noun or (config.get("initializer_token") or "").strip()
         return instance or f"a photo of {placeholder}", class_noun
     if instance and not class_noun:
@@ -56,7 +58,8 @@ def overfitting_grid(run_dir: str | Path, steps: Sequence[int | None] | None = N
     `max_checkpoints`) plus the final output when there is one.
     """
     from sdtune_ui.generate.artifacts import artifacts_in_folder, checkpoint_steps, run_artifacts
-    from sdtune_ui.generate.engine import GenerationOptions, default_engine
+    from sdtune_ui.generate.engine import default_engine
+    from sdtune_ui.generate.options import GenerationOptions
     from sdtune_ui.runs import RunDir
 
     engine = engine or default_engine()
@@ -71,8 +74,7 @@ def overfitting_grid(run_dir: str | Path, steps: Sequence[int | None] | None = N
     if not steps:
         raise SdtuneError("This run has no checkpoint or output yet; wait for the first checkpoint.")
     prompts = list(prompts or default_grid_prompts(config))
-    uses_lora = config.get("method") in ("lora", "pivotal")
-    scales = list(scales) if scales and uses_lora else [1.0]
+    scales = list(scales) if scales and config.get("method") in methods_with(ADAPTER) else [1.0]
     base_options = options or GenerationOptions(prompt=prompts[0], steps=20)
 
     rows, labels = [], []
@@ -80,11 +82,11 @@ def overfitting_grid(run_dir: str | Path, steps: Sequence[int | None] | None = N
         found = run_artifacts(run.path, step)
         for scale in scales:
             for artifact in found.artifacts:
-                if artifact.kind == "lora":
+                if artifact.kind == LORA:
                     artifact.scale = scale
             row = []
             for prompt in prompts:
-                opts = GenerationOptions(**{**base_options.__dict__, "prompt": prompt, "num_images": 1})
+                opts = base_options.replace(prompt=prompt, num_images=1)
                 row.append(engine.generate(found.base_model, found.artifacts, opts,
                                            allow_pickle=bool(config.get("allow_pickle"))).images[0])
             rows.append(row)

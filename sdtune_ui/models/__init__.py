@@ -1,6 +1,6 @@
-"""Model families, loading and the built-in tiny demo models."""
+"""Loading base models, and the built-in tiny demo models. (Families: sdtune_ui.families.)"""
 
-from sdtune_ui.models.family import Family, ModelParts, detect_family, model_parts
+from sdtune_ui.families import Family, ModelParts, detect_family, model_parts
 from sdtune_ui.models.loading import KNOWN_MODELS, load_pipeline, resolve_model
 from sdtune_ui.models.tiny import TINY_MODELS, build_tiny_pipeline, tiny_model_path
 

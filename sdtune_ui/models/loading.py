@@ -32,27 +32,25 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def _refuse_pickle(path: Path, allow_pickle: bool) -> None:
+def refuse_pickle(path: Path, allow_pickle: bool) -> None:
+    """The one check before any file is opened: pickle files only when the user allowed them."""
     if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
         raise ModelLoadError(
-            f"{path.name} is a pickle checkpoint, which can run arbitrary code when loaded. "
-            "Use a .safetensors file, or allow pickle files explicitly (--allow-pickle) if you trust its source."
-        )
+            f"{path.name} is a pickle file, which can run arbitrary code when loaded. Use a .safetensors file, "
+            "or allow pickle files explicitly (--allow-pickle, or the app's 'allow pickle' box) if you trust its "
+            "source.")
 
 
 def _pipeline_class_for_single_file(path: Path):
-    """Pick the SDXL or SD pipeline class from the checkpoint's keys (no name guessing)."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    """The pipeline class of the family the checkpoint's keys belong to (no name guessing)."""
+    from sdtune_ui.families import family_classes, family_for_checkpoint_keys
 
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
+    if path.suffix.lower() != ".safetensors":
+        return family_classes()[-1].pipeline_class()  # pickle files are not opened just to look at their keys
+    from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as handle:
-            keys = handle.keys()
-            is_sdxl = any(key.startswith("conditioner.embedders.1") for key in keys)
-    else:
-        is_sdxl = False
-    return StableDiffusionXLPipeline if is_sdxl else StableDiffusionPipeline
+    with safe_open(str(path), framework="pt") as handle:
+        return family_for_checkpoint_keys(handle.keys()).pipeline_class()
 
 
 def load_pipeline(name: str, *, dtype: torch.dtype = torch.float32, allow_pickle: bool = False,
@@ -68,7 +66,7 @@ def load_pipeline(name: str, *, dtype: torch.dtype = torch.float32, allow_pickle
     path = Path(source).expanduser()
     try:
         if path.is_file():
-            _refuse_pickle(path, allow_pickle)
+            refuse_pickle(path, allow_pickle)
             pipeline_class = _pipeline_class_for_single_file(path)
             extra = {"config": resolve_model(single_file_config)} if single_file_config else {}
             pipe = pipeline_class.from_single_file(str(path), torch_dtype=dtype, **extra)

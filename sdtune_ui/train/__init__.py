@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import traceback
 from collections.abc import Callable
@@ -22,13 +21,6 @@ OOM_ADVICE = ("The GPU ran out of memory. Try, in this order: gradient checkpoin
               "full fine-tuning.")
 
 
-def free_memory() -> None:
-    """Give cached GPU memory back so the next run (or generation) can start."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def train(config: TrainConfig, run_dir: str | Path, *, events: EventLog | None = None,
           cancel: Callable[[], bool] | None = None) -> str:
     """Validate, train, save; return the final status: completed, cancelled or failed.
@@ -37,6 +29,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, events: EventLog | None =
     that already has checkpoints is resumed from the last complete one. Errors the user can fix are
     reported as a `failed` status event with a readable message; the traceback goes to train.log.
     """
+    from diffusers.training_utils import free_memory
+
     from sdtune_ui.train.trainer import Trainer
 
     run = RunDir(Path(run_dir))
@@ -73,7 +67,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, events: EventLog | None =
         log.exception("training crashed")
     finally:
         del trainer
-        free_memory()
+        free_memory()  # give cached GPU memory back so the next run (or generation) can start
     if events is not None:
         events.emit("status", status=status, message=message)
     return status

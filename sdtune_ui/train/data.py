@@ -18,17 +18,6 @@ from PIL import Image
 from sdtune_ui.data.buckets import make_buckets, nearest_bucket
 from sdtune_ui.data.datasets import Example
 
-OBJECT_TEMPLATES = (
-    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
-    "a photo of a clean {}", "a photo of my {}", "a close-up photo of a {}", "a bright photo of the {}",
-    "a good photo of the {}", "a photo of one {}", "a rendition of the {}", "a photo of the nice {}",
-)
-STYLE_TEMPLATES = (
-    "a painting in the style of {}", "a rendering in the style of {}", "a cropped painting in the style of {}",
-    "the painting in the style of {}", "a clean painting in the style of {}", "a picture in the style of {}",
-    "a close-up painting in the style of {}", "a good painting in the style of {}",
-)
-
 
 @dataclass
 class Item:
@@ -112,9 +101,3 @@ class TrainingData:
         """Class items paired with a batch: walk a fixed shuffled order so every class image gets used."""
         order = self._class_order
         return [order[(step * count + i) % len(order)] for i in range(count)] if order else []
-
-
-def template_prompt(templates: tuple[str, ...], token_text: str, generator: torch.Generator) -> str:
-    """A textual-inversion prompt: a random template filled with the placeholder token(s)."""
-    index = int(torch.randint(len(templates), (1,), generator=generator))
-    return templates[index].format(token_text)

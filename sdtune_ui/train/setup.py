@@ -14,7 +14,8 @@ from sdtune_ui.config import TrainConfig
 from sdtune_ui.data.datasets import Example, load_dataset
 from sdtune_ui.data.formats import read_captions, read_dataset_info
 from sdtune_ui.errors import ConfigError, DatasetError
-from sdtune_ui.models.family import ModelParts, model_parts
+from sdtune_ui.families import ModelParts, model_parts
+from sdtune_ui.methods import INSTANCE_PROMPT, TOKENS
 from sdtune_ui.models.loading import load_pipeline
 from sdtune_ui.paths import cache_dir
 
@@ -37,7 +38,7 @@ def apply_dataset_info(config: TrainConfig) -> TrainConfig:
     info = read_dataset_info(folder) if folder.is_dir() else {}
     # A captioned dataset keeps its captions for caption-driven methods; the folder's instance prompt is
     # used for DreamBooth, or when there are no captions at all.
-    uses_instance_prompt = config.method == "dreambooth" or not any(read_captions(folder).values()) if info else False
+    uses_instance_prompt = config.has(INSTANCE_PROMPT) or not any(read_captions(folder).values()) if info else False
     updates = {}
     if not config.instance_prompt and info.get("instance_prompt") and uses_instance_prompt:
         updates["instance_prompt"] = info["instance_prompt"]
@@ -48,14 +49,14 @@ def apply_dataset_info(config: TrainConfig) -> TrainConfig:
 
 def check_captions(config: TrainConfig, examples: list[Example]) -> None:
     """Fail early when the prompts the method needs are not there."""
-    if config.instance_prompt or (config.uses_textual_inversion and config.learnable_property != "captions"):
+    if config.instance_prompt or (config.has(TOKENS) and config.learnable_property != "captions"):
         return
     missing = [ex.name for ex in examples if not ex.caption.strip()]
     if len(missing) == len(examples):
         raise DatasetError(
             "No image has a caption. Caption the dataset (Dataset tab or `python -m sdtune_ui caption`) or "
             "give an instance prompt such as 'a photo of sks dog'.")
-    if config.uses_textual_inversion:
+    if config.has(TOKENS):
         without = [ex.name for ex in examples if config.placeholder_token not in ex.caption]
         if without:
             raise DatasetError(

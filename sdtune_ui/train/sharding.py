@@ -15,8 +15,7 @@ import torch
 
 from sdtune_ui.config import TrainConfig
 from sdtune_ui.errors import ConfigError
-
-SHARDABLE_METHODS = ("full", "dreambooth")
+from sdtune_ui.methods import method_classes
 
 
 def is_sharded(accelerator: Any) -> bool:
@@ -27,8 +26,9 @@ def is_sharded(accelerator: Any) -> bool:
 
 def check_supported(config: TrainConfig) -> None:
     """FSDP pays off for full fine-tuning; adapters and embeddings are small enough for DDP."""
-    if config.method not in SHARDABLE_METHODS:
-        raise ConfigError({"method": f"FSDP shards full fine-tuning ({', '.join(SHARDABLE_METHODS)}); "
+    if not config.method_class.shardable:
+        shardable = ", ".join(cls.name for cls in method_classes() if cls.shardable)
+        raise ConfigError({"method": f"FSDP shards full fine-tuning ({shardable}); "
                                      f"{config.method} trains few weights, so launch it with the DDP config "
                                      "(sdtune_ui/accelerate_configs/ddp.yaml) instead."})
     if config.train_text_encoder:

@@ -14,22 +14,18 @@ from typing import Any
 import torch
 
 from sdtune_ui.config import TrainConfig
-
-# Break-even run lengths, H100, batch 1 (benchmarks/README.md). SDXL: ~80 s of compiling per block, then
-# 0.14 s per step instead of 0.38 eager -> ~330 steps. SD1.x/2.x: 60-130 s of compiling the whole UNet, then
-# 0.03 instead of 0.11 s (LoRA) or 0.05 instead of 0.16 s (full) per step -> ~700-1,300 steps.
-AUTO_COMPILE_MIN_STEPS = {"sdxl": 400, "sd1": 1000, "sd2": 1000}
+from sdtune_ui.families import Family
 
 
-def compile_scope(config: TrainConfig, family: str) -> str:
-    """'auto': SDXL's many identical blocks compile fastest one by one (80 s, 7.1 steps/s on an H100); for
-    SD1.x/2.x the whole UNet won 3x over blocks (34 vs 12 steps/s at batch 1) and compiles in about a minute."""
+def compile_scope(config: TrainConfig, family: Family) -> str:
+    """'auto' asks the family: what compiled fastest for it (e.g. SDXL's many identical blocks one by one,
+    80 s, 7.1 steps/s on an H100; SD1.x's whole UNet, 3x faster than blocks at batch 1)."""
     if config.compile_scope != "auto":
         return config.compile_scope
-    return "blocks" if family == "sdxl" else "whole"
+    return family.auto_compile_scope
 
 
-def compile_plan(config: TrainConfig, *, family: str, device_type: str, total_steps: int, bucket_count: int,
+def compile_plan(config: TrainConfig, *, family: Family, device_type: str, total_steps: int, bucket_count: int,
                  sharded: bool, processes: int = 1) -> tuple[str, str]:
     """(mode, reason): the torch.compile mode to use ("none" = eager) and why, for the run's log."""
     requested = config.compile_unet
@@ -39,10 +35,11 @@ def compile_plan(config: TrainConfig, *, family: str, device_type: str, total_st
         return "none", "compiling needs CUDA and is not combined with FSDP"
     if requested != "auto":
         return requested, f"compile_unet is {requested}"
-    min_steps = AUTO_COMPILE_MIN_STEPS.get(family, max(AUTO_COMPILE_MIN_STEPS.values()))
+    # The family's measured break-even run length (benchmarks/README.md): compile time over the time saved per step.
+    min_steps = family.auto_compile_min_steps
     if total_steps < min_steps:
-        return "none", f"a {total_steps}-step run would not win back the compile time (auto compiles {family} " \
-                       f"runs from {min_steps} steps)"
+        return "none", f"a {total_steps}-step run would not win back the compile time (auto compiles " \
+                       f"{family.label} runs from {min_steps} steps)"
     if bucket_count > 1:
         return "none", f"{bucket_count} aspect buckets would each compile again (auto compiles one shape)"
     if processes > 1:

@@ -1,7 +1,7 @@
 """The one training loop every method shares: setup() -> fit() -> (validate(), checkpoints) -> output.
 
 Read it top to bottom. Methods (methods.py) decide what is trainable and what is saved; model families
-(models/family.py) decide how prompts are encoded and what the UNet predicts. The loop runs on
+(families/) decide how prompts are encoded and what the UNet predicts. The loop runs on
 accelerate, so the same code serves one CPU, one GPU or `accelerate launch` on several.
 """
 
@@ -20,11 +20,11 @@ import torch.nn.functional as F
 
 from sdtune_ui.config import TrainConfig
 from sdtune_ui.errors import Cancelled, ConfigError, TrainingStopped
+from sdtune_ui.methods import ADAPTER, Method, make_method
 from sdtune_ui.runs import EventLog, NullEventLog, RunDir
 from sdtune_ui.train import checkpoint as ckpt
 from sdtune_ui.train import sharding, speed
 from sdtune_ui.train.data import TrainingData
-from sdtune_ui.train.methods import Method, make_method
 from sdtune_ui.train.setup import build_optimizer, load_training_inputs, weight_dtype_for
 
 
@@ -108,7 +108,7 @@ class Trainer:
         self.parked = self._park_cached_encoders() if cfg.offload_frozen_encoders else []
 
         to_device(parts.unet)  # its adapters move with it; trainable ones go back to fp32 next
-        if cfg.uses_lora:
+        if cfg.has(ADAPTER):
             from diffusers.training_utils import cast_training_params
 
             cast_training_params(self.method.trained_models(parts), dtype=torch.float32)
@@ -163,12 +163,12 @@ class Trainer:
 
     def _compile_if_it_pays(self) -> None:
         cfg, acc = self.config, self.accelerator
-        mode, reason = speed.compile_plan(cfg, family=self.parts.family.name, device_type=acc.device.type,
+        mode, reason = speed.compile_plan(cfg, family=self.parts.family, device_type=acc.device.type,
                                           total_steps=self.total_steps, sharded=self.sharded,
                                           bucket_count=len({item.bucket for item in self.data.items}),
                                           processes=acc.num_processes)
         if mode != "none":
-            scope = speed.compile_scope(cfg, self.parts.family.name)
+            scope = speed.compile_scope(cfg, self.parts.family)
             mode = speed.compile_unet(self.parts.unet, mode, scope, cfg.gradient_checkpointing)
             self.log(f"Compiling the UNet ({mode}, {scope}; {reason}): the first steps are slower")
         elif cfg.compile_unet != "none" and (cfg.compile_unet != "auto" or acc.device.type == "cuda"):
@@ -238,7 +238,8 @@ class Trainer:
             else:
                 prompts.append(self.method.prompt(cfg.instance_prompt or item.caption, self.data_generator))
         width, height = all_items[0].bucket
-        latent_shape = (len(all_items), 4, height // self._vae_scale, width // self._vae_scale)
+        latent_shape = (len(all_items), self.parts.vae.config.latent_channels, height // self._vae_scale,
+                        width // self._vae_scale)
         noise = torch.randn(latent_shape, generator=self.noise_generator, device=acc.device)
         if cfg.noise_offset:
             noise = noise + cfg.noise_offset * torch.randn(latent_shape[:2] + (1, 1), generator=self.noise_generator,
@@ -266,12 +267,12 @@ class Trainer:
         hidden = pooled = input_ids = None
         if self.text_cache is not None:
             hidden = torch.stack([self.text_cache[p][0] for p in prompts])
-            if family.name == "sdxl":
+            if family.uses_pooled_embeddings:
                 pooled = torch.stack([self.text_cache[p][1] for p in prompts])
         else:
             input_ids = [ids.to(device) for ids in family.tokenize(parts.tokenizers, prompts)]
         time_ids = None
-        if family.name == "sdxl":
+        if family.uses_pooled_embeddings:  # SDXL-like: the image's size and crop condition the UNet too
             time_ids = torch.stack([family.time_ids(it.original_size, it.crop_top_left, it.bucket[::-1])
                                     for it in items]).to(device)
         return Batch(latents.to(device), hidden, pooled, input_ids, time_ids, noise, timesteps, num_class,

@@ -46,7 +46,8 @@ def wait_in_queue(jobs: Any, label: str, fn: Callable[[], Any], poll_s: float = 
     yield ("done", job.result)
 
 
-_ACRONYMS = {"lr": "LR", "ema": "EMA", "ti": "TI", "snr": "SNR", "lora": "LoRA", "adam": "Adam"}
+# Words of field names spelled as people write them.
+_ACRONYMS = {word.lower(): word for word in ("LR", "EMA", "TI", "SNR", "LoRA", "Adam")}
 
 
 def humanize(name: str) -> str:

@@ -10,9 +10,9 @@ from typing import Any
 import gradio as gr
 
 from sdtune_ui.app import ops as app_ops
-from sdtune_ui.config import METHODS
 from sdtune_ui.data.formats import edit_captions, existing_formats, list_images, read_captions, write_captions
 from sdtune_ui.errors import DatasetError
+from sdtune_ui.methods import DEFAULT_METHOD, method_classes
 from sdtune_ui.ui.common import user_errors, wait_in_queue
 
 UPLOAD_TYPES = ["image", ".zip", ".txt", ".jsonl", ".csv", ".json"]
@@ -51,7 +51,8 @@ def build(ctx: Any, options: Any) -> DatasetTab:
 
     with gr.Accordion("Dataset doctor", open=False):
         with gr.Row():
-            doc_method = gr.Dropdown(list(METHODS), value="lora", label="Method")
+            doc_method = gr.Dropdown([(cls.label, cls.name) for cls in method_classes()], value=DEFAULT_METHOD,
+                                     label="Method")
             doc_resolution = gr.Number(512, precision=0, label="Resolution")
             doc_trigger = gr.Textbox(label="Trigger word (optional)")
             doctor = gr.Button("Check the dataset")

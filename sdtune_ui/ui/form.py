@@ -2,7 +2,7 @@
 
 Widget kind follows the field: choices -> dropdown, bool -> checkbox, int/float -> number, list -> one
 line per item, str -> text. A few fields get a richer widget (model list, dataset list, method radio).
-Fields marked `advanced` go into the "Advanced" fold; fields with a `methods` list show only for those.
+Fields marked `advanced` go into the "Advanced" fold; fields that need method traits show only for methods with them.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from sdtune_ui.app.ops import field_applies
-from sdtune_ui.config import TrainConfig, field_info
+from sdtune_ui.config import TrainConfig, field_applies, field_info
 from sdtune_ui.models import KNOWN_MODELS, TINY_MODELS
 from sdtune_ui.ui.common import humanize
 

@@ -24,8 +24,10 @@ from sdtune_ui.generate.artifacts import (
     parse_choice,
     run_artifacts,
 )
-from sdtune_ui.generate.engine import MAX_GUIDANCE, SCHEDULERS, GenerationOptions, default_engine
+from sdtune_ui.generate.engine import default_engine
+from sdtune_ui.generate.options import GenerationOptions, option_fields
 from sdtune_ui.generate.overfitting import default_grid_prompts, overfitting_grid
+from sdtune_ui.methods.outputs import LORA
 from sdtune_ui.models import KNOWN_MODELS, TINY_MODELS
 from sdtune_ui.runs import RunDir
 from sdtune_ui.ui.common import user_errors, wait_in_queue
@@ -97,6 +99,22 @@ class _Guard:
         return specs
 
 
+def _option_widget(name: str, **extra: Any) -> Any:
+    """The widget of one GenerationOptions field: its label, default and range come from the field."""
+    f = next(f for f in option_fields() if f.name == name)
+    meta, default = f.metadata, f.default
+    common = dict(value=default, label=meta["label"], **extra)
+    if meta["choices"]:
+        return gr.Dropdown(list(meta["choices"]), **common)
+    if isinstance(default, bool):
+        return gr.Checkbox(**common)
+    if isinstance(default, str):
+        return gr.Textbox(**common)
+    if meta["maximum"] is not None:
+        return gr.Slider(meta["minimum"], meta["maximum"], step=meta["step"], **common)
+    return gr.Number(precision=0 if isinstance(default, int) else None, minimum=meta["minimum"], **common)
+
+
 def build(ctx: Any, options: Any = None) -> None:
     """The Generate tab's content (called inside `gr.Tab`); `options.allow_local_paths` (if given) gates paths."""
     allow_local = bool(getattr(options, "allow_local_paths", not getattr(ctx, "is_space", False)))
@@ -124,18 +142,14 @@ def build(ctx: Any, options: Any = None) -> None:
                                            visible=allow_local)
                 card_base = gr.Button("Use the base model from the first repo's model card", size="sm")
         with gr.Column(scale=2):
-            prompt = gr.Textbox(label="Prompt", lines=2, elem_id="gen-prompt")
-            negative = gr.Textbox(label="Negative prompt", lines=1)
+            # The option widgets come from GenerationOptions' fields (labels, ranges, defaults in one place).
+            prompt = _option_widget("prompt", lines=2, elem_id="gen-prompt")
+            negative = _option_widget("negative_prompt", lines=1)
             with gr.Row():
-                scheduler = gr.Dropdown(list(SCHEDULERS), value="dpm++", label="Scheduler")
-                steps = gr.Slider(1, 100, value=25, step=1, label="Steps")
-                guidance = gr.Slider(0.0, MAX_GUIDANCE, value=7.5, step=0.5, label="Guidance scale")
+                scheduler, steps, guidance = (_option_widget(name) for name in ("scheduler", "steps", "guidance"))
             with gr.Row():
-                width = gr.Slider(0, 2048, value=0, step=8, label="Width (0 = native)")
-                height = gr.Slider(0, 2048, value=0, step=8, label="Height (0 = native)")
-                seed = gr.Number(0, precision=0, minimum=0, label="Seed (image i uses seed + i)")
-                num_images = gr.Slider(1, 8, value=2, step=1, label="Images")
-                fuse = gr.Checkbox(False, label="Fuse LoRA (faster)")
+                width, height, seed, num_images, fuse = (
+                    _option_widget(name) for name in ("width", "height", "seed", "num_images", "fuse_lora"))
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="gen-generate")
                 compare = gr.Button("Compare with base", elem_id="gen-compare")
@@ -174,7 +188,7 @@ def build(ctx: Any, options: Any = None) -> None:
             result = run_artifacts(run_dir, step)
             base, found = result.base_model, result.artifacts
             for artifact in found:
-                if artifact.kind == "lora":
+                if artifact.kind == LORA:
                     artifact.scale = float(scale)
         for item in upload_paths or []:
             found.append(artifact_from_spec(str(getattr(item, "name", item)), allow_pickle=bool(pickle_ok)))
@@ -184,6 +198,7 @@ def build(ctx: Any, options: Any = None) -> None:
 
     def options_from(text: str, neg: str, sched: str, n_steps: float, cfg: float, w: float, h: float, s: float,
                      n: float, fused: bool) -> GenerationOptions:
+        # Widgets send floats (sliders, numbers) and None (an emptied number box): back to the fields' types.
         return GenerationOptions(prompt=text or "", negative_prompt=neg or "", scheduler=sched, steps=int(n_steps),
                                  guidance=float(cfg), width=int(w or 0), height=int(h or 0), seed=int(s or 0),
                                  num_images=int(n), fuse_lora=bool(fused)).validate()

@@ -12,7 +12,8 @@ import gradio as gr
 
 from sdtune_ui.app import live
 from sdtune_ui.app import ops as app_ops
-from sdtune_ui.config import VRAM_PRESETS, TrainConfig
+from sdtune_ui.config import VRAM_PRESETS, TrainConfig, preset_values
+from sdtune_ui.methods import DEFAULT_METHOD
 from sdtune_ui.models import KNOWN_MODELS
 from sdtune_ui.runs import list_runs
 from sdtune_ui.ui import run_view
@@ -35,8 +36,8 @@ def default_config(cpu: bool, vram: str) -> TrainConfig:
     """What the form shows first: on a CPU the one-minute demo, on a GPU SD 1.5 with the LoRA preset for its
     memory (the tiny demo models stay one click away in the model list)."""
     values = dict(app_ops.DEMO_SETTINGS) if cpu else {"model": next(iter(KNOWN_MODELS)),
-                                                       **app_ops.preset_values("lora")}
-    values.update(app_ops.preset_values(vram=vram))
+                                                       **preset_values(DEFAULT_METHOD)}
+    values.update(preset_values(vram=vram))
     return app_ops.config_from_values(values)
 
 
@@ -111,14 +112,14 @@ def build(ctx: Any, options: Any) -> TrainTab:
 
     def on_method(method: str, apply_presets: bool, memory: str) -> list[Any]:
         # The memory preset is applied after the method's, so memory-saving settings win.
-        values = app_ops.preset_values(method, memory) if apply_presets else {}
+        values = preset_values(method, memory) if apply_presets else {}
         return form.updates(app_ops.widget_values(values), method)
 
     def on_vram(memory: str) -> list[Any]:
-        return form.updates(app_ops.widget_values(app_ops.preset_values(vram=memory)))
+        return form.updates(app_ops.widget_values(preset_values(vram=memory)))
 
     def on_demo() -> list[Any]:
-        values = {**app_ops.DEMO_SETTINGS, **app_ops.preset_values(vram="CPU")}
+        values = {**app_ops.DEMO_SETTINGS, **preset_values(vram="CPU")}
         return form.updates(app_ops.widget_values(values), values["method"]) + ["CPU"]
 
     @user_errors

@@ -1,0 +1,86 @@
+"""GenerationOptions: the one typed, validated description of a generation, like TrainConfig for training.
+
+The CLI's `generate` flags and the Generate tab's widgets are made from these fields (help text, allowed values,
+ranges), so the defaults live here once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdtune_ui.errors import SdtuneError
+
+SCHEDULERS = ("dpm++", "euler", "euler_a", "ddim", "unipc", "default")
+MAX_GUIDANCE = 30.0
+MAX_IMAGES = 16
+
+
+def _field(default: Any, help: str, *, label: str = "", choices: tuple | None = None,
+           minimum: float | None = None, maximum: float | None = None, step: float | None = None,
+           multiple_of: int | None = None) -> Any:
+    """A field with its help text, its label in the app, and what values it takes (checked by `validate`).
+
+    `minimum`/`maximum` bound the value; `step` is the app's slider step; `multiple_of` (sizes) allows 0 too.
+    """
+    return field(default=default, metadata=dict(help=help, label=label, choices=choices, minimum=minimum,
+                                                 maximum=maximum, step=step, multiple_of=multiple_of))
+
+
+@dataclass
+class GenerationOptions:
+    prompt: str = _field("", "What to draw; use the run's trigger words.", label="Prompt")
+    negative_prompt: str = _field("", "What to keep out of the image.", label="Negative prompt")
+    scheduler: str = _field("dpm++", "Sampler: DPM-Solver++ (good images in ~25 steps), Euler, Euler ancestral, "
+                            "DDIM, UniPC, or the model's own.", label="Scheduler", choices=SCHEDULERS)
+    steps: int = _field(25, "Denoising steps (20-30 is typical).", label="Steps", minimum=1, maximum=150, step=1)
+    guidance: float = _field(7.5, "Classifier-free guidance scale (5-9 is typical).", label="Guidance scale",
+                             minimum=0.0, maximum=MAX_GUIDANCE, step=0.5)
+    width: int = _field(0, "Image width in pixels (0 = the model's native size).", label="Width (0 = native)",
+                        minimum=0, maximum=2048, step=8, multiple_of=8)
+    height: int = _field(0, "Image height in pixels (0 = the model's native size).", label="Height (0 = native)",
+                         minimum=0, maximum=2048, step=8, multiple_of=8)
+    seed: int = _field(0, "Seed; image i uses seed + i, so any one image can be made again alone.",
+                       label="Seed (image i uses seed + i)", minimum=0)
+    num_images: int = _field(1, "Images per prompt.", label="Images", minimum=1, maximum=MAX_IMAGES, step=1)
+    fuse_lora: bool = _field(False, "Merge LoRAs into the weights: faster, but each scale change re-merges.",
+                             label="Fuse LoRA (faster)")
+
+    def validate(self) -> GenerationOptions:
+        """Check every field against its metadata; one SdtuneError listing every problem."""
+        problems = []
+        for f in dataclasses.fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if meta["choices"] and value not in meta["choices"]:
+                problems.append(f"{f.name} {value!r} is not one of {', '.join(meta['choices'])}")
+            elif meta["multiple_of"] and value and (value < meta["multiple_of"] or value % meta["multiple_of"]):
+                problems.append(f"{f.name} must be a multiple of {meta['multiple_of']} (e.g. 512), or 0 for the "
+                                "model's size")
+            elif not _within(value, meta["minimum"], meta["maximum"]):
+                problems.append(f"{f.name} must be {_range_text(meta['minimum'], meta['maximum'])} "
+                                f"({f.metadata['help'].rstrip('.')})")
+        if problems:
+            raise SdtuneError("Cannot generate: " + "; ".join(problems) + ".")
+        return self
+
+    def replace(self, **changes: Any) -> GenerationOptions:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _within(value: Any, minimum: float | None, maximum: float | None) -> bool:
+    return (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+
+
+def _range_text(minimum: float | None, maximum: float | None) -> str:
+    if maximum is None:
+        return f"{minimum:g} or more"
+    return f"between {minimum:g} and {maximum:g}"
+
+
+def option_fields() -> list[dataclasses.Field]:
+    """GenerationOptions' fields with their metadata, for the CLI and the app."""
+    return list(dataclasses.fields(GenerationOptions))

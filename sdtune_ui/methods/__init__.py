@@ -1,0 +1,39 @@
+"""Training methods, one class each in a registry (see base.py). Import order is the order offered."""
+
+from sdtune_ui.methods import full, lora, pivotal, textual_inversion  # noqa: F401 - importing registers them
+from sdtune_ui.methods.base import (
+    ADAPTER,
+    FULL_WEIGHTS,
+    INSTANCE_PROMPT,
+    TOKENS,
+    TRAIT_TEXT,
+    UNET_WEIGHTS,
+    Method,
+    StepAdvice,
+    make_method,
+    method_classes,
+    method_named,
+    method_names,
+    methods_with,
+    register,
+)
+
+DEFAULT_METHOD = lora.LoRA.name
+
+__all__ = [
+    "ADAPTER",
+    "DEFAULT_METHOD",
+    "FULL_WEIGHTS",
+    "INSTANCE_PROMPT",
+    "TOKENS",
+    "TRAIT_TEXT",
+    "UNET_WEIGHTS",
+    "Method",
+    "StepAdvice",
+    "make_method",
+    "method_classes",
+    "method_named",
+    "method_names",
+    "methods_with",
+    "register",
+]
