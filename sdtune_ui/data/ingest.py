@@ -18,32 +18,26 @@ import json
 import os
 import posixpath
 import re
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
-from sdtune_ui.data.concepts import CONCEPTS_JSON, parse_kohya_folder
+from sdtune_ui.data.concepts import CONCEPTS_JSON
 from sdtune_ui.data.formats import (
     CONDITIONING_SUFFIX,
     DATASET_INFO,
     METADATA_CSV,
     METADATA_JSONL,
-    existing_formats,
     is_mask_name,
     is_training_image_name,
     mask_name_for,
     parse_metadata_csv,
     parse_metadata_jsonl,
-    write_captions,
-    write_dataset_info,
 )
 from sdtune_ui.data.images import DEFAULT_MAX_FILE_BYTES, ImageResult, is_image_name, load_image, pixel_hash
 from sdtune_ui.data.placement import (
-    PixelIndex,
+    DatasetWriter,
     concepts_root,
     kept_structure,
     other_splits,
@@ -166,94 +160,6 @@ class _Entry:
     read: Callable[[int], bytes]
 
 
-class _Writer:
-    """Writes images, masks and captions into the dataset folder under names it chooses."""
-
-    def __init__(self, out_dir: Path):
-        self.out_dir = out_dir
-        out_dir.mkdir(parents=True, exist_ok=True)
-        numbers = [int(p.stem) for p in out_dir.iterdir() if p.stem.isdigit() and is_image_name(p.name)]
-        self.next = max(numbers, default=0) + 1
-        self.captions: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}  # (folder, formats) -> captions
-        self.dataset_info: dict[str, str] = {}
-        self.indexes: dict[str, PixelIndex] = {}
-        self.stems: dict[str, set[str]] = {}
-
-    def folder(self, sub: str) -> Path:
-        path = self.out_dir / sub if sub else self.out_dir
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def index(self, sub: str) -> PixelIndex:
-        if sub not in self.indexes:
-            self.indexes[sub] = PixelIndex(self.folder(sub))
-        return self.indexes[sub]
-
-    def _free_stem(self, sub: str, wanted: str | None) -> str:
-        # Taken stems are compared without case: two names differing only in case are one file on macOS.
-        if sub not in self.stems:
-            self.stems[sub] = {os.path.splitext(p.name)[0].lower() for p in self.folder(sub).iterdir()}
-        taken = self.stems[sub]
-        if wanted is None:
-            while f"{self.next:04d}" in taken:
-                self.next += 1
-            stem = f"{self.next:04d}"
-            self.next += 1
-        else:
-            stem, number = wanted, 1
-            while stem.lower() in taken or f"{stem}-masklabel".lower() in taken:
-                number += 1
-                stem = f"{wanted}-{number}"
-        taken.update({stem.lower(), f"{stem}-masklabel".lower()})
-        return stem
-
-    def save(self, image: Image.Image, source_format: str | None, stem: str | None, sub: str = "") -> str:
-        """Write an image; returns its path inside the dataset folder. `stem` None: the next number."""
-        # JPEG sources stay JPEG (a PNG copy of a photo is 5x bigger); everything else becomes lossless PNG.
-        # Re-encoding also drops metadata such as GPS EXIF, which matters once a dataset is pushed publicly.
-        ext = ".jpg" if source_format in ("JPEG", "MPO") else ".png"
-        name = self._free_stem(sub, stem) + ext
-        _write_image(image, self.folder(sub) / name, ext)
-        return f"{sub}/{name}" if sub else name
-
-    def save_mask(self, mask: Image.Image, image_file: str) -> str:
-        """Write a mask as OneTrainer names it, beside its (already written) image."""
-        path = self.out_dir / (os.path.splitext(image_file)[0] + "-masklabel.png")
-        _write_image(mask.convert("L"), path, ".png")
-        return path.relative_to(self.out_dir).as_posix()
-
-    def add_caption(self, file: str, caption: str, sidecar: str) -> None:
-        sub, name = posixpath.split(file)
-        # kohya folders get only the sidecar kind they came with (kohya reads one caption extension);
-        # every other folder gets .txt and metadata.jsonl, as before.
-        formats = (sidecar,) if parse_kohya_folder(posixpath.basename(sub)) else ("txt", "jsonl")
-        self.captions.setdefault((sub, formats), {})[name] = caption
-
-    def finish(self) -> None:
-        for (sub, formats), captions in self.captions.items():
-            folder = self.folder(sub)
-            write_captions(folder, captions, tuple(sorted({*formats, *existing_formats(folder)})))
-        for index in self.indexes.values():
-            index.save()
-        if self.dataset_info.get("instance_prompt") and not (self.out_dir / DATASET_INFO).exists():
-            info = self.dataset_info
-            write_dataset_info(self.out_dir, info["instance_prompt"], info.get("class_prompt"))
-
-
-def _write_image(image: Image.Image, target: Path, ext: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".ingest-", suffix=ext)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if ext == ".jpg":
-                image.save(handle, "JPEG", quality=95, subsampling=0)
-            else:
-                image.save(handle, "PNG")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _file_entry(path: Path, name: str, label: str) -> _Entry:
     def read(cap: int) -> bytes:
         size = path.stat().st_size
@@ -312,7 +218,7 @@ def _read_small(entry: _Entry, cap: int) -> str:
         return data.decode("latin-1")
 
 
-def _gather_captions(entries: list[_Entry], report: IngestReport, writer: _Writer, *, structured: bool,
+def _gather_captions(entries: list[_Entry], report: IngestReport, writer: DatasetWriter, *, structured: bool,
                      caption_column: str | None) -> tuple[dict[str, str], dict[str, str]]:
     """Captions by entry name, and the sidecar kind each came from ("txt" or "caption").
 
@@ -370,7 +276,7 @@ class _Run:
 
     def __init__(self, out_dir: Path, resolution: int | None, limits: IngestLimits,
                  progress: ProgressFn | None, cancel: CancelLike, caption_column: str | None = None):
-        self.writer = _Writer(out_dir)
+        self.writer = DatasetWriter(out_dir)
         self.report = IngestReport(str(out_dir))
         self.resolution, self.limits, self.progress, self.cancel = resolution, limits, progress, cancel
         self.caption_column = caption_column

@@ -155,7 +155,7 @@ def _split_folders(root: Path) -> dict[str, list[Path]]:
         split = split_of(folder.name)
         if split:
             found.setdefault(split, []).append(folder)
-    return found
+    return {split: found[split] for split in SPLIT_KEYWORDS if split in found}  # datasets' order
 
 
 # ---- reading ------------------------------------------------------------------------------------------

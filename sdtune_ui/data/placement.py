@@ -1,5 +1,6 @@
-"""Where ingested files go: readable file names, the folder structure that is kept, and the pixels a
-dataset folder already holds (so adding the same pictures twice does not double them).
+"""Where ingested files go: readable file names, the folder structure that is kept, the writer that puts
+images, masks and captions there, and the pixels a dataset folder already holds (so adding the same
+pictures twice does not double them).
 
 Names taken from uploads and archives are attacker-chosen text: only a sanitised form is ever used (no
 path separators, no leading dots, no control characters, no Windows device names, bounded length), and
@@ -17,9 +18,20 @@ import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
+from PIL import Image
+
 from sdtune_ui.data.concepts import CONCEPTS_JSON, parse_kohya_folder
-from sdtune_ui.data.formats import CONDITIONING_SUFFIX, DATASET_INFO, MASK_SUFFIX, is_training_image_name, list_images
-from sdtune_ui.data.images import load_image, pixel_hash
+from sdtune_ui.data.formats import (
+    CONDITIONING_SUFFIX,
+    DATASET_INFO,
+    MASK_SUFFIX,
+    existing_formats,
+    is_training_image_name,
+    list_images,
+    write_captions,
+    write_dataset_info,
+)
+from sdtune_ui.data.images import is_image_name, load_image, pixel_hash
 from sdtune_ui.data.layouts import split_of
 
 PIXEL_INDEX = ".sdtune-pixels.json"
@@ -108,6 +120,94 @@ def other_splits(names: Iterable[str]) -> dict[str, str]:
     if "train" not in split_by_name.values():
         return {}
     return {n: s for n, s in split_by_name.items() if s and s != "train"}
+
+
+class DatasetWriter:
+    """Writes images, masks and captions into the dataset folder under names it chooses."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        numbers = [int(p.stem) for p in out_dir.iterdir() if p.stem.isdigit() and is_image_name(p.name)]
+        self.next = max(numbers, default=0) + 1
+        self.captions: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}  # (folder, formats) -> captions
+        self.dataset_info: dict[str, str] = {}
+        self.indexes: dict[str, PixelIndex] = {}
+        self.stems: dict[str, set[str]] = {}
+
+    def folder(self, sub: str) -> Path:
+        path = self.out_dir / sub if sub else self.out_dir
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def index(self, sub: str) -> PixelIndex:
+        if sub not in self.indexes:
+            self.indexes[sub] = PixelIndex(self.folder(sub))
+        return self.indexes[sub]
+
+    def _free_stem(self, sub: str, wanted: str | None) -> str:
+        # Taken stems are compared without case: two names differing only in case are one file on macOS.
+        if sub not in self.stems:
+            self.stems[sub] = {os.path.splitext(p.name)[0].lower() for p in self.folder(sub).iterdir()}
+        taken = self.stems[sub]
+        if wanted is None:
+            while f"{self.next:04d}" in taken:
+                self.next += 1
+            stem = f"{self.next:04d}"
+            self.next += 1
+        else:
+            stem, number = wanted, 1
+            while stem.lower() in taken or f"{stem}-masklabel".lower() in taken:
+                number += 1
+                stem = f"{wanted}-{number}"
+        taken.update({stem.lower(), f"{stem}-masklabel".lower()})
+        return stem
+
+    def save(self, image: Image.Image, source_format: str | None, stem: str | None, sub: str = "") -> str:
+        """Write an image; returns its path inside the dataset folder. `stem` None: the next number."""
+        # JPEG sources stay JPEG (a PNG copy of a photo is 5x bigger); everything else becomes lossless PNG.
+        # Re-encoding also drops metadata such as GPS EXIF, which matters once a dataset is pushed publicly.
+        ext = ".jpg" if source_format in ("JPEG", "MPO") else ".png"
+        name = self._free_stem(sub, stem) + ext
+        _write_image(image, self.folder(sub) / name, ext)
+        return f"{sub}/{name}" if sub else name
+
+    def save_mask(self, mask: Image.Image, image_file: str) -> str:
+        """Write a mask as OneTrainer names it, beside its (already written) image."""
+        path = self.out_dir / (os.path.splitext(image_file)[0] + "-masklabel.png")
+        _write_image(mask.convert("L"), path, ".png")
+        return path.relative_to(self.out_dir).as_posix()
+
+    def add_caption(self, file: str, caption: str, sidecar: str) -> None:
+        sub, name = posixpath.split(file)
+        # kohya folders get only the sidecar kind they came with (kohya reads one caption extension);
+        # every other folder gets .txt and metadata.jsonl, as before.
+        formats = (sidecar,) if parse_kohya_folder(posixpath.basename(sub)) else ("txt", "jsonl")
+        self.captions.setdefault((sub, formats), {})[name] = caption
+
+    def finish(self) -> None:
+        for (sub, formats), captions in self.captions.items():
+            folder = self.folder(sub)
+            write_captions(folder, captions, tuple(sorted({*formats, *existing_formats(folder)})))
+        for index in self.indexes.values():
+            index.save()
+        if self.dataset_info.get("instance_prompt") and not (self.out_dir / DATASET_INFO).exists():
+            info = self.dataset_info
+            write_dataset_info(self.out_dir, info["instance_prompt"], info.get("class_prompt"))
+
+
+def _write_image(image: Image.Image, target: Path, ext: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".ingest-", suffix=ext)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if ext == ".jpg":
+                image.save(handle, "JPEG", quality=95, subsampling=0)
+            else:
+                image.save(handle, "PNG")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class PixelIndex:
