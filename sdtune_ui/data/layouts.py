@@ -214,7 +214,13 @@ class _Reader:
     def folder(self) -> DatasetScan:
         files = self.folder_files(self.root, sub_paths=True)
         info = self.guarded(lambda: read_dataset_info(self.root), {})
-        self.orphans += self.guarded(lambda: _orphans(self.root, {f.name for f in files}, self.caption_column), [])
+        self.orphans += self.guarded(lambda: _orphans(self.root, {f.name for f in files}), [])
+        if not files:
+            nested = [p.name for p in _subdirs(self.root) if list_images(p)]
+            if nested:
+                self.warnings.append(f"the images are in sub-folders ({', '.join(nested[:5])}), which a plain folder "
+                                     "does not read: name them N_name (kohya, N = repeats) or list them in "
+                                     "concepts.json")
         concept = Concept("", ".", info.get("instance_prompt", ""), class_prompt=info.get("class_prompt", ""),
                           images=len(files), masks=sum(f.mask_path is not None for f in files))
         kind = "DreamBooth folder" if info.get("instance_prompt") else "folder"
@@ -373,8 +379,8 @@ def _whole(value: object, what: str) -> int:
     return number
 
 
-def _orphans(root: Path, present: set[str], caption_column: str | None) -> list[str]:
-    return sorted(n for n in read_metadata(root, caption_column) if n not in present)
+def _orphans(root: Path, present: set[str]) -> list[str]:
+    return sorted(n for n in metadata_file_names(root) if n not in present)
 
 
 def _match_class_sets(concepts: list[Concept], class_sets: list[Concept], warnings: list[str]) -> None:
