@@ -270,8 +270,13 @@ def test_balanced_mode_gives_a_small_concept_the_same_share_as_a_big_one():
 
 def test_one_concept_keeps_the_order_the_trainer_drew_before_concepts():
     items = examples({"": (9, 1)})
-    expected = torch.randperm(9, generator=torch.Generator().manual_seed(5 * 100_003 + 2)).tolist()
+    before = torch.Generator().manual_seed(5 * 100_003 + 2)
+    expected = torch.randperm(9, generator=before).tolist()
     assert epoch_order(items, 5, 2, "repeats") == epoch_order(items, 5, 2, "balanced") == expected
+    # Given the trainer's generator, it is advanced as the trainer's own randperm advanced it.
+    mine = torch.Generator().manual_seed(5 * 100_003 + 2)
+    assert epoch_order(items, 5, 2, "repeats", generator=mine) == expected
+    assert torch.randperm(4, generator=mine).tolist() == torch.randperm(4, generator=before).tolist()
 
 
 # ---- ingest keeps the structure -------------------------------------------------------------------------
@@ -364,3 +369,12 @@ def test_doctor_caption_column_and_split_pass_through_the_cli(tmp_path, capsys):
     assert any("no caption column 'nope'" in f["message"] for f in report["findings"] if f["code"] == "metadata")
     assert main(["dataset", "doctor", str(root), "--split", "test", "--resolution", "16", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["images"]["count"] == 1
+
+
+def test_doctor_on_concepts_for_dreambooth_uses_each_concepts_prompt(tmp_path):
+    report = diagnose(_concepts(tmp_path / "ds"), method="dreambooth", resolution=16)
+    unused = next(f for f in report.findings if f.code == "captions_unused")
+    assert unused.message == "dreambooth trains with each concept's instance prompt; per-image captions are not used"
+    assert report.sampling == "balanced"
+    assert [(c.name, c.images, round(c.share, 2)) for c in report.concepts] == [("dog", 3, 0.5), ("the cat", 12, 0.5)]
+    assert [f.files for f in report.findings if f.code == "concept_images"] == [["dog (3)"]]

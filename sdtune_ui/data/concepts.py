@@ -117,7 +117,8 @@ def epoch_length(examples: Sequence[Weighted], mode: str = "repeats") -> int:
     return concepts * math.ceil(total / concepts)
 
 
-def epoch_order(examples: Sequence[Weighted], seed: int, epoch: int, mode: str = "repeats") -> list[int]:
+def epoch_order(examples: Sequence[Weighted], seed: int, epoch: int, mode: str = "repeats",
+                generator: torch.Generator | None = None) -> list[int]:
     """Indices into `examples` in the order epoch `epoch` visits them; a pure function of (seed, epoch).
 
     "repeats" (kohya's rule): each example appears exactly `repeats` times per epoch, so a concept's share
@@ -128,10 +129,11 @@ def epoch_order(examples: Sequence[Weighted], seed: int, epoch: int, mode: str =
     epoch: over any number of epochs each image of a concept has been visited equally often, give or take 1.
     With one concept both modes give the same order: a shuffle of the repeated examples from
     torch.Generator seeded with seed * 100_003 + epoch, which for repeats 1 is exactly the permutation the
-    trainer drew before concepts existed.
+    trainer drew before concepts existed. Pass that `generator` (seeded so) to have it advanced exactly as
+    that randperm advanced it, so the trainer's later draws from it stay the same too.
     """
     _check_mode(mode)
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    generator = generator or torch.Generator().manual_seed(seed * 100_003 + epoch)
     groups: dict[str, list[int]] = {}
     for index, example in enumerate(examples):
         groups.setdefault(example.concept, []).extend([index] * max(1, example.repeats))

@@ -322,7 +322,8 @@ def _check_captions(scan: DatasetScan, sizes: dict[str, tuple[int, int]], findin
     usable = [f for f in scan.files if f.name in sizes]
     several = len(scan.concepts) > 1
     prompt = instance_prompt or (scan.info.get("instance_prompt") if method == "dreambooth" else None)
-    per_concept_prompts = (method == "dreambooth" and several and not instance_prompt
+    # Our concepts name an instance prompt each; kohya's folder tokens are only the fallback caption.
+    per_concept_prompts = (method == "dreambooth" and several and not instance_prompt and scan.layout == "concepts"
                            and all(c.instance_prompt for c in scan.concepts))
     if uses_captions is None:
         uses_captions = not prompt and not per_concept_prompts and method != "textual_inversion"
