@@ -304,9 +304,9 @@ class _Reader:
             if any(c.name == name for c in concepts):
                 raise DatasetError(f"Two concepts are named {name!r}; give each a different name.")
             prompt = str(info.get("instance_prompt", ""))
-            class_data = str(info.get("class_data", ""))
-            if class_data and not Path(class_data).expanduser().is_absolute():
-                class_data = str(self.root / class_data)
+            class_data = str(info.get("class_data", "")).strip()
+            if class_data:
+                class_data = str((self.root / Path(class_data).expanduser()).resolve())
             found = self.folder_files(folder, concept=name, repeats=repeats, fallback=prompt)
             concepts.append(Concept(name, relative, prompt, str(info.get("token", "")),
                                     str(info.get("class_prompt", "")), class_data, class_repeats, repeats,
