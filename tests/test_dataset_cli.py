@@ -45,7 +45,7 @@ def test_dataset_ingest_prints_the_report_and_exit_code(tmp_path, capsys):
     assert run(["dataset", "ingest", str(archive), "--out", str(tmp_path / "ds")]) == 0
     out = capsys.readouterr().out
     assert "Added 1 image(s)" in out and "../evil.txt" in out
-    assert read_captions(tmp_path / "ds") == {"0001.png": "a noisy square"}
+    assert read_captions(tmp_path / "ds") == {"a.png": "a noisy square"}
     assert run(["dataset", "ingest", str(tmp_path / "missing.zip"), "--out", str(tmp_path / "ds2")]) == 1
 
 
@@ -53,7 +53,7 @@ def test_dataset_ingest_json_output(tmp_path, capsys):
     photos(tmp_path / "src", 2)
     assert run(["dataset", "ingest", str(tmp_path / "src"), "--out", str(tmp_path / "ds"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["ok"] and [k["file"] for k in report["kept"]] == ["0001.png", "0002.png"]
+    assert report["ok"] and [k["file"] for k in report["kept"]] == ["photo0.png", "photo1.png"]
 
 
 def test_dataset_doctor_text_json_and_exit_codes(tmp_path, capsys):

@@ -51,7 +51,7 @@ def _home(tmp_path, monkeypatch):
     monkeypatch.setenv("SDTUNE_HOME", str(tmp_path / "home"))
 
 
-def test_loose_files_are_renamed_and_paired_with_their_txt_captions(tmp_path):
+def test_loose_files_keep_a_readable_name_and_are_paired_with_their_txt_captions(tmp_path):
     src = tmp_path / "upload"
     src.mkdir()
     (src / "cat photo.png").write_bytes(png(RED))
@@ -60,11 +60,11 @@ def test_loose_files_are_renamed_and_paired_with_their_txt_captions(tmp_path):
     out = tmp_path / "ds"
     report = ingest([src / "cat photo.png", src / "cat photo.txt", src / "dog.jpg"], out)
     assert report.ok and not report.rejected
-    assert [(k.file, k.caption) for k in report.kept] == [("0001.png", "a red cat"), ("0002.jpg", None)]
-    assert all_files(out) == {"0001.png", "0001.txt", "0002.jpg", "metadata.jsonl"}
-    assert Image.open(out / "0001.png").getpixel((3, 3)) == RED
-    assert read_captions(out) == {"0001.png": "a red cat"}
-    assert json.loads((out / "metadata.jsonl").read_text()) == {"file_name": "0001.png", "text": "a red cat"}
+    assert [(k.file, k.caption) for k in report.kept] == [("cat-photo.png", "a red cat"), ("dog.jpg", None)]
+    assert all_files(out) == {"cat-photo.png", "cat-photo.txt", "dog.jpg", "metadata.jsonl", ".sdtune-pixels.json"}
+    assert Image.open(out / "cat-photo.png").getpixel((3, 3)) == RED
+    assert read_captions(out) == {"cat-photo.png": "a red cat"}
+    assert json.loads((out / "metadata.jsonl").read_text()) == {"file_name": "cat-photo.png", "text": "a red cat"}
 
 
 def test_bad_files_are_refused_with_reasons_and_good_ones_kept(tmp_path):
@@ -99,7 +99,7 @@ def test_zip_with_metadata_jsonl_in_a_subfolder_pairs_captions(tmp_path):
     report = ingest(archive, tmp_path / "ds")
     assert [k.caption for k in report.kept] == ["red square", "blue square"]
     assert not report.rejected
-    assert read_captions(tmp_path / "ds") == {"0001.png": "red square", "0002.png": "blue square"}
+    assert read_captions(tmp_path / "ds") == {"a.png": "red square", "b.png": "blue square"}
 
 
 def test_zip_entry_with_dotdot_absolute_path_or_symlink_writes_nothing_outside_target(tmp_path):
@@ -126,7 +126,7 @@ def test_zip_entry_with_dotdot_absolute_path_or_symlink_writes_nothing_outside_t
     assert "absolute path" in reasons["evil.zip:/tmp/abs_evil.png"]
     assert "absolute path" in reasons["evil.zip:C:/Windows/evil.png"]
     assert "symbolic link" in reasons["evil.zip:link.png"]
-    assert all_files(tmp_path) - before == {"work/ds/0001.png"}
+    assert all_files(tmp_path) - before == {"work/ds/fine.png", "work/ds/.sdtune-pixels.json"}
     assert not Path("/tmp/abs_evil.png").exists()
 
 
@@ -207,12 +207,54 @@ def test_folder_symlinks_are_not_followed(tmp_path):
     assert "symbolic links" in report.rejected[0].reason
 
 
-def test_ingesting_twice_appends_with_new_numbers(tmp_path):
-    (tmp_path / "a.png").write_bytes(png())
+def test_adding_the_same_folder_twice_skips_the_pictures_already_there(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(png(RED))
+    (src / "b.jpg").write_bytes(jpeg(BLUE))  # JPEG is re-encoded on the way in: matched by its source pixels
     out = tmp_path / "ds"
+    first = ingest(src, out)
+    second = ingest(src, out)
+    assert [k.file for k in first.kept] == ["a.png", "b.jpg"]
+    assert second.kept == [] and second.ok
+    assert [(s.source, s.file) for s in second.skipped] == [("src/a.png", "a.png"), ("src/b.jpg", "b.jpg")]
+    assert "skipped 2 already in the dataset" in second.to_text()
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a.png", "b.jpg"]
+
+
+def test_same_picture_under_another_name_or_format_is_skipped_and_a_new_one_with_a_taken_name_is_numbered(tmp_path):
+    out = tmp_path / "ds"
+    (tmp_path / "a.png").write_bytes(png(RED))
     ingest(tmp_path / "a.png", out)
-    second = ingest(tmp_path / "a.png", out)
-    assert [k.file for k in second.kept] == ["0002.png"]
+    (out / "by-hand.png").write_bytes(png(BLUE))  # put there without ingest: hashed from disk
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "copy.bmp").write_bytes(_encode(Image.new("RGB", (64, 64), RED), "BMP"))
+    (other / "blue.png").write_bytes(png(BLUE))
+    (other / "a.png").write_bytes(png((0, 255, 0)))  # a different picture with a name already taken
+    report = ingest(other, out)
+    assert sorted((s.source, s.file) for s in report.skipped) == [("other/blue.png", "by-hand.png"),
+                                                                  ("other/copy.bmp", "a.png")]
+    assert [k.file for k in report.kept] == ["a-2.png"]
+
+
+def test_uploaded_names_are_made_safe_but_stay_readable(tmp_path):
+    from sdtune_ui.data.placement import readable_stem
+
+    assert readable_stem("My Cat (2).JPG") == "My-Cat-2"
+    assert readable_stem("../../.hidden.png") == "hidden"
+    assert readable_stem("CON.png") == "CON-image"
+    assert readable_stem("katze_über.png") == "katze_über"
+    assert readable_stem("photo-masklabel.png") == "photo-image"  # never renamed into a mask
+    assert readable_stem("\x00\x1b[31m.png") == "31m"
+    assert len(readable_stem("x" * 500 + ".png")) == 60
+    assert readable_stem("%%%.png") == "image"
+
+
+def _encode(image, fmt):
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return buf.getvalue()
 
 
 def test_dreambooth_dataset_info_is_carried_over(tmp_path):
@@ -228,7 +270,7 @@ def test_dreambooth_dataset_info_is_carried_over(tmp_path):
 
 def test_progress_is_reported_per_image_and_cancel_stops_early(tmp_path):
     for i in range(4):
-        (tmp_path / f"{i}.png").write_bytes(png())
+        (tmp_path / f"{i}.png").write_bytes(png((60 * i, 0, 0)))  # different pictures: copies would be skipped
     stop = threading.Event()
     seen = []
 
@@ -334,8 +376,8 @@ def test_push_dataset_uploads_an_imagefolder_and_never_writes_the_token(tmp_path
     assert apis[0].token == token
     (_, create), (_, upload) = apis[0].calls
     assert create == {"repo_id": "me/squares", "repo_type": "dataset", "private": True, "exist_ok": True}
-    assert sorted(upload["allow_patterns"]) == ["0001.png", "metadata.jsonl"]
-    assert read_captions(folder) == {"0001.png": "a red square"}
+    assert sorted(upload["allow_patterns"]) == ["metadata.jsonl", "src.png"]
+    assert read_captions(folder) == {"src.png": "a red square"}
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert token.encode() not in path.read_bytes()

@@ -60,7 +60,8 @@ def run_ingest(args: argparse.Namespace) -> int:
                                     token=os.environ.get("HF_TOKEN") or None, resolution=args.resolution,
                                     limits=limits, progress=_progress("ingest"))
     else:
-        report = ingest(args.src, args.out, resolution=args.resolution, limits=limits, progress=_progress("ingest"))
+        report = ingest(args.src, args.out, resolution=args.resolution, limits=limits, progress=_progress("ingest"),
+                        caption_column=args.caption_column)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
     return 0 if report.ok else 1
 
@@ -72,7 +73,8 @@ def run_doctor(args: argparse.Namespace) -> int:
     report = diagnose(args.dir, method=args.method, trigger=args.trigger, resolution=args.resolution,
                       subject=args.subject, instance_prompt=args.instance_prompt, bucketing=args.bucketing,
                       batch_size=args.batch_size, with_prior_preservation=args.prior_preservation,
-                      seconds_per_step=args.seconds_per_step, progress=_progress("doctor"))
+                      seconds_per_step=args.seconds_per_step, caption_column=args.caption_column,
+                      split=args.split, progress=_progress("doctor"))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
     return 0 if report.ok else 1
 
@@ -138,7 +140,8 @@ def add_dataset_commands(subparsers: Any) -> None:
     commands = dataset.add_subparsers(dest="dataset_command", required=True)
 
     ingest = commands.add_parser("ingest", help="Copy images/zips/folders (or a Hub dataset) into a dataset "
-                                 "folder, checking every file.", formatter_class=fmt)
+                                 "folder, checking every file; pictures already there are skipped, kohya and "
+                                 "concept folders kept.", formatter_class=fmt)
     ingest.add_argument("src", nargs="+", help="Image files, .zip archives, folders; or a Hub dataset id with --hub.")
     ingest.add_argument("--out", required=True, help="Dataset folder to create or add to.")
     ingest.add_argument("--resolution", type=int, default=None, help="Warn about images smaller than this.")
@@ -146,12 +149,14 @@ def add_dataset_commands(subparsers: Any) -> None:
     ingest.add_argument("--hub", action="store_true", help="SRC is a Hub dataset id (token from $HF_TOKEN).")
     ingest.add_argument("--split", default="train", help="Hub dataset split.")
     ingest.add_argument("--image-column", default=None, help="Hub dataset image column (auto-detected).")
-    ingest.add_argument("--caption-column", default=None, help="Hub dataset caption column (auto-detected).")
+    ingest.add_argument("--caption-column", default=None,
+                        help="Caption column of a Hub dataset or of metadata.jsonl/csv (auto-detected).")
     ingest.add_argument("--max-images", type=int, default=None, help="Take only the first N rows of a Hub dataset.")
     ingest.add_argument("--json", action="store_true", help="Print the report as JSON.")
     ingest.set_defaults(handler=_guard(run_ingest))
 
-    doctor = commands.add_parser("doctor", help="Pre-flight check of a dataset folder.", formatter_class=fmt)
+    doctor = commands.add_parser("doctor", help="Pre-flight check of a dataset folder (plain, kohya, concepts, "
+                                 "imagefolder splits).", formatter_class=fmt)
     doctor.add_argument("dir", help="Dataset folder.")
     doctor.add_argument("--method", choices=method_names(), default=DEFAULT_METHOD,
                         help="Training method to advise for.")
@@ -162,6 +167,9 @@ def add_dataset_commands(subparsers: Any) -> None:
     doctor.add_argument("--bucketing", action="store_true", help="Training uses aspect-ratio buckets.")
     doctor.add_argument("--batch-size", type=int, default=1, help="Training batch size.")
     doctor.add_argument("--prior-preservation", action="store_true", help="DreamBooth with class images.")
+    doctor.add_argument("--caption-column", default=None,
+                        help="Caption column of metadata.jsonl/csv (default: text, caption, prompt ...).")
+    doctor.add_argument("--split", default="train", help="Split folder of an imagefolder dataset (train/, test/ ...).")
     doctor.add_argument("--seconds-per-step", type=float, default=None,
                         help="Measured step time for the estimate (default: a typical 24 GB GPU).")
     doctor.add_argument("--json", action="store_true", help="Print the report as JSON.")

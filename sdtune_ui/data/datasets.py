@@ -1,8 +1,10 @@
-"""Read a training dataset into examples (image + caption), whatever format it is in.
+"""Read a training dataset into examples (image + caption + concept), whatever format it is in.
 
-Accepted: a folder of images with sidecar `.txt` captions, an imagefolder with `metadata.jsonl` or
-`metadata.csv`, a DreamBooth folder (one instance prompt, optionally `dataset_info.json`), or a Hub
-dataset by name (loaded with `datasets`). Unreadable images are skipped with a warning naming them.
+Accepted: a folder of images with sidecar `.txt`/`.caption` captions, an imagefolder with `metadata.jsonl`
+or `metadata.csv` (split folders too), a DreamBooth folder (one instance prompt, optionally
+`dataset_info.json`), kohya's `N_name` folders, several concepts (`concepts.json`), or a Hub dataset by
+name (loaded with `datasets`). Which files count and how is `layouts.scan_dataset`'s job; this module
+decodes them. Unreadable images are skipped with a warning naming them.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from sdtune_ui.data.formats import read_captions, read_dataset_info
-from sdtune_ui.data.images import is_image_name, load_image
+from sdtune_ui.data.concepts import Concept, epoch_length, epoch_order
+from sdtune_ui.data.images import load_image
+from sdtune_ui.data.layouts import DatasetScan, scan_dataset
 from sdtune_ui.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -22,36 +25,76 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Example:
-    """One training image (RGB, decoded) and its caption; `name` identifies it in messages."""
+    """One training image (RGB, decoded) and the caption it trains with; `name` identifies it in messages
+    (its path relative to the dataset root, e.g. "10_sks dog/a.png"; a plain folder's file name)."""
 
     name: str
     image: Image.Image
-    caption: str
+    caption: str  # its own caption, else its concept's prompt (kohya: the folder's tokens), else ""
+    concept: str = ""  # LoadedDataset.concepts name; "" in a single-concept dataset
+    repeats: int = 1  # how many times it counts per epoch (kohya's N_)
+    mask_path: str | None = None  # OneTrainer mask (`a-masklabel.png`: white = train, black = ignore)
 
 
 @dataclass
 class LoadedDataset:
     examples: list[Example]
     warnings: list[str] = field(default_factory=list)
-    info: dict = field(default_factory=dict)  # dataset_info.json, when present
+    info: dict = field(default_factory=dict)  # the root's dataset_info.json, when present
+    concepts: list[Concept] = field(default_factory=list)  # at least one; images = usable ones
+    class_sets: list[Concept] = field(default_factory=list)  # kohya reg/N_class folders (class images)
+    layout: str = "folder"  # "folder" | "kohya" | "concepts" | "imagefolder" | "hub"
+    description: str = ""  # "kohya (2 concepts, repeats 10 and 5)"
+    sampling: str = "repeats"  # the epoch order that fits the layout (see concepts.epoch_order)
+
+    def concept(self, name: str) -> Concept:
+        """The concept an example belongs to (`example.concept`)."""
+        for concept in self.concepts:
+            if concept.name == name:
+                return concept
+        raise KeyError(name)
+
+    def epoch_order(self, seed: int, epoch: int, mode: str | None = None) -> list[int]:
+        """Indices into `examples` for one epoch; a pure function of (seed, epoch). See concepts.epoch_order."""
+        return epoch_order(self.examples, seed, epoch, mode or self.sampling)
+
+    def epoch_length(self, mode: str | None = None) -> int:
+        return epoch_length(self.examples, mode or self.sampling)
 
 
-def load_folder(folder: Path, caption_column: str = "", resolution: int | None = None) -> LoadedDataset:
-    """Read every image in a folder (not sub-folders) with its caption from any supported caption format."""
+def load_folder(folder: Path, caption_column: str = "", resolution: int | None = None,
+                split: str = "train") -> LoadedDataset:
+    """Read a dataset folder in any supported layout and decode its images."""
+    scan = scan_dataset(folder, caption_column=caption_column or None, split=split)
+    return decode_scan(scan, resolution)
 
-    if not folder.is_dir():
-        raise DatasetError(f"The dataset folder {folder} does not exist.")
-    captions = read_captions(folder, caption_column=caption_column or None)
-    warnings: list[str] = []
+
+def decode_scan(scan: DatasetScan, resolution: int | None = None) -> LoadedDataset:
+    """Decode the images a scan lists; concepts' image counts become the usable images."""
+    warnings = list(scan.warnings)
     examples: list[Example] = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and is_image_name(p.name)):
-        result = load_image(path, name=path.name, resolution=resolution)
+    for file in scan.files:
+        result = load_image(file.path, name=file.name, resolution=resolution)
         if not result.ok:
-            warnings.append(f"Skipped {path.name}: {result.reason}")
+            warnings.append(f"Skipped {file.name}: {result.reason}")
             continue
-        warnings.extend(f"{path.name}: {w}" for w in result.warnings)
-        examples.append(Example(path.name, result.image, captions.get(path.name, "")))
-    return LoadedDataset(examples, warnings, read_dataset_info(folder))
+        warnings.extend(f"{file.name}: {w}" for w in result.warnings)
+        examples.append(Example(file.name, result.image, file.text, file.concept, file.repeats,
+                                str(file.mask_path) if file.mask_path else None))
+    for concept in scan.concepts:
+        concept.images = sum(1 for ex in examples if ex.concept == concept.name)
+        concept.masks = sum(1 for ex in examples if ex.concept == concept.name and ex.mask_path)
+    return LoadedDataset(examples, warnings, scan.info, scan.concepts, scan.class_sets, scan.layout,
+                         scan.description, scan.sampling)
+
+
+def load_class_examples(class_set: Concept, resolution: int | None = None) -> list[Example]:
+    """The class images of a concept (`concept.class_data`), captioned with its class prompt."""
+    if not class_set.class_data:
+        return []
+    loaded = load_folder(Path(class_set.class_data), resolution=resolution)
+    return [Example(ex.name, ex.image, class_set.class_prompt or ex.caption, class_set.name,
+                    class_set.class_repeats) for ex in loaded.examples]
 
 
 def load_hub_dataset(name: str, image_column: str, caption_column: str) -> LoadedDataset:
@@ -78,15 +121,19 @@ def load_hub_dataset(name: str, image_column: str, caption_column: str) -> Loade
             warnings.append(f"Skipped {label}: not an image")
             continue
         examples.append(Example(label, image.convert("RGB"), str(row.get(caption_column, "") or "")))
-    return LoadedDataset(examples, warnings)
+    return LoadedDataset(examples, warnings, concepts=[Concept("", ".", images=len(examples))], layout="hub",
+                         description=f"Hub dataset {name} ({len(examples)} images)")
 
 
 def load_dataset(data: str, *, image_column: str = "image", caption_column: str = "",
-                 resolution: int | None = None) -> LoadedDataset:
-    """A folder when `data` is an existing path, else a Hub dataset id. Errors when nothing is usable."""
+                 resolution: int | None = None, split: str = "train") -> LoadedDataset:
+    """A folder when `data` is an existing path, else a Hub dataset id. Errors when nothing is usable.
+
+    `split` picks the split folder of a Hugging Face imagefolder (train/, test/ ...).
+    """
     path = Path(data).expanduser()
     if path.exists() or data.startswith((".", "/", "~")):
-        loaded = load_folder(path, caption_column, resolution)
+        loaded = load_folder(path, caption_column, resolution, split)
     else:
         loaded = load_hub_dataset(data, image_column, caption_column)
     for warning in loaded.warnings:

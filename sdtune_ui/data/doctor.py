@@ -1,14 +1,15 @@
 """The dataset doctor: one pre-flight report on a dataset folder, before any GPU time is spent.
 
-It decodes every image (like training will), and reports: counts and sizes, exact and near duplicates,
-images smaller than the resolution, missing/empty captions, captions without the trigger word, captions
-longer than the text encoder reads (77 tokens), the aspect buckets in use, and the recommended steps
-and time for the chosen method. `to_dict()` feeds the UI, `to_text()` the CLI.
+It reads the folder as training will (`layouts.scan_dataset`: plain, kohya, concepts, imagefolder split),
+decodes every image, and reports: the layout it found, counts and sizes (per concept), exact and near
+duplicates, images smaller than the resolution, missing/empty captions, captions without the trigger
+word, captions longer than the text encoder reads (77 tokens), concepts with too few images or drowned by
+another's repeats, masks without an image and images without a mask, the aspect buckets in use, and the
+recommended steps and time for the chosen method. `to_dict()` feeds the UI, `to_text()` the CLI.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import statistics
@@ -23,14 +24,18 @@ from PIL import Image
 
 from sdtune_ui.data.advice import Recommendation, recommend
 from sdtune_ui.data.buckets import assign_buckets
-from sdtune_ui.data.formats import has_word, list_images, metadata_orphans, read_captions, read_dataset_info
-from sdtune_ui.data.images import load_image, small_for_resolution
+from sdtune_ui.data.concepts import Concept
+from sdtune_ui.data.formats import has_word, list_images
+from sdtune_ui.data.images import load_image, pixel_hash, small_for_resolution
+from sdtune_ui.data.layouts import DatasetFile, DatasetScan, scan_dataset
 from sdtune_ui.errors import DatasetError
 from sdtune_ui.methods import DEFAULT_METHOD, INSTANCE_PROMPT, TOKENS, method_named, method_names
 
 TEXT_ENCODER_TOKENS = 77  # CLIP's context, including the start and end tokens
 SEVERITIES = ("error", "warning", "info")
 _EXAMPLES = 5  # file names quoted per finding in the text report
+_CONCEPT_MIN_IMAGES = 4  # fewer images of one subject rarely teach it (DreamBooth's paper used 3-5)
+_DOMINANCE = 4.0  # one concept's repeats x images this many times another's: it drowns that one
 
 
 @dataclass
@@ -61,6 +66,18 @@ class CaptionStats:
 
 
 @dataclass
+class ConceptStats:
+    name: str
+    images: int  # usable (decoded) images
+    repeats: int
+    share: float  # fraction of an epoch's visits, with the sampling the dataset uses
+    masks: int = 0
+    instance_prompt: str = ""
+    class_prompt: str = ""
+    class_images: int = 0
+
+
+@dataclass
 class DoctorReport:
     folder: str
     method: str
@@ -73,6 +90,9 @@ class DoctorReport:
     near_duplicates: list[tuple[str, str, int]]  # (a, b, hash distance)
     findings: list[Finding]
     recommendation: Recommendation | None
+    layout: str = ""  # "kohya (2 concepts, repeats 10 and 5)", "imagefolder split train (...)"
+    concepts: list[ConceptStats] = field(default_factory=list)  # several concepts only
+    sampling: str = "repeats"
 
     @property
     def ok(self) -> bool:
@@ -90,9 +110,22 @@ class DoctorReport:
 
     def to_text(self) -> str:
         img = self.images
-        lines = [f"Dataset doctor: {self.folder}", f"  {img.count} image(s)"]
+        lines = [f"Dataset doctor: {self.folder}"]
+        if self.layout:
+            lines.append(f"  layout: {self.layout}")
+        lines.append(f"  {img.count} image(s)")
         if img.count:
             lines[-1] += f", sizes {_wh(img.min_size)} to {_wh(img.max_size)} (median {_wh(img.median_size)})"
+        for concept in self.concepts:
+            line = (f"  concept {concept.name}: {concept.images} image(s) x {concept.repeats} repeats, "
+                    f"{concept.share:.0%} of an epoch")
+            if concept.instance_prompt:
+                line += f", prompt {concept.instance_prompt!r}"
+            if concept.masks:
+                line += f", {concept.masks} masked"
+            if concept.class_images:
+                line += f", {concept.class_images} class images ({concept.class_prompt!r})"
+            lines.append(line)
         cap = self.captions
         estimate = "" if cap.tokens_exact else "~"
         lines.append(f"  captions: {cap.captioned} captioned, {cap.missing} missing, {cap.empty} empty; "
@@ -166,6 +199,7 @@ def diagnose(
     seconds_per_step: float | None = None,
     tokenizer: Any | None = None,
     caption_column: str | None = None,
+    split: str = "train",
     near_threshold: int = 6,
     progress: Callable[[int, int], None] | None = None,
 ) -> DoctorReport:
@@ -174,6 +208,7 @@ def diagnose(
     `uses_captions=None` decides from the method: DreamBooth with an instance prompt (given or in
     dataset_info.json) and textual inversion with templates do not read per-image captions.
     `bucketing` mirrors TrainConfig.bucketing (off: every image is cropped to the square).
+    `caption_column` picks the metadata column; `split` the imagefolder split (train/, test/ ...).
     """
     root = Path(folder)
     if not root.is_dir():
@@ -181,22 +216,29 @@ def diagnose(
     if method not in method_names():
         raise DatasetError(f"Unknown method {method!r}; choose one of {', '.join(method_names())}.")
     findings: list[Finding] = []
-    names = list_images(root)
+    try:
+        scan = scan_dataset(root, caption_column=caption_column, split=split, strict=False)
+    except DatasetError as err:  # e.g. a broken concepts.json, or no such split: nothing else to check
+        findings.append(Finding("error", "layout", str(err)))
+        scan = DatasetScan(root, "folder", "", [], [])
+    findings += [Finding("error", "metadata", error) for error in scan.errors]
+    findings += [Finding("warning", "layout", warning) for warning in scan.warnings]
+    files = scan.files
     sizes: dict[str, tuple[int, int]] = {}
     pixel_hashes: dict[str, list[str]] = defaultdict(list)
     hashes: list[tuple[str, int, np.ndarray]] = []
     unreadable: list[str] = []
-    for index, name in enumerate(names):
-        result = load_image(root / name, name=name)
+    for index, file in enumerate(files):
+        result = load_image(file.path, name=file.name)
         if progress:
-            progress(index + 1, len(names))
+            progress(index + 1, len(files))
         if not result.ok:
-            unreadable.append(f"{name} ({result.reason})")
+            unreadable.append(f"{file.name} ({result.reason})")
             continue
         image = result.image
-        sizes[name] = image.size
-        pixel_hashes[hashlib.sha256(repr(image.size).encode() + image.tobytes()).hexdigest()].append(name)
-        hashes.append((name, dhash(image), _colour_thumb(image)))
+        sizes[file.name] = image.size
+        pixel_hashes[pixel_hash(image)].append(file.name)
+        hashes.append((file.name, dhash(image), _colour_thumb(image)))
         image.close()
     if unreadable:
         findings.append(Finding("warning", "unreadable", f"{len(unreadable)} image(s) cannot be read and will be "
@@ -221,9 +263,10 @@ def diagnose(
                                 "training size and will be upscaled (soft results); use larger originals or a "
                                 "lower resolution", [f"{n} ({_wh(sizes[n])})" for n in small]))
 
-    captions, cap_stats = _check_captions(root, names, sizes, findings, method=method, trigger=trigger,
-                                          instance_prompt=instance_prompt, uses_captions=uses_captions,
-                                          tokenizer=tokenizer, caption_column=caption_column)
+    cap_stats = _check_captions(scan, sizes, findings, method=method, trigger=trigger,
+                                instance_prompt=instance_prompt, uses_captions=uses_captions, tokenizer=tokenizer)
+    concepts = _check_concepts(scan, sizes, findings, method)
+    _check_masks(scan, sizes, findings)
     buckets = _buckets(sizes, resolution, bucketing, findings)
     recommendation = None
     if sizes:
@@ -240,7 +283,7 @@ def diagnose(
                                    with_prior_preservation=with_prior_preservation)
         for code, message in method_class.dataset_warnings(subject, with_prior_preservation):
             findings.append(Finding("warning", code, message))
-    orphans = metadata_orphans(root)
+    orphans = scan.orphans
     if orphans:
         findings.append(Finding("warning", "orphans", f"the metadata lists {len(orphans)} file(s) that are not in "
                                 "the folder", orphans))
@@ -252,10 +295,9 @@ def diagnose(
         median_size=(int(statistics.median(w for w, _ in sizes.values())),
                      int(statistics.median(h for _, h in sizes.values()))) if sizes else None,
     )
-    del captions
     findings.sort(key=lambda f: SEVERITIES.index(f.severity))
     return DoctorReport(str(root), method, resolution, trigger, stats, cap_stats, buckets, duplicates, near,
-                        findings, recommendation)
+                        findings, recommendation, scan.description, concepts, scan.sampling)
 
 
 def _near_duplicates(hashes: list[tuple[str, int, np.ndarray]], threshold: int,
@@ -275,55 +317,129 @@ def _near_duplicates(hashes: list[tuple[str, int, np.ndarray]], threshold: int,
     return pairs
 
 
-def _check_captions(root: Path, names: list[str], sizes: dict[str, tuple[int, int]], findings: list[Finding], *,
+def _check_captions(scan: DatasetScan, sizes: dict[str, tuple[int, int]], findings: list[Finding], *,
                     method: str, trigger: str | None, instance_prompt: str | None, uses_captions: bool | None,
-                    tokenizer: Any | None, caption_column: str | None) -> tuple[dict[str, str], CaptionStats]:
-    try:
-        captions = read_captions(root, caption_column)
-    except DatasetError as err:
-        findings.append(Finding("error", "metadata", str(err)))
-        captions = {}
-    info = read_dataset_info(root) if (root / "dataset_info.json").is_file() else {}
+                    tokenizer: Any | None) -> CaptionStats:
+    usable = [f for f in scan.files if f.name in sizes]
+    several = len(scan.concepts) > 1
     method_class = method_named(method)
-    prompt = instance_prompt or (info.get("instance_prompt") if method_class.has(INSTANCE_PROMPT) else None)
+    prompt = instance_prompt or (scan.info.get("instance_prompt") if method_class.has(INSTANCE_PROMPT) else None)
+    # Our concepts name an instance prompt each; kohya's folder tokens are only the fallback caption.
+    per_concept_prompts = (method_class.has(INSTANCE_PROMPT) and several and not instance_prompt
+                           and scan.layout == "concepts"
+                           and all(c.instance_prompt for c in scan.concepts))
     if uses_captions is None:
-        uses_captions = not prompt and method_class.reads_captions
-    usable = [n for n in names if n in sizes]
-    missing = [n for n in usable if n not in captions]
-    empty = [n for n in usable if n in captions and not captions[n].strip()]
-    texts = {n: captions[n] for n in usable if captions.get(n, "").strip()}
+        uses_captions = not prompt and not per_concept_prompts and method_class.reads_captions
+    missing = [f.name for f in usable if f.caption is None and not f.fallback.strip()]
+    folder_prompts = [f for f in usable if f.caption is None and f.fallback.strip()]
+    empty = [f.name for f in usable if f.caption is not None and not f.caption.strip()]
+    texts = {f.name: f.text for f in usable if f.text.strip()}
     lengths = {n: count_tokens(t, tokenizer) for n, t in texts.items()}
-    stats = CaptionStats(captioned=len(texts), missing=len(missing), empty=len(empty),
-                         max_tokens=max(lengths.values(), default=0),
+    stats = CaptionStats(captioned=sum(1 for f in usable if f.caption and f.caption.strip()), missing=len(missing),
+                         empty=len(empty), max_tokens=max(lengths.values(), default=0),
                          mean_tokens=round(statistics.mean(lengths.values()), 1) if lengths else 0.0,
                          tokens_exact=tokenizer is not None)
     if not uses_captions:
-        source = f"the instance prompt {prompt!r}" if prompt else "prompt templates"
+        source = ("each concept's instance prompt" if per_concept_prompts and not prompt
+                  else f"the instance prompt {prompt!r}" if prompt else "prompt templates")
         findings.append(Finding("info", "captions_unused", f"{method} trains with {source}; per-image captions "
                                 "are not used"))
         if prompt and trigger and not has_word(prompt, trigger):
             findings.append(Finding("warning", "missing_trigger", f"the instance prompt {prompt!r} does not contain "
                                     f"the trigger word {trigger!r}"))
-        return captions, stats
+        return stats
     severity = "error" if usable and len(missing) + len(empty) == len(usable) else "warning"
     if missing:
         findings.append(Finding(severity, "missing_captions", f"{len(missing)} image(s) have no caption: caption "
                                 "them (`python -m sdtune_ui caption`) or give an instance prompt", missing))
     if empty:
         findings.append(Finding(severity, "empty_captions", f"{len(empty)} caption(s) are empty", empty))
+    if folder_prompts:
+        example = folder_prompts[0].fallback
+        findings.append(Finding("info", "folder_prompts", f"{len(folder_prompts)} image(s) have no caption file and "
+                                f"train with their folder's prompt (e.g. {example!r})",
+                                [f.name for f in folder_prompts]))
     if trigger:
         without = sorted(n for n, t in texts.items() if not has_word(t, trigger))
         stats.without_trigger = len(without)
         if without:
             findings.append(Finding("warning", "missing_trigger", f"{len(without)} caption(s) lack the trigger word "
                                     f"{trigger!r}: add it (caption --trigger, or find/replace)", without))
+    elif several:
+        _check_concept_tokens(scan, usable, findings)
     long = sorted(n for n, count in lengths.items() if count > TEXT_ENCODER_TOKENS)
     if long:
         approx = "" if tokenizer is not None else " (estimated)"
         findings.append(Finding("warning", "long_captions", f"{len(long)} caption(s) are longer than the text "
                                 f"encoder's {TEXT_ENCODER_TOKENS} tokens{approx}; the end is cut off, so put the "
                                 "important words first", [f"{n} ({lengths[n]})" for n in long]))
-    return captions, stats
+    return stats
+
+
+def _check_concept_tokens(scan: DatasetScan, usable: list[DatasetFile], findings: list[Finding]) -> None:
+    """Several concepts: each caption should name its own concept's token."""
+    for concept in scan.concepts:
+        if not concept.token:
+            continue
+        without = sorted(f.name for f in usable if f.concept == concept.name and not has_word(f.text, concept.token))
+        if without:
+            findings.append(Finding("warning", "missing_trigger", f"{len(without)} caption(s) of concept "
+                                    f"{concept.name} lack its token {concept.token!r}", without))
+
+
+def _check_concepts(scan: DatasetScan, sizes: dict[str, tuple[int, int]], findings: list[Finding],
+                    method: str) -> list[ConceptStats]:
+    """Counts and epoch shares per concept; too few images; one concept drowning another by repeats."""
+    if len(scan.concepts) < 2:
+        return []
+    counts = {c.name: sum(1 for f in scan.files if f.concept == c.name and f.name in sizes) for c in scan.concepts}
+    masks = {c.name: sum(1 for f in scan.files if f.concept == c.name and f.name in sizes and f.mask_path)
+             for c in scan.concepts}
+    weights = {c.name: c.repeats * counts[c.name] for c in scan.concepts}
+    total = sum(weights.values()) or 1
+    balanced = scan.sampling == "balanced"
+    stats = [ConceptStats(c.name, counts[c.name], c.repeats,
+                          1 / len(scan.concepts) if balanced else weights[c.name] / total, masks[c.name],
+                          c.instance_prompt, c.class_prompt, _class_images(c)) for c in scan.concepts]
+    least = min(method_named(method).advice.images_low, _CONCEPT_MIN_IMAGES)
+    few = [f"{c.name} ({counts[c.name]})" for c in scan.concepts if counts[c.name] < least]
+    if few:
+        findings.append(Finding("warning", "concept_images", f"{len(few)} concept(s) have fewer than {least} images; "
+                                "a subject is learned from several views: add images", few))
+    if not balanced:
+        heavy = max(scan.concepts, key=lambda c: weights[c.name])
+        light = min(scan.concepts, key=lambda c: weights[c.name])
+        if weights[light.name] and weights[heavy.name] >= _DOMINANCE * weights[light.name]:
+            most = max(counts.values())
+            advice = ", ".join(f"{max(1, round(most / counts[c.name]))} for {c.name}"
+                               for c in scan.concepts if counts[c.name])
+            findings.append(Finding(
+                "warning", "repeats_imbalance",
+                f"{heavy.name} takes {weights[heavy.name] / total:.0%} of each epoch ({heavy.repeats} repeats x "
+                f"{counts[heavy.name]} images) and {light.name} {weights[light.name] / total:.0%} "
+                f"({light.repeats} x {counts[light.name]}): {light.name} will be learned much less. For even "
+                f"shares make repeats x images similar, e.g. repeats {advice}",
+                [f"{c.name}: {c.repeats} x {counts[c.name]} = {weights[c.name]}" for c in scan.concepts]))
+    return stats
+
+
+def _class_images(concept: Concept) -> int:
+    return len(list_images(concept.class_data)) if concept.class_data else 0
+
+
+def _check_masks(scan: DatasetScan, sizes: dict[str, tuple[int, int]], findings: list[Finding]) -> None:
+    if scan.masks_without_image:
+        findings.append(Finding("warning", "masks_without_image", f"{len(scan.masks_without_image)} mask(s) "
+                                "(-masklabel.png) have no image of the same name beside them: rename or delete "
+                                "them", scan.masks_without_image))
+    for concept in scan.concepts:
+        mine = [f for f in scan.files if f.concept == concept.name and f.name in sizes]
+        unmasked = sorted(f.name for f in mine if f.mask_path is None)
+        if unmasked and len(unmasked) < len(mine):
+            where = f" in {concept.name}" if concept.name else ""
+            findings.append(Finding("warning", "missing_masks", f"{len(unmasked)} of {len(mine)} image(s){where} "
+                                    "have no mask while the others do; with masked loss they train on the whole "
+                                    "picture: add their -masklabel.png", unmasked))
 
 
 def _buckets(sizes: dict[str, tuple[int, int]], resolution: int, bucketing: bool,
@@ -357,6 +473,7 @@ def diagnose_config(config: Any, **overrides: Any) -> DoctorReport:
         "batch_size": config.train_batch_size,
         "with_prior_preservation": config.with_prior_preservation,
         "caption_column": config.caption_column or None,
+        "split": getattr(config, "split", "") or "train",
     }
     if uses_ti:
         kwargs["uses_captions"] = config.learnable_property == "captions" and not config.instance_prompt

@@ -1,12 +1,17 @@
 """Captions on disk, in the formats the training core reads (and other tools write).
 
-- sidecar `img.txt` next to `img.png`
+- sidecar `img.txt` next to `img.png`, or kohya's `img.caption` (kohya's default caption extension)
 - imagefolder `metadata.jsonl`: one `{"file_name": ..., "text": ...}` per line
 - `metadata.csv` with a `file_name` column and a caption column
 - DreamBooth `dataset_info.json`: `{"instance_prompt": ..., "class_prompt": ...}`
 
-When several exist they are merged per image with precedence metadata.jsonl > metadata.csv > .txt, so a
-caption written by our own tools (which write all formats together) always agrees across formats.
+When several exist they are merged per image with precedence metadata.jsonl > metadata.csv > .caption >
+.txt, so a caption written by our own tools (which write all formats together) always agrees across
+formats, and a folder captioned for kohya reads as kohya reads it (its default `--caption_extension` is
+`.caption`; with both files present, kohya with its defaults trains on the `.caption` one).
+
+OneTrainer's masks (`img-masklabel.png`) and conditioning images (`img-condlabel.png`) sit beside the
+images they belong to; they are not training images, so `list_images` leaves them out.
 """
 
 from __future__ import annotations
@@ -27,15 +32,35 @@ CAPTION_COLUMNS = ("text", "caption", "prompt", "captions", "description")
 METADATA_JSONL = "metadata.jsonl"
 METADATA_CSV = "metadata.csv"
 DATASET_INFO = "dataset_info.json"
-CAPTION_FORMATS = ("txt", "jsonl", "csv")
+CAPTION_FORMATS = ("txt", "caption", "jsonl", "csv")  # "caption": kohya's `.caption` sidecars
+SIDECAR_EXTENSIONS = (".caption", ".txt")  # highest precedence first
+MASK_SUFFIX = "-masklabel"  # OneTrainer: `img-masklabel.png` is the loss mask of `img.*`
+CONDITIONING_SUFFIX = "-condlabel"  # OneTrainer: a custom conditioning image, not a training image
+
+
+def is_mask_name(name: str) -> bool:
+    """True for OneTrainer's mask files (`*-masklabel.png`)."""
+    stem, ext = os.path.splitext(os.path.basename(name))
+    return ext.lower() == ".png" and stem.endswith(MASK_SUFFIX)
+
+
+def is_training_image_name(name: str) -> bool:
+    """An image file that is trained on: a supported image, not a mask or a conditioning image."""
+    stem = os.path.splitext(os.path.basename(name))[0]
+    return is_image_name(name) and not stem.endswith((MASK_SUFFIX, CONDITIONING_SUFFIX))
+
+
+def mask_name_for(image_name: str) -> str:
+    """The mask file name OneTrainer pairs with an image: `a.jpg` -> `a-masklabel.png`."""
+    return os.path.splitext(image_name)[0] + MASK_SUFFIX + ".png"
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[str]:
-    """Image file names directly inside `folder` (not sub-folders), sorted."""
+    """Training image file names directly inside `folder` (not sub-folders, not masks), sorted."""
     root = Path(folder)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_file() and is_image_name(p.name))
+    return sorted(p.name for p in root.iterdir() if p.is_file() and is_training_image_name(p.name))
 
 
 def pick_caption_column(columns: Iterable[str], given: str | None = None, *, where: str = "") -> str | None:
@@ -93,7 +118,47 @@ def parse_metadata_csv(
         raise DatasetError(f"{where} is not a valid CSV file ({err}).") from None
 
 
-def read_captions(folder: str | os.PathLike[str], caption_column: str | None = None) -> dict[str, str]:
+def read_sidecar(image_path: str | os.PathLike[str], *, first_line: bool = False) -> str | None:
+    """The caption file beside an image (`.caption`, else `.txt`), or None when there is none.
+
+    `first_line`: kohya trains on the first line of a caption file only (without its wildcard option).
+    """
+    base = os.path.splitext(os.fspath(image_path))[0]
+    for ext in SIDECAR_EXTENSIONS:
+        path = Path(base + ext)
+        if path.is_file():
+            text = _read_text(path)
+            return (text.splitlines() or [""])[0].strip() if first_line else text.strip()
+    return None
+
+
+def read_metadata(folder: str | os.PathLike[str], caption_column: str | None = None) -> dict[str, str]:
+    """`file_name -> caption` of the folder's metadata.csv and metadata.jsonl (jsonl wins), unfiltered.
+
+    `file_name` may name a file in a sub-folder (`images/a.png`), as in a Hugging Face imagefolder.
+    """
+    root = Path(folder)
+    captions: dict[str, str] = {}
+    for source, parser in ((METADATA_CSV, parse_metadata_csv), (METADATA_JSONL, parse_metadata_jsonl)):
+        path = root / source
+        if path.is_file():
+            captions.update(parser(_read_text(path), caption_column, where=str(path)))
+    return captions
+
+
+def metadata_file_names(folder: str | os.PathLike[str]) -> list[str]:
+    """Every `file_name` of the folder's metadata.jsonl and metadata.csv, with or without a caption."""
+    root = Path(folder)
+    names: list[str] = []
+    if (root / METADATA_JSONL).is_file():
+        names += [_norm_name(str(row["file_name"])) for row in _read_jsonl_rows(root / METADATA_JSONL)]
+    if (root / METADATA_CSV).is_file():
+        names += [_norm_name(row.get("file_name") or "") for row in _read_csv_rows(root / METADATA_CSV)]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def read_captions(folder: str | os.PathLike[str], caption_column: str | None = None, *,
+                  first_line: bool = False) -> dict[str, str]:
     """Captions of the images in `folder`, keyed by file name (as in `file_name`), from every format present.
 
     An image without any caption is absent; an empty caption file gives "". Entries naming files that
@@ -103,27 +168,30 @@ def read_captions(folder: str | os.PathLike[str], caption_column: str | None = N
     names = set(list_images(root))
     captions: dict[str, str] = {}
     for name in sorted(names):
-        sidecar = root / (os.path.splitext(name)[0] + ".txt")
-        if sidecar.is_file():
-            captions[name] = _read_text(sidecar).strip()
-    for source, parser in ((METADATA_CSV, parse_metadata_csv), (METADATA_JSONL, parse_metadata_jsonl)):
-        path = root / source
-        if path.is_file():
-            for file_name, caption in parser(_read_text(path), caption_column, where=str(path)).items():
-                if file_name in names:
-                    captions[file_name] = caption.strip()
+        sidecar = read_sidecar(root / name, first_line=first_line)
+        if sidecar is not None:
+            captions[name] = sidecar
+    for file_name, caption in read_metadata(root, caption_column).items():
+        if file_name in names:
+            captions[file_name] = caption.strip()
     return captions
 
 
 def metadata_orphans(folder: str | os.PathLike[str]) -> list[str]:
-    """File names listed in metadata.jsonl/csv that are not images in the folder."""
+    """File names listed in metadata.jsonl/csv that are not training images in the folder (or below it)."""
     root = Path(folder)
     names = set(list_images(root))
-    listed: set[str] = set()
-    for source, parser in ((METADATA_CSV, parse_metadata_csv), (METADATA_JSONL, parse_metadata_jsonl)):
-        if (root / source).is_file():
-            listed.update(parser(_read_text(root / source), where=str(root / source)))
-    return sorted(listed - names)
+    listed = set(read_metadata(root))
+    return sorted(n for n in listed - names if not (is_inside(n) and is_training_image_name(n)
+                                                    and (root / n).is_file()))
+
+
+def is_inside(relative: str) -> bool:
+    """True when a relative `file_name` stays inside its folder (no absolute path, no `..`, no URL)."""
+    if "://" in relative or relative.startswith("/") or re.match(r"^[A-Za-z]:", relative):
+        return False
+    parts = [p for p in relative.split("/") if p not in ("", ".")]
+    return bool(parts) and ".." not in parts
 
 
 def write_captions(
@@ -135,7 +203,7 @@ def write_captions(
 
     metadata.jsonl/csv are rewritten atomically (a crash never leaves half a file), keeping any extra
     columns of existing rows. Writing only some formats leaves the others stale, and the reader's
-    precedence (jsonl > csv > txt) decides: so write every format that already exists.
+    precedence (jsonl > csv > caption > txt) decides: so write every format that already exists.
     """
     root = Path(folder)
     formats = tuple(formats)
@@ -145,9 +213,10 @@ def write_captions(
     for name in captions:
         if _norm_name(name) != name or name.startswith("/") or ".." in name.split("/"):
             raise DatasetError(f"Caption key {name!r} is not a plain file name inside the dataset folder.")
-    if "txt" in formats:
-        for name, caption in captions.items():
-            _atomic_write(root / (os.path.splitext(name)[0] + ".txt"), caption.strip() + "\n")
+    for sidecar in ("txt", "caption"):
+        if sidecar in formats:
+            for name, caption in captions.items():
+                _atomic_write(root / (os.path.splitext(name)[0] + "." + sidecar), caption.strip() + "\n")
     if "jsonl" in formats:
         rows, _ = _merge_rows(_read_jsonl_rows(root / METADATA_JSONL), captions)
         _atomic_write(root / METADATA_JSONL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -165,8 +234,9 @@ def existing_formats(folder: str | os.PathLike[str]) -> tuple[str, ...]:
     """Which caption formats the folder already uses (so edits update all of them)."""
     root = Path(folder)
     found = []
-    if any((root / (os.path.splitext(n)[0] + ".txt")).is_file() for n in list_images(root)):
-        found.append("txt")
+    for sidecar in ("txt", "caption"):
+        if any((root / (os.path.splitext(n)[0] + "." + sidecar)).is_file() for n in list_images(root)):
+            found.append(sidecar)
     if (root / METADATA_JSONL).is_file():
         found.append("jsonl")
     if (root / METADATA_CSV).is_file():

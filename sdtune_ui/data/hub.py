@@ -22,6 +22,8 @@ from sdtune_ui.data.formats import (
 )
 from sdtune_ui.data.images import ImageResult, from_pil, load_image
 from sdtune_ui.data.ingest import CancelLike, IngestLimits, IngestReport, ProgressFn, _Run
+from sdtune_ui.data.layouts import scan_dataset
+from sdtune_ui.data.placement import readable_stem
 from sdtune_ui.errors import DatasetError
 from sdtune_ui.hub import scrub  # noqa: F401 - part of this module's API
 
@@ -42,6 +44,10 @@ def push_dataset_to_hub(
     """
     root = Path(folder)
     hub.check_repo_id(repo_id, "your-name/my-dataset")
+    layout = scan_dataset(root, strict=False)
+    if layout.layout != "folder":
+        raise DatasetError(f"{root.name} is a {layout.description} dataset; pushing keeps only plain folders "
+                           "for now. Push each concept folder on its own, or upload the folder with `hf upload`.")
     images = list_images(root)
     if not images:
         raise DatasetError(f"{root} holds no images to push.")
@@ -101,7 +107,8 @@ def ingest_hub_dataset(
         row = table[index]
         label = f"{name}[{index}]"
         caption = _caption_value(row.get(caption_column)) if caption_column else None
-        run.keep(label, _row_image(row.get(image_column), label, resolution, limits), caption)
+        value = row.get(image_column)
+        run.keep(label, _row_image(value, label, resolution, limits), caption, stem=_row_stem(value))
         run.advance()
     run.writer.finish()
     if warning:
@@ -144,6 +151,12 @@ def _raw_bytes_view(table: Any, column: str) -> Any:
 
         return table.cast_column(column, datasets.Image(decode=False))
     return table
+
+
+def _row_stem(value: Any) -> str | None:
+    """A readable name from the row's original file name, when `datasets` kept one; else numbered."""
+    path = value.get("path") if isinstance(value, dict) else None
+    return readable_stem(path) if isinstance(path, str) and path.strip() else None
 
 
 def _caption_value(value: Any) -> str | None:

@@ -8,6 +8,7 @@ a reason a person can act on.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import warnings
@@ -67,6 +68,11 @@ class ImageResult:
 def is_image_name(name: str) -> bool:
     """True when the file name has an extension of a format we accept."""
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def pixel_hash(image: Image.Image) -> str:
+    """sha256 of the decoded pixels and size: equal for the same picture whatever its file format."""
+    return hashlib.sha256(repr(image.size).encode() + image.tobytes()).hexdigest()
 
 
 def small_for_resolution(width: int, height: int, resolution: int) -> bool:

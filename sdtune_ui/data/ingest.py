@@ -1,36 +1,49 @@
 """Bring untrusted images (uploads, a zip, a local folder, a Hub dataset) into a dataset folder we control.
 
-Every kept image is fully decoded, normalised to RGB and written under a name chosen here (0001.png,
-0002.jpg ...), never a name taken from an upload or an archive; its caption (sidecar .txt, or
-metadata.jsonl/csv next to it) goes to 0001.txt and metadata.jsonl. A bad file never stops the rest:
-it is listed in the report with the reason.
+Every kept image is fully decoded, normalised to RGB and written under a name chosen here: a sanitised,
+readable form of the user's file name ("My Cat (2).JPG" -> "My-Cat-2.jpg"; "-2", "-3" ... when taken;
+0001.png for a Hub row without a file name), so the doctor's findings can be traced to the user's files.
+Its caption (sidecar .txt/.caption, or metadata.jsonl/csv next to it) goes to a sidecar and
+metadata.jsonl. A picture whose pixels the target folder already holds is skipped and reported, so adding
+the same folder twice does not double it. A structured dataset keeps its folders: kohya's `10_sks dog/`
+(and `reg/1_dog/`), or a concepts dataset (`concepts.json`, or several folders with a dataset_info.json);
+OneTrainer masks (`a-masklabel.png`) follow their image. A bad file never stops the rest: it is listed in
+the report with the reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import posixpath
 import re
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
+from sdtune_ui.data.concepts import CONCEPTS_JSON
 from sdtune_ui.data.formats import (
+    CONDITIONING_SUFFIX,
     DATASET_INFO,
     METADATA_CSV,
     METADATA_JSONL,
-    existing_formats,
+    is_mask_name,
+    is_training_image_name,
+    mask_name_for,
     parse_metadata_csv,
     parse_metadata_jsonl,
-    write_captions,
-    write_dataset_info,
 )
-from sdtune_ui.data.images import DEFAULT_MAX_FILE_BYTES, ImageResult, is_image_name, load_image
+from sdtune_ui.data.images import DEFAULT_MAX_FILE_BYTES, ImageResult, is_image_name, load_image, pixel_hash
+from sdtune_ui.data.placement import (
+    DatasetWriter,
+    concepts_root,
+    kept_structure,
+    other_splits,
+    readable_stem,
+    safe_folder_name,
+)
 from sdtune_ui.data.safezip import ArchiveRefused, SafeZip, ZipLimits
 from sdtune_ui.errors import DatasetError
 from sdtune_ui.paths import cache_dir
@@ -67,11 +80,19 @@ class IngestLimits:
 @dataclass
 class KeptFile:
     source: str
-    file: str  # name inside the dataset folder
+    file: str  # path inside the dataset folder ("cat.png", "10_sks dog/cat.png")
     caption: str | None
     width: int
     height: int
     warnings: list[str] = field(default_factory=list)
+    mask: str | None = None  # its OneTrainer mask, when one came with it
+
+
+@dataclass
+class SkippedFile:
+    source: str
+    file: str  # the image already in the dataset with the same pixels
+    reason: str = "already in the dataset"
 
 
 @dataclass
@@ -87,21 +108,28 @@ class IngestReport:
     rejected: list[RejectedFile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     cancelled: bool = False
+    skipped: list[SkippedFile] = field(default_factory=list)
+    structure: str = ""  # "kohya" | "concepts" when folders were kept, "" when flattened
 
     @property
     def ok(self) -> bool:
-        """At least one image is in the dataset folder from this ingest."""
-        return bool(self.kept)
+        """At least one image of this ingest is in the dataset folder (added now, or already there)."""
+        return bool(self.kept or self.skipped)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok}
 
     def to_text(self) -> str:
         captioned = sum(1 for k in self.kept if k.caption)
+        skipped = f"skipped {len(self.skipped)} already in the dataset; " if self.skipped else ""
+        kept_as = f" Kept the {self.structure} folder structure." if self.structure else ""
         lines = [
-            f"Added {len(self.kept)} image(s) to {self.out_dir} ({captioned} with captions); "
-            f"refused {len(self.rejected)}." + (" Stopped early: cancelled." if self.cancelled else "")
+            f"Added {len(self.kept)} image(s) to {self.out_dir} ({captioned} with captions); {skipped}"
+            f"refused {len(self.rejected)}." + kept_as + (" Stopped early: cancelled." if self.cancelled else "")
         ]
+        if self.skipped:
+            lines.append("Skipped (same pixels already in the dataset):")
+            lines += [f"  - {s.source} = {s.file}" for s in self.skipped]
         if self.rejected:
             lines.append("Refused:")
             lines += [f"  - {r.source}: {r.reason}" for r in self.rejected]
@@ -130,48 +158,6 @@ class _Entry:
     name: str  # posix path inside its container, used only for pairing captions, never for writing
     label: str  # how the report names it
     read: Callable[[int], bytes]
-
-
-class _Writer:
-    """Writes images and captions into the dataset folder under names it chooses."""
-
-    def __init__(self, out_dir: Path):
-        self.out_dir = out_dir
-        out_dir.mkdir(parents=True, exist_ok=True)
-        numbers = [int(p.stem) for p in out_dir.iterdir() if p.stem.isdigit() and is_image_name(p.name)]
-        self.next = max(numbers, default=0) + 1
-        self.captions: dict[str, str] = {}
-        self.dataset_info: dict[str, str] = {}
-
-    def save(self, image: Image.Image, source_format: str | None) -> str:
-        # JPEG sources stay JPEG (a PNG copy of a photo is 5x bigger); everything else becomes lossless PNG.
-        # Re-encoding also drops metadata such as GPS EXIF, which matters once a dataset is pushed publicly.
-        ext = ".jpg" if source_format in ("JPEG", "MPO") else ".png"
-        while True:
-            name = f"{self.next:04d}{ext}"
-            self.next += 1
-            if not any((self.out_dir / f"{name[:-len(ext)]}{e}").exists() for e in (".png", ".jpg", ".txt")):
-                break
-        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=".ingest-", suffix=ext)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                if ext == ".jpg":
-                    image.save(handle, "JPEG", quality=95, subsampling=0)
-                else:
-                    image.save(handle, "PNG")
-            os.replace(tmp, self.out_dir / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return name
-
-    def finish(self) -> None:
-        if self.captions:
-            formats = {"txt", "jsonl", *existing_formats(self.out_dir)}
-            write_captions(self.out_dir, self.captions, tuple(sorted(formats)))
-        if self.dataset_info.get("instance_prompt") and not (self.out_dir / DATASET_INFO).exists():
-            info = self.dataset_info
-            write_dataset_info(self.out_dir, info["instance_prompt"], info.get("class_prompt"))
 
 
 def _file_entry(path: Path, name: str, label: str) -> _Entry:
@@ -232,23 +218,31 @@ def _read_small(entry: _Entry, cap: int) -> str:
         return data.decode("latin-1")
 
 
-def _gather_captions(entries: list[_Entry], report: IngestReport, writer: _Writer) -> dict[str, str]:
-    """Captions by entry name: sidecars first, then metadata.csv, then metadata.jsonl (highest precedence)."""
-    by_key = {posixpath.splitext(e.name)[0]: e for e in entries if is_image_name(e.name)}
+def _gather_captions(entries: list[_Entry], report: IngestReport, writer: DatasetWriter, *, structured: bool,
+                     caption_column: str | None) -> tuple[dict[str, str], dict[str, str]]:
+    """Captions by entry name, and the sidecar kind each came from ("txt" or "caption").
+
+    Precedence as the reader's: .txt < .caption < metadata.csv < metadata.jsonl.
+    """
+    by_key = {posixpath.splitext(e.name)[0]: e for e in entries if is_training_image_name(e.name)}
     captions: dict[str, str] = {}
-    for entry in entries:
-        if entry.name.lower().endswith(".txt") and posixpath.splitext(entry.name)[0] in by_key:
-            try:
-                image_name = by_key[posixpath.splitext(entry.name)[0]].name
-                captions[image_name] = _read_small(entry, _MAX_CAPTION_BYTES).strip()
-            except DatasetError as err:
-                report.rejected.append(RejectedFile(entry.label, f"caption not read: {err}"))
+    kinds: dict[str, str] = {}
+    for ext in (".txt", ".caption"):
+        for entry in entries:
+            key = posixpath.splitext(entry.name)[0]
+            if entry.name.lower().endswith(ext) and key in by_key:
+                try:
+                    image_name = by_key[key].name
+                    captions[image_name] = _read_small(entry, _MAX_CAPTION_BYTES).strip()
+                    kinds[image_name] = ext[1:]
+                except DatasetError as err:
+                    report.rejected.append(RejectedFile(entry.label, f"caption not read: {err}"))
     for meta_name, parser in ((METADATA_CSV, parse_metadata_csv), (METADATA_JSONL, parse_metadata_jsonl)):
         for entry in entries:
             if posixpath.basename(entry.name) != meta_name:
                 continue
             try:
-                parsed = parser(_read_small(entry, _MAX_METADATA_BYTES), where=entry.label)
+                parsed = parser(_read_small(entry, _MAX_METADATA_BYTES), caption_column, where=entry.label)
             except DatasetError as err:
                 report.rejected.append(RejectedFile(entry.label, str(err)))
                 continue
@@ -256,43 +250,72 @@ def _gather_captions(entries: list[_Entry], report: IngestReport, writer: _Write
             for file_name, caption in parsed.items():
                 captions[posixpath.normpath(posixpath.join(folder, file_name))] = caption.strip()
     for entry in entries:
-        if posixpath.basename(entry.name) == DATASET_INFO and not writer.dataset_info:
-            import json
+        if posixpath.basename(entry.name) == DATASET_INFO and not writer.dataset_info and not structured:
+            info = _read_json(entry, report)
+            if isinstance(info, dict):
+                writer.dataset_info = {k: str(v) for k, v in info.items() if isinstance(v, str)}
+    return captions, kinds
 
-            try:
-                info = json.loads(_read_small(entry, _MAX_CAPTION_BYTES))
-                if isinstance(info, dict):
-                    writer.dataset_info = {k: str(v) for k, v in info.items() if isinstance(v, str)}
-            except (json.JSONDecodeError, DatasetError) as err:
-                report.warnings.append(f"{entry.label} ignored: {err}")
-    return captions
+
+def _read_json(entry: _Entry, report: IngestReport) -> object:
+    try:
+        return json.loads(_read_small(entry, _MAX_CAPTION_BYTES))
+    except (json.JSONDecodeError, DatasetError) as err:
+        report.warnings.append(f"{entry.label} ignored: {err}")
+        return None
 
 
 def _is_known_non_image(name: str) -> bool:
     base = posixpath.basename(name)
-    return base.lower().endswith(".txt") or base in (METADATA_CSV, METADATA_JSONL, DATASET_INFO)
+    return (base.lower().endswith((".txt", ".caption"))
+            or base in (METADATA_CSV, METADATA_JSONL, DATASET_INFO, CONCEPTS_JSON))
 
 
 class _Run:
     """State of one ingest: the writer, the report, progress over all images of all sources."""
 
     def __init__(self, out_dir: Path, resolution: int | None, limits: IngestLimits,
-                 progress: ProgressFn | None, cancel: CancelLike):
-        self.writer = _Writer(out_dir)
+                 progress: ProgressFn | None, cancel: CancelLike, caption_column: str | None = None):
+        self.writer = DatasetWriter(out_dir)
         self.report = IngestReport(str(out_dir))
         self.resolution, self.limits, self.progress, self.cancel = resolution, limits, progress, cancel
+        self.caption_column = caption_column
         self.done = 0
         self.total = 0
 
-    def keep(self, label: str, result: ImageResult, caption: str | None) -> None:
+    def keep(self, label: str, result: ImageResult, caption: str | None, *, stem: str | None = None,
+             sub: str = "", sidecar: str = "txt") -> str | None:
+        """Write an accepted image (named `stem`, else numbered) into folder `sub` of the dataset; returns
+        its path there, or None when it was refused or its pixels are already in that folder."""
         if not result.ok:
             self.report.rejected.append(RejectedFile(label, result.reason or "not usable"))
-            return
-        file = self.writer.save(result.image, result.format)
+            return None
+        digest = pixel_hash(result.image)
+        index = self.writer.index(sub)
+        existing = index.find(digest)
+        if existing is not None:
+            self.report.skipped.append(SkippedFile(label, posixpath.join(sub, existing) if sub else existing))
+            return None
+        file = self.writer.save(result.image, result.format, stem, sub)
+        index.add(posixpath.basename(file), digest)
         if caption is not None:
-            self.writer.captions[file] = caption
+            self.writer.add_caption(file, caption, sidecar)
         self.report.kept.append(KeptFile(label, file, caption, result.image.width, result.image.height,
                                          list(result.warnings)))
+        return file
+
+    def keep_mask(self, entry: _Entry, image_file: str) -> None:
+        try:
+            data = entry.read(self.limits.max_file_bytes)
+        except (DatasetError, OSError) as err:
+            self.report.rejected.append(RejectedFile(entry.label, str(err)))
+            return
+        result = load_image(data, name=entry.label, max_pixels=self.limits.max_pixels,
+                            max_file_bytes=self.limits.max_file_bytes)
+        if not result.ok:
+            self.report.rejected.append(RejectedFile(entry.label, result.reason or "not usable"))
+            return
+        self.report.kept[-1].mask = self.writer.save_mask(result.image, image_file)
 
     def tick(self) -> bool:
         """Count one image; False when the user cancelled (checked before each image)."""
@@ -307,20 +330,37 @@ class _Run:
             self.progress(self.done, self.total)
 
     def process(self, entries: list[_Entry]) -> None:
-        entries = sorted(entries, key=lambda e: e.name)  # same input, same numbering
-        captions = _gather_captions(entries, self.report, self.writer)
+        entries = sorted(entries, key=lambda e: e.name)  # same input, same names
+        placed, structure = kept_structure(e.name for e in entries)
+        self.report.structure = self.report.structure or structure
+        captions, kinds = _gather_captions(entries, self.report, self.writer, structured=structure == "concepts",
+                                           caption_column=self.caption_column)
+        masks = {e.name: e for e in entries if is_mask_name(e.name)}
         for entry in entries:
-            if is_image_name(entry.name):
+            if is_training_image_name(entry.name) or entry.name in masks:
                 continue
-            if entry.name.lower().endswith(".zip"):
+            if is_image_name(entry.name):
+                reason = (f"a OneTrainer conditioning image ({CONDITIONING_SUFFIX}); not used for training"
+                          if CONDITIONING_SUFFIX in entry.name else "not a training image")
+                self.report.rejected.append(RejectedFile(entry.label, reason))
+            elif entry.name.lower().endswith(".zip"):
                 reason = "zip files inside a folder or archive are not opened; ingest it on its own"
                 self.report.rejected.append(RejectedFile(entry.label, reason))
+            elif structure == "concepts" and posixpath.basename(entry.name) in (CONCEPTS_JSON, DATASET_INFO):
+                self.carry_concept_file(entry, entries)
             elif not _is_known_non_image(entry.name):
                 ext = posixpath.splitext(entry.name)[1] or "(no extension)"
                 self.report.rejected.append(RejectedFile(entry.label, f"not a supported image type {ext}"))
-        for entry in (e for e in entries if is_image_name(e.name)):
+        split_of = other_splits(e.name for e in entries)
+        for entry in (e for e in entries if is_training_image_name(e.name)):
             if not self.tick():
                 return
+            mask = masks.pop(mask_name_for(entry.name), None)
+            if entry.name in split_of:
+                reason = f"in the {split_of[entry.name]} split; only the train split is ingested"
+                self.report.rejected.append(RejectedFile(entry.label, reason))
+                self.advance()
+                continue
             try:
                 data = entry.read(self.limits.max_file_bytes)
             except ArchiveRefused:
@@ -331,8 +371,30 @@ class _Run:
                 continue
             result = load_image(data, name=entry.label, resolution=self.resolution,
                                 max_pixels=self.limits.max_pixels, max_file_bytes=self.limits.max_file_bytes)
-            self.keep(entry.label, result, captions.get(entry.name))
+            file = self.keep(entry.label, result, captions.get(entry.name), stem=readable_stem(entry.name),
+                             sub=placed.get(entry.name, ""), sidecar=kinds.get(entry.name, "txt"))
+            if file and mask:
+                self.keep_mask(mask, file)
             self.advance()
+        for entry in masks.values():
+            self.report.rejected.append(RejectedFile(entry.label, "a mask (-masklabel.png) without its image"))
+
+    def carry_concept_file(self, entry: _Entry, entries: list[_Entry]) -> None:
+        """Copy concepts.json / a concept folder's dataset_info.json (checked JSON) to its kept place."""
+        root = concepts_root([e.name for e in entries]) or ""
+        folder = posixpath.dirname(entry.name)
+        if root and not (folder == root or folder.startswith(root + "/")):
+            return
+        sub = "/".join(safe_folder_name(p) for p in folder[len(root):].split("/") if p)
+        data = _read_json(entry, self.report)
+        base = posixpath.basename(entry.name)
+        if data is None or (base == DATASET_INFO and not isinstance(data, dict)):
+            return
+        target = self.writer.folder(sub) / base
+        if target.exists():
+            self.report.warnings.append(f"{entry.label} not copied: the dataset already has {target.name} there")
+            return
+        target.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def ingest(
@@ -343,16 +405,18 @@ def ingest(
     limits: IngestLimits | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
+    caption_column: str | None = None,
 ) -> IngestReport:
     """Ingest image files, zip archives and/or folders into `out_dir` (created; appended to if it exists).
 
     Loose files are paired with captions by name (`cat.png` + `cat.txt`, or a metadata.jsonl/csv among
-    them). Never raises for a bad file or archive: see `report.rejected`. Check `report.ok`.
+    them; `caption_column` picks the metadata column). Never raises for a bad file or archive: see
+    `report.rejected`; pictures already in the target folder are in `report.skipped`. Check `report.ok`.
     """
     paths = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     limits = limits or IngestLimits()
     out = Path(out_dir).expanduser().resolve()
-    run = _Run(out, resolution, limits, progress, cancel)
+    run = _Run(out, resolution, limits, progress, cancel, caption_column)
     loose: list[_Entry] = []
     groups: list[list[_Entry]] = []
     with contextlib.ExitStack() as stack:
@@ -375,7 +439,7 @@ def ingest(
                 run.report.rejected.append(RejectedFile(label, str(err)))
         if loose:
             groups.insert(0, loose)
-        run.total = sum(1 for group in groups for e in group if is_image_name(e.name))
+        run.total = sum(1 for group in groups for e in group if is_training_image_name(e.name))
         for group in groups:
             try:
                 run.process(group)
