@@ -1,6 +1,7 @@
-"""Headless command line: `python -m sdtune_ui train|presets|dataset|caption|generate|grid|export|push ...`.
+"""Headless command line: `python -m sdtune_ui train|dataset|caption|generate|grid|export|push|evaluate|sweep ...`.
 
-Each group of commands lives in its own module (train.py, dataset.py, generate.py) and registers itself here.
+Each group of commands lives in its own module (train.py, dataset.py, generate.py, evaluate.py) and registers
+itself here.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 import sys
 
 from sdtune_ui.cli.dataset import add_dataset_commands
+from sdtune_ui.cli.evaluate import add_evaluate_commands
 from sdtune_ui.cli.generate import add_generate_commands
 from sdtune_ui.cli.train import add_train_commands
 from sdtune_ui.errors import SdtuneError
@@ -22,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_commands(subparsers)
     add_dataset_commands(subparsers)
     add_generate_commands(subparsers)
+    add_evaluate_commands(subparsers)
     return parser
 
 

@@ -349,6 +349,14 @@ class _Scorer:
 
 
 # ---------------------------------------------------------------------------------------------- files
+def comparable(record: dict, settings: EvalSettings) -> bool:
+    """True when a record was measured like `settings` would measure (same images, same feature models)."""
+    same = ("num_images", "seed", "inference_steps", "guidance", "scheduler", "size", "clip_model", "dino_model",
+            "fid_features", "loss_timesteps", "max_reference_images")
+    recorded = record.get("settings") or {}
+    return all(recorded.get(name) == getattr(settings, name) for name in same)
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The records of metrics.jsonl, base first then by step (an unreadable line is skipped)."""
     path = Path(run_dir) / METRICS_FILE
@@ -413,7 +421,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str | Sequence[int] = "all
     write_metrics(run.path, records)
     if progress is not None:
         progress("Evaluation finished", 1.0)
-    scored = [r for r in read_metrics(run.path) if r["source"] != "base" or include_base]
+    scored = [r for r in read_metrics(run.path) if comparable(r, settings)]
     best = best_checkpoint(scored, default_metric(settings.metrics), max_drift=settings.max_drift)
     return EvaluationResult(run.path, records, best, settings, time.perf_counter() - started)
 

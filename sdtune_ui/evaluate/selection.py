@@ -65,8 +65,9 @@ class BestCheckpoint:
         return {**asdict(self), "label": self.label}
 
 
-def best_checkpoint(records: Sequence[dict], metric: str = "dino", *, max_drift: float = 0.05) -> BestCheckpoint | None:
-    """The best scored checkpoint (records as in metrics.jsonl), or None when none has the metric."""
+def choose_best(records: Sequence[dict], metric: str = "dino", *,
+                max_drift: float = 0.05) -> tuple[dict, str] | None:
+    """(the best record, why) among scored records (as in metrics.jsonl), or None when none has the metric."""
     key = metric_key(metric)
     higher = HIGHER_IS_BETTER[key]
     candidates = [r for r in records if r.get("source") != "base" and r["metrics"].get(key) is not None]
@@ -98,7 +99,17 @@ def best_checkpoint(records: Sequence[dict], metric: str = "dino", *, max_drift:
     base_value = base["metrics"].get(key) if base else None
     if base_value is not None and goodness(chosen) <= (base_value if higher else -base_value):
         reason += f"; no better than the base model's {describe(key, base_value)}: it may not have learned the subject"
-    return BestCheckpoint(int(chosen["step"]), chosen["source"], key, float(chosen["metrics"][key]), reason)
+    return chosen, reason
+
+
+def best_checkpoint(records: Sequence[dict], metric: str = "dino", *, max_drift: float = 0.05) -> BestCheckpoint | None:
+    """The best scored checkpoint of one run, with the reason (see the module's rule)."""
+    found = choose_best(records, metric, max_drift=max_drift)
+    if found is None:
+        return None
+    record, reason = found
+    key = metric_key(metric)
+    return BestCheckpoint(int(record["step"]), record["source"], key, float(record["metrics"][key]), reason)
 
 
 def _label(record: dict) -> str:
