@@ -139,6 +139,11 @@ def export_run(run_dir: str | Path, format: str, out_dir: str | Path, *, step: i
         single_file()
 
     if model_card:
+        from sdtune_ui.evaluate.report import card_section
+
+        evaluation = card_section(run_dir, step)   # the scores of `evaluate`, when it was run
+        if evaluation:
+            notes.append(evaluation)
         files = _card_files(written, out)
         samples = _samples(RunDir(Path(run_dir)), out)
         card = build_model_card(config, files=files, samples=samples, family=family, repo_id=repo_id, notes=notes,

@@ -1,0 +1,54 @@
+"""Scores as people read them: the model card's Evaluation section and rows for a plot over steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sdtune_ui.evaluate.evaluation import read_metrics
+from sdtune_ui.evaluate.selection import HIGHER_IS_BETTER, promoted_step
+
+LABELS = {"dino": "subject fidelity, DINO", "clip_i": "subject fidelity, CLIP-I", "clip_t": "prompt fidelity, CLIP-T",
+          "class_preservation": "class preservation", "class_drift": "class drift toward the subject",
+          "fid": "FID vs training images", "kid": "KID vs training images", "loss": "held-out denoising loss",
+          "loss_class": "held-out loss, class images"}
+
+
+def metric_rows(run_dir: str | Path) -> list[dict]:
+    """One row per (scored target, metric) for a plot over steps: {step, source, metric, value}."""
+    return [{"step": r["step"], "source": r["source"], "metric": name, "value": value}
+            for r in read_metrics(run_dir) for name, value in r["metrics"].items() if value is not None]
+
+
+def card_section(run_dir: str | Path, step: int | None = None) -> str | None:
+    """Markdown for the model card: the exported target's scores beside the base model's, or None."""
+    records = read_metrics(run_dir)
+    promoted = promoted_step(run_dir) if step is None else None
+    if step is None and promoted is None:
+        target = next((r for r in records if r["source"] == "output"), None)
+    else:
+        wanted = step if step is not None else promoted
+        target = next((r for r in records if r["source"] == "checkpoint" and r["step"] == wanted), None)
+    if target is None:
+        return None
+    base = next((r for r in records if r["source"] == "base" and r.get("settings") == target.get("settings")), None)
+    rows = ["| metric | this model | base model |", "|---|---|---|"]
+    for key, label in LABELS.items():
+        value = target["metrics"].get(key)
+        if value is None:
+            continue
+        arrow = "higher is better" if HIGHER_IS_BETTER[key] else "lower is better"
+        base_value = base["metrics"].get(key) if base else None
+        rows.append(f"| {label} ({arrow}) | {value:.4f} | {'-' if base_value is None else f'{base_value:.4f}'} |")
+    images, settings = target.get("images", {}), target.get("settings", {})
+    prompts = target.get("prompts", {})
+    features = ", ".join(v for v in (target.get("features") or {}).values() if v)
+    lines = ["## Evaluation", "",
+             f"Measured by sdtune_ui at step {target['step']} on {images.get('per_prompt', '?')} images per prompt "
+             f"(seed {settings.get('seed', 0)}, {settings.get('inference_steps', '?')} steps) for "
+             + ", ".join(f"`{p}`" for p in [*prompts.get("subject", []), prompts.get("class", "")] if p)
+             + f", compared with {images.get('training', '?')} training images"
+             + (f" ({features})." if features else "."), "", *rows]
+    caveat = (target.get("fid_kid") or {}).get("caveat")
+    if caveat:
+        lines += ["", caveat]
+    return "\n".join(lines)
