@@ -106,7 +106,8 @@ class Trial:
 
     @property
     def name(self) -> str:
-        return f"lr-{self.learning_rate:g}" + (f"-rank-{self.rank}" if self.rank is not None else "")
+        # A plain folder name (the app accepts only letters, digits, '.', '-', '_'): 1e+06 -> 1e06.
+        return f"lr-{self.learning_rate:g}".replace("+", "") + (f"-rank-{self.rank}" if self.rank is not None else "")
 
     @property
     def label(self) -> str:
