@@ -2,11 +2,18 @@
 
     runs/<run-id>/
       config.json      the validated TrainConfig
-      events.jsonl     one JSON object per line: {"t", "kind": step|sample|checkpoint|log|status, ...}
+      events.jsonl     one JSON object per line: {"t", "kind": step|sample|checkpoint|output|metric|log|status, ...}
       samples/         validation images, named by step
       checkpoints/     step-N/ folders, written under a temporary name and renamed when complete
-      output/          the final artifacts in standard formats
+      output/          the final artifacts in standard formats (PROMOTED.json when a checkpoint was made the output)
+      output-final/    the trained final output, kept when a checkpoint was promoted to output/
+      metrics.jsonl    scores per checkpoint from `evaluate` (sdtune_ui/evaluate), one line per (source, step)
+      eval/            the images those scores were measured on, per checkpoint (base/, step-N/, final/)
       CANCEL           present when someone asked the run to stop (checked every step)
+
+Event kinds beyond the loop's own: `metric` {"step", "source": base|checkpoint|output|training, "metrics":
+{name: value}} is written by `evaluate` for each scored checkpoint and, with `eval_steps`, by the trainer
+(held-out loss); `output` also records a promoted checkpoint ({"files", "promoted_from_step", "reason"}).
 
 Front ends never hold the truth about a run: they read this folder, so reloads, restarts and runs
 started elsewhere all look the same.

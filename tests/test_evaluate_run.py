@@ -130,3 +130,26 @@ def test_promote_refuses_a_running_run(run):
     run.events().emit("status", status="running")
     with pytest.raises(SdtuneError, match="still training"):
         promote_checkpoint(run.path, 3)
+
+
+def test_app_entry_points_run_through_the_job_queue(run):
+    from sdtune_ui.app.evaluation import run_metrics, submit_evaluation, use_checkpoint
+    from sdtune_ui.app.jobs import JobQueue
+
+    jobs = JobQueue()
+    try:
+        runs_dir, run_id = run.path.parent, run.path.name
+        assert run_metrics(runs_dir, run_id) == {"rows": [], "best": None, "promoted_from_step": None}
+        job = submit_evaluation(jobs, runs_dir, run_id, EvalSettings(metrics=("dino", "loss"), **FAST_EVAL))
+        assert job.wait(120) and job.error is None, job.error
+        shown = run_metrics(runs_dir, run_id)
+        assert {(r["source"], r["step"], r["metric"]) for r in shown["rows"]} == {
+            (source, step, metric) for source, step in (("base", 0), ("checkpoint", 3), ("output", 6))
+            for metric in ("dino", "loss")}
+        assert shown["best"]["reason"].startswith("highest subject fidelity")
+        assert use_checkpoint(runs_dir, run_id, 3) == ["pytorch_lora_weights.safetensors"]
+        assert run_metrics(runs_dir, run_id)["promoted_from_step"] == 3
+        with pytest.raises(SdtuneError, match="not a run id"):
+            run_metrics(runs_dir, "../elsewhere")
+    finally:
+        jobs.close()

@@ -153,3 +153,27 @@ def test_sweep_settings_are_checked_before_anything_runs(tmp_path):
     assert spec.steps == [200, 400, 800] and spec.checkpoint_every == 200 and "clip-t" in spec.settings.metrics
     configs = [spec.trial_config(t) for t in spec.trials()]
     assert [(c.rank, c.lora_alpha, c.max_train_steps) for c in configs] == [(4, 8, 800), (16, 32, 800)]
+
+
+def test_a_sweep_job_in_the_queue_is_cancelled_through_the_job(tmp_path):
+    from sdtune_ui.app.evaluation import estimate, list_sweeps, new_sweep_dir, submit_sweep, sweep_result
+    from sdtune_ui.app.jobs import JobQueue
+
+    runs_dir = tmp_path / "runs"
+    spec = SweepSpec(TrainConfig(**BASE), [1e-3, 1e-2], [1, 2], new_sweep_dir(runs_dir),
+                     settings=EvalSettings(metrics=("loss",), **FAST_EVAL))
+    assert estimate(spec, seconds_per_step=0.5, seconds_per_evaluation=2.0) == {
+        "trials": 2, "train_steps": 4, "evaluations": 5, "images_per_evaluation": 6, "seconds": 12.0}
+    jobs = JobQueue()
+    box = []
+    try:
+        # The job is cancelled (as the app's Cancel button would) once its first trial has trained.
+        job = submit_sweep(jobs, spec, progress=lambda u: jobs.cancel_job(box[0]) if u.phase == "evaluate" else None)
+        box.append(job)
+        assert job.wait(120) and job.error is None, job.error
+    finally:
+        jobs.close()
+    assert job.result["status"] == "cancelled" and [t["name"] for t in job.result["trials"]] == ["lr-0.001"]
+    assert list_sweeps(runs_dir) == [spec.out_dir.name]
+    data, heatmap = sweep_result(runs_dir, spec.out_dir.name)
+    assert data == job.result and heatmap.exists()

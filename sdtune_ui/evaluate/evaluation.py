@@ -71,7 +71,7 @@ class EvalSettings:
         return self
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "metrics": list(self.metrics)}   # as JSON reads it back
 
     def generation_key(self) -> dict:
         return {k: getattr(self, k) for k in ("num_images", "seed", "inference_steps", "guidance", "scheduler",
