@@ -150,6 +150,9 @@ class TrainConfig:
     validation_inference_steps: int = _field(25, "Denoising steps of the sample images.", advanced=True)
     validation_seed: int = _field(0, "Seed of the sample images (same seed every time, to compare).",
                                   advanced=True)
+    eval_steps: int = _field(0, "Every N steps, the held-out denoising loss (the training loss on fixed noise and "
+                             "timesteps, for the training and class images) as a metric event; cheap, no images "
+                             "(0 = off). Image metrics: `evaluate` after the run.", advanced=True)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -211,7 +214,7 @@ class TrainConfig:
                 errors["num_class_images"] = "Prior preservation needs at least 1 class image."
         if self.snr_gamma < 0:
             errors["snr_gamma"] = "Must be 0 (off) or positive (5 is typical)."
-        if self.checkpointing_steps < 0 or self.validation_steps < 0 or self.log_every < 1:
+        if self.checkpointing_steps < 0 or self.validation_steps < 0 or self.eval_steps < 0 or self.log_every < 1:
             errors["checkpointing_steps"] = "Step intervals cannot be negative (log_every at least 1)."
         if not 0 < self.ema_decay < 1:
             errors["ema_decay"] = "Must be between 0 and 1 (0.9999 is typical)."

@@ -153,3 +153,24 @@ def test_app_entry_points_run_through_the_job_queue(run):
             run_metrics(runs_dir, "../elsewhere")
     finally:
         jobs.close()
+
+
+def test_eval_steps_logs_the_heldout_loss_that_evaluate_measures_too(tmp_path, engine):
+    from sdtune_ui.config import TrainConfig
+    from sdtune_ui.examples import EXAMPLE_DATASET
+    from sdtune_ui.train import train
+
+    config = TrainConfig(model="tiny-sd1", method="lora", data=str(EXAMPLE_DATASET), resolution=32,
+                         max_train_steps=4, checkpointing_steps=0, eval_steps=2, learning_rate=1e-2, log_every=1,
+                         validation_steps=0, instance_prompt="a photo of sks robot", with_prior_preservation=True,
+                         class_prompt="a photo of a robot", num_class_images=2, validation_inference_steps=2)
+    assert train(config, tmp_path / "run") == "completed"
+    run = RunDir(tmp_path / "run")
+    probes = [e for e in run.read_events() if e["kind"] == "metric"]
+    assert [(e["source"], e["step"]) for e in probes] == [("training", 2), ("training", 4)]
+    assert set(probes[0]["metrics"]) == {"loss", "loss_class"} and probes[0]["metrics"] != probes[1]["metrics"]
+    # The same fixed noise and timesteps as `evaluate`: the final probe equals the final output's score.
+    scored = evaluate_run(run.path, checkpoints="last", engine=engine,
+                          settings=EvalSettings(metrics=("loss",), **FAST_EVAL)).scores[-1]["metrics"]
+    assert scored["loss"] == pytest.approx(probes[-1]["metrics"]["loss"], abs=1e-4)
+    assert scored["loss_class"] == pytest.approx(probes[-1]["metrics"]["loss_class"], abs=1e-4)

@@ -82,17 +82,19 @@ def build_heldout_set(latents: torch.Tensor, prompts: Sequence[str], is_class: S
 
 @torch.no_grad()
 def heldout_loss(parts: Any, held: HeldOutSet, *, unet: Any = None, text_encoders: Sequence[Any] | None = None,
-                 batch_size: int = 8, expand_prompt: Callable[[str], str] | None = None) -> dict[str, float]:
+                 batch_size: int = 8, expand_prompt: Callable[[str], str] | None = None,
+                 dtype: torch.dtype | None = None) -> dict[str, float]:
     """{"loss": mean over training images, "loss_class": mean over class images (when there are any)}.
 
     `parts` is a ModelParts (family, tokenizers, noise scheduler); `unet` / `text_encoders` default to its
-    own and may be wrapped ones (the trainer's). Deterministic: same weights and set -> same numbers.
+    own. `dtype`: the UNet's input dtype (default: its first parameter's; mixed-precision training passes the
+    compute dtype and runs this under autocast). Deterministic: same weights and set -> same numbers.
     """
     family, scheduler = parts.family, parts.noise_scheduler
     unet = unet if unet is not None else parts.unet
     encoders = list(text_encoders) if text_encoders is not None else list(parts.text_encoders)
     first = next(unet.parameters())
-    device, dtype = first.device, first.dtype
+    device, dtype = first.device, dtype or first.dtype
     was_training = unet.training
     unet.eval()
     conditioning = {}
@@ -128,3 +130,37 @@ def heldout_loss(parts: Any, held: HeldOutSet, *, unet: Any = None, text_encoder
     if flags.any():
         result["loss_class"] = float(by_image[flags].mean())
     return result
+
+
+class TrainingProbe:
+    """The held-out loss during training (`eval_steps`): the set is built once from the trainer's prepared
+    images (its latent cache when there is one), then scored on the trainer's own modules.
+
+    Runs on the main process with the plain modules (a DDP replica holds the same weights); a sharded (FSDP)
+    UNet needs every process for each forward, so there it is not measured.
+    """
+
+    MAX_IMAGES = 16
+
+    def __init__(self, trainer: Any):
+        data, parts = trainer.data, trainer.parts
+        bucket = data.items[0].bucket
+        items = [it for it in data.items if it.bucket == bucket][: self.MAX_IMAGES]
+        class_items = [it for it in data.class_items if it.bucket == bucket][: self.MAX_IMAGES]
+        chosen = items + class_items
+        if trainer.latent_cache is not None:
+            latents = torch.stack([trainer.latent_cache[trainer._cache_index[id(it)]][0] for it in chosen]).float()
+        else:
+            latents = encode_pixels(parts.vae, torch.stack([it.pixels[0] for it in chosen]))
+        config = trainer.config.to_dict()
+        prompts = [config["class_prompt"] if it.is_class else loss_prompt(config, it.caption) for it in chosen]
+        self.held = build_heldout_set(latents, prompts, [it.is_class for it in chosen],
+                                      num_train_timesteps=parts.noise_scheduler.config.num_train_timesteps,
+                                      pixel_size=(bucket[1], bucket[0]), seed=trainer.config.seed)
+
+    def __call__(self, trainer: Any) -> dict[str, float]:
+        from sdtune_ui.train import speed
+
+        with speed.eager(), trainer.accelerator.autocast():
+            return heldout_loss(trainer.parts, self.held, expand_prompt=trainer.method.expand_prompt,
+                                dtype=trainer.weight_dtype if trainer.accelerator.mixed_precision != "no" else None)

@@ -51,6 +51,7 @@ class Trainer:
         self.events = events
         self.cancel = cancel or (lambda: False)
         self.step = 0
+        self.probe = None  # the held-out loss set of eval_steps, built on first use
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -360,6 +361,8 @@ class Trainer:
                 self.save_checkpoint()
             if validation_due and not at_end:
                 self.validate()
+            if cfg.eval_steps and (self.step % cfg.eval_steps == 0 or at_end):
+                self.heldout_loss()
 
     def _asked_to_cancel(self) -> bool:
         """The caller's cancel flag or the run folder's CANCEL file (written by the app or a terminal)."""
@@ -424,6 +427,16 @@ class Trainer:
             module.to("cpu")
         for model in self.wrapped_models:
             model.train()
+
+    @torch.no_grad()
+    def heldout_loss(self) -> None:
+        """`eval_steps`: the loss on fixed noise for the training (and class) images, as a `metric` event."""
+        from sdtune_ui.evaluate.heldout import TrainingProbe
+
+        if not self.accelerator.is_main_process or self.sharded:
+            return
+        self.probe = self.probe or TrainingProbe(self)
+        self.emit("metric", step=self.step, source="training", metrics=self.probe(self))
 
     def save_checkpoint(self) -> None:
         acc = self.accelerator
