@@ -187,3 +187,16 @@ def test_heatmap_colours_cells_and_outlines_the_best():
     assert sum(cell(0, 0)) < sum(cell(1, 1))                           # worst dark, best bright
     border = image.getpixel((hm.LABEL_W + hm.CELL_W + 1, hm.HEADER_H + hm.CELL_H + 20))
     assert border == (220, 20, 60)
+
+
+def test_feature_models_load_from_folders_and_refuse_the_wrong_kind(tmp_path):
+    from sdtune_ui.errors import ModelLoadError
+    from sdtune_ui.evaluate.features import DinoFeatures, load_extractor
+    from sdtune_ui.evaluate.tiny import tiny_feature_model_path
+
+    folder = tiny_feature_model_path("tiny-dino")            # a saved model, as a downloaded one would be
+    assert isinstance(load_extractor("dino", str(folder), "cpu"), DinoFeatures)
+    with pytest.raises(ModelLoadError, match="not DINOv2"):
+        load_extractor("dino", str(tiny_feature_model_path("tiny-clip")), "cpu")
+    with pytest.raises(ModelLoadError, match="tiny-clip / tiny-dino"):
+        load_extractor("clip", "nobody/no-such-clip", "cpu")

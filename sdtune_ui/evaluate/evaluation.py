@@ -223,12 +223,11 @@ class _Scorer:
         self.fid_features = self._fid_features() if wanted & {"fid", "kid"} else None
 
     def _fid_features(self) -> FeatureExtractor | str:
-        choice = self.settings.fid_features
-        if choice == "auto":
-            import importlib.util
+        from sdtune_ui.evaluate.metrics import inception_available
 
-            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-            choice = "inception" if importlib.util.find_spec("torch_fidelity") and not offline else "dino"
+        choice = self.settings.fid_features
+        if choice == "auto":  # Inception when torch-fidelity and its weights are at hand, else DINO
+            choice = "inception" if os.environ.get("HF_HUB_OFFLINE") != "1" and inception_available() else "dino"
         if choice == "inception":
             return "inception"
         return self.models.get(choice, self.settings.dino_model if choice == "dino" else self.settings.clip_model)

@@ -141,6 +141,19 @@ def _inception_metrics(subset_size: int) -> tuple[Any, Any]:
                           "FID/KID on DINO or CLIP features (--fid-features dino).") from err
 
 
+def inception_available() -> bool:
+    """True when torch-fidelity is installed and its Inception weights load (downloaded on first use)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch_fidelity") is None:
+        return False
+    try:
+        _inception_metrics(2)
+    except SdtuneError:
+        return False
+    return True
+
+
 def distribution_distance(real: Sequence[Any], generated: Sequence[Any], features: FeatureExtractor | str,
                           *, which: Sequence[str] = ("fid", "kid"), seed: int = 0) -> DistributionDistance:
     """FID and KID of `generated` against `real` images (torchmetrics), on Inception or an extractor's features.
