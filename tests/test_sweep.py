@@ -14,6 +14,7 @@ from PIL import Image
 
 from sdtune_ui.app.ops import safe_name
 from sdtune_ui.config import TrainConfig
+from sdtune_ui.errors import SdtuneError
 from sdtune_ui.evaluate import EvalSettings
 from sdtune_ui.evaluate.sweep import SweepSpec, promote_sweep, read_sweep, run_sweep
 from sdtune_ui.examples import EXAMPLE_DATASET
@@ -72,6 +73,14 @@ def test_a_two_by_three_sweep_trains_one_run_per_rate_and_scores_every_step(grid
     timing = data["timing"]
     assert timing["train_s"] > 0 and timing["evaluate_s"] > 0 and 0 < timing["setup_s"] < timing["train_s"]
     assert all(t["seconds"]["setup"] is not None for t in data["trials"])
+    # The sweep again: completed trials are reused, not retrained; other settings in the same folder are refused.
+    again = run_sweep(SweepSpec(TrainConfig(**BASE), [1e-3, 1e-2], [2, 4, 6], out, metric="dino",
+                                settings=EvalSettings(metrics=("dino", "drift", "loss"), **FAST_EVAL)))
+    assert [t["reason"] for t in again["trials"]] == ["reused: this trial had already completed"] * 2
+    assert [(c["trial"], c["step"], c["value"]) for c in again["results"]] == [
+        (c["trial"], c["step"], c["value"]) for c in cells]
+    with pytest.raises(SdtuneError, match="already holds trial lr-0.001 with other settings"):
+        run_sweep(SweepSpec(TrainConfig(**{**BASE, "rank": 8}), [1e-3], [2], out))
     heatmap = Image.open(out / "heatmap.png")
     assert heatmap.size[0] >= 150 + 3 * 112 and heatmap.size[1] >= 64 + 2 * 56
 
@@ -142,8 +151,6 @@ def test_a_cancelled_sweep_stops_and_keeps_what_it_has(tmp_path):
 
 
 def test_sweep_settings_are_checked_before_anything_runs(tmp_path):
-    from sdtune_ui.errors import SdtuneError
-
     with pytest.raises(SdtuneError, match="learning rates above 0"):
         SweepSpec(TrainConfig(**BASE), [0.0], [10], tmp_path).validate()
     with pytest.raises(SdtuneError, match="ranks apply to LoRA"):

@@ -156,13 +156,23 @@ def _generate(engine: Any, model: str, artifacts: list, prompts: Sequence[str], 
                             allow_pickle=allow_pickle).images for prompt in prompts]
 
 
+def _model_stamp(model: str) -> int:
+    """A local model's modification time (a folder rebuilt or replaced under the same name is another model)."""
+    from sdtune_ui.models import resolve_model
+
+    path = Path(resolve_model(model)).expanduser()
+    marker = path / "model_index.json" if path.is_dir() else path
+    return marker.stat().st_mtime_ns if marker.exists() else 0
+
+
 def _base_images(engine: Any, model: str, prompts: EvalPrompts, settings: EvalSettings,
                  allow_pickle: bool) -> list[list[Any]]:
     """The base model's images, cached on disk per (model, prompts, generation settings, device)."""
     from PIL import Image
 
-    key = json.dumps({"model": model, "prompts": prompts.all(), **settings.generation_key(),
-                      "device": engine.device, "dtype": str(engine.dtype)}, sort_keys=True)
+    key = json.dumps({"model": model, "stamp": _model_stamp(model), "prompts": prompts.all(),
+                      **settings.generation_key(), "device": engine.device, "dtype": str(engine.dtype)},
+                     sort_keys=True)
     folder = cache_dir("eval_base") / hashlib.sha256(key.encode()).hexdigest()[:16]
     names = [[f"p{p}-seed-{settings.seed + i}.png" for i in range(settings.num_images)]
              for p in range(len(prompts.all()))]

@@ -164,6 +164,17 @@ def _setup_seconds(run: RunDir) -> float | None:
     return round(first - start, 2) if start is not None and first is not None else None
 
 
+def _check_earlier_trials(spec: SweepSpec, trials: list[Trial]) -> None:
+    """A trial folder from an earlier sweep is reused (completed) or resumed, but only with the same settings."""
+    from sdtune_ui.train.setup import apply_dataset_info
+
+    for trial in trials:
+        saved = RunDir(spec.out_dir / trial.name).config()
+        if saved and saved != apply_dataset_info(spec.trial_config(trial)).validate().to_dict():
+            raise SdtuneError(f"{spec.out_dir} already holds trial {trial.name} with other settings; choose a new "
+                              "sweep folder (--out) or delete that one.")
+
+
 def _run_trial(spec: SweepSpec, trial: Trial, train_fn: Callable[..., str],
                cancel: Callable[[], bool] | None) -> dict:
     import torch
@@ -171,7 +182,7 @@ def _run_trial(spec: SweepSpec, trial: Trial, train_fn: Callable[..., str],
     run = RunDir(spec.out_dir / trial.name)
     record: dict[str, Any] = {"name": trial.name, "learning_rate": trial.learning_rate, "rank": trial.rank,
                               "run_dir": str(run.path), "status": "", "reason": "", "seconds": {}}
-    if run.status() == "completed" and run.config().get("max_train_steps") == max(spec.steps):
+    if run.status() == "completed":
         record.update(status="completed", reason="reused: this trial had already completed")
         return record
     started = time.perf_counter()
@@ -220,9 +231,10 @@ def run_sweep(spec: SweepSpec, *, progress: Callable[[SweepProgress], None] | No
     trainer every step and between evaluations (a cancelled sweep still writes what it has).
     """
     spec.validate()
+    trials = spec.trials()
+    _check_earlier_trials(spec, trials)
     spec.out_dir.mkdir(parents=True, exist_ok=True)
     train_fn = train_fn or _train
-    trials = spec.trials()
     records: list[dict] = []
     cells: list[dict] = []
     base: dict | None = None
