@@ -260,13 +260,17 @@ class _Scorer:
         return self._held
 
     def _build_heldout(self) -> Any:
+        from sdtune_ui.config import TrainConfig
         from sdtune_ui.evaluate.heldout import build_heldout_set, encode_pixels, loss_prompt
+        from sdtune_ui.methods import make_method
         from sdtune_ui.models import detect_family
         from sdtune_ui.train.data import prepare_image
 
         pipe = self.engine.prepare(self.model, [], allow_pickle=self.allow_pickle)
         resolution = int(self.config.get("resolution") or 0) or detect_family(pipe).native_resolution
-        images = [(ex.image, loss_prompt(self.config, ex.caption), False) for ex in self.examples]
+        method = make_method(TrainConfig.from_dict(self.config))
+        images = [(ex.image, loss_prompt(method, self.config, ex.caption, i), False)
+                  for i, ex in enumerate(self.examples)]
         images += [(image, self.config["class_prompt"], True) for image in self._class_images(resolution)]
         rng = random.Random(0)
         pixels = torch.stack([prepare_image(image, (resolution, resolution), True, rng)[0] for image, _, _ in images])
@@ -352,9 +356,7 @@ class _Scorer:
 
         held = self.heldout()
         pipe = self.engine.prepare(self.model, artifacts, allow_pickle=self.allow_pickle)
-        convert = getattr(pipe, "maybe_convert_prompt", None)
-        expand = (lambda prompt: convert(prompt, pipe.tokenizer)) if convert else None
-        return heldout_loss(model_parts(pipe), held, expand_prompt=expand)
+        return heldout_loss(model_parts(pipe), held)
 
 
 # ---------------------------------------------------------------------------------------------- files

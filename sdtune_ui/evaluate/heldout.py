@@ -14,13 +14,11 @@ target), so SD1.x, SD2.x v-prediction and SDXL all work.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from sdtune_ui.train.data import OBJECT_TEMPLATES, STYLE_TEMPLATES
 
 DEFAULT_TIMESTEPS_PER_IMAGE = 4
 
@@ -41,17 +39,10 @@ class HeldOutSet:
         return len(self.timesteps) // max(1, len(self.prompts))
 
 
-def loss_prompt(config: dict, caption: str) -> str:
-    """The prompt an image was trained under (a fixed template for textual inversion's random ones)."""
-    instance = (config.get("instance_prompt") or "").strip()
-    if config.get("method") in ("textual_inversion", "pivotal"):
-        if instance:
-            return instance
-        if config.get("learnable_property") == "captions":
-            return caption
-        templates = STYLE_TEMPLATES if config.get("learnable_property") == "style" else OBJECT_TEMPLATES
-        return templates[0].format(config.get("placeholder_token", ""))
-    return instance or caption
+def loss_prompt(method: Any, config: dict, caption: str, index: int) -> str:
+    """The prompt an image trains under, as the method builds it (a template picked by a fixed seed for
+    textual inversion's random ones; multi-vector tokens expanded)."""
+    return method.prompt(config.get("instance_prompt") or caption, torch.Generator().manual_seed(index))
 
 
 @torch.no_grad()
@@ -82,8 +73,7 @@ def build_heldout_set(latents: torch.Tensor, prompts: Sequence[str], is_class: S
 
 @torch.no_grad()
 def heldout_loss(parts: Any, held: HeldOutSet, *, unet: Any = None, text_encoders: Sequence[Any] | None = None,
-                 batch_size: int = 8, expand_prompt: Callable[[str], str] | None = None,
-                 dtype: torch.dtype | None = None) -> dict[str, float]:
+                 batch_size: int = 8, dtype: torch.dtype | None = None) -> dict[str, float]:
     """{"loss": mean over training images, "loss_class": mean over class images (when there are any)}.
 
     `parts` is a ModelParts (family, tokenizers, noise scheduler); `unet` / `text_encoders` default to its
@@ -99,8 +89,7 @@ def heldout_loss(parts: Any, held: HeldOutSet, *, unet: Any = None, text_encoder
     unet.eval()
     conditioning = {}
     for prompt in dict.fromkeys(held.prompts):
-        text = expand_prompt(prompt) if expand_prompt else prompt
-        ids = family.tokenize(parts.tokenizers, [text])
+        ids = family.tokenize(parts.tokenizers, [prompt])
         ids = [token_ids.to(next(encoder.parameters()).device) for token_ids, encoder in zip(ids, encoders)]
         hidden, pooled = family.encode(encoders, ids)
         conditioning[prompt] = (hidden.to(device), None if pooled is None else pooled.to(device))
@@ -153,7 +142,8 @@ class TrainingProbe:
         else:
             latents = encode_pixels(parts.vae, torch.stack([it.pixels[0] for it in chosen]))
         config = trainer.config.to_dict()
-        prompts = [config["class_prompt"] if it.is_class else loss_prompt(config, it.caption) for it in chosen]
+        prompts = [config["class_prompt"] if it.is_class else loss_prompt(trainer.method, config, it.caption, i)
+                   for i, it in enumerate(chosen)]
         self.held = build_heldout_set(latents, prompts, [it.is_class for it in chosen],
                                       num_train_timesteps=parts.noise_scheduler.config.num_train_timesteps,
                                       pixel_size=(bucket[1], bucket[0]), seed=trainer.config.seed)
@@ -162,5 +152,5 @@ class TrainingProbe:
         from sdtune_ui.train import speed
 
         with speed.eager(), trainer.accelerator.autocast():
-            return heldout_loss(trainer.parts, self.held, expand_prompt=trainer.method.expand_prompt,
-                                dtype=trainer.weight_dtype if trainer.accelerator.mixed_precision != "no" else None)
+            mixed = trainer.accelerator.mixed_precision != "no"
+            return heldout_loss(trainer.parts, self.held, dtype=trainer.weight_dtype if mixed else None)
