@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from sdtune_ui.generate.overfitting import default_grid_prompts
+from sdtune_ui.methods import TOKENS, methods_with
 
 _COMMON = {"a", "an", "the", "of", "photo", "picture", "painting", "on", "in", "at", "with", "and"}
 
@@ -33,7 +34,7 @@ def class_noun(class_prompt: str) -> str:
 def identifier_words(subject: str, config: dict, noun: str) -> set[str]:
     """The words of the instance prompt that name the subject rather than the class (sks, <sks>)."""
     token = (config.get("placeholder_token") or "").strip()
-    if config.get("method") in ("textual_inversion", "pivotal") and token:
+    if config.get("method") in methods_with(TOKENS) and token:
         return {token}
     return {word for word in subject.split() if word not in _COMMON and word != noun and word not in noun.split()}
 

@@ -33,6 +33,7 @@ from sdtune_ui.config import TrainConfig
 from sdtune_ui.errors import Cancelled, SdtuneError
 from sdtune_ui.evaluate.evaluation import EvalSettings, evaluate_run
 from sdtune_ui.evaluate.selection import HIGHER_IS_BETTER, NAMES, choose_best, metric_key, promote_checkpoint
+from sdtune_ui.methods import ADAPTER
 from sdtune_ui.runs import RunDir
 
 SWEEP_FILE = "sweep.json"
@@ -57,7 +58,7 @@ class SweepSpec:
             problems.append("give one or more learning rates above 0, e.g. 5e-5,1e-4,2e-4")
         if not self.steps or any(s < 1 for s in self.steps):
             problems.append("give one or more step counts of at least 1, e.g. 200,400,800")
-        if self.ranks and not self.base.uses_lora:
+        if self.ranks and not self.base.has(ADAPTER):
             problems.append(f"ranks apply to LoRA methods; {self.base.method} has none")
         if any(r < 1 for r in self.ranks):
             problems.append("ranks must be at least 1")
