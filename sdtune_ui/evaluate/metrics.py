@@ -18,6 +18,7 @@ FID and KID (`distribution_distance`) compare the feature distributions of gener
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,6 +29,8 @@ from sdtune_ui.errors import SdtuneError
 from sdtune_ui.evaluate.features import FeatureExtractor
 
 Images = Sequence[Any] | torch.Tensor   # PIL images, or their (N, D) features
+# torchmetrics warns on every KID that it keeps all features in memory: true, and a few dozen rows here.
+warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save all extracted features")
 FID_CAVEAT = ("FID and KID here compare {generated} generated with {real} training images in {features} "
               "feature space. FID is biased upward with few images (its covariances need thousands for a stable "
               "value) and KID is unbiased but noisy at this size: compare numbers only between checkpoints and "
