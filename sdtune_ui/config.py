@@ -16,7 +16,7 @@ from typing import Any
 
 from sdtune_ui import methods
 from sdtune_ui.errors import ConfigError
-from sdtune_ui.methods import ADAPTER, DEFAULT_METHOD, FULL_WEIGHTS, TOKENS
+from sdtune_ui.methods import ADAPTER, DEFAULT_METHOD, TOKENS, UNET_WEIGHTS, adapters
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
@@ -78,13 +78,24 @@ class TrainConfig:
     ti_learning_rate: float = _field(0.0, "Learning rate of the token embeddings in pivotal tuning "
                                      "(0 = same as learning_rate).", advanced=True, needs=(TOKENS, ADAPTER))
 
-    # LoRA
-    rank: int = _field(4, "LoRA rank.", needs=(ADAPTER,))
-    lora_alpha: float = _field(0.0, "LoRA alpha (0 = same as rank, i.e. scale 1).", needs=(ADAPTER,))
-    lora_dropout: float = _field(0.0, "Dropout on the LoRA layers.", advanced=True, needs=(ADAPTER,))
+    # LoRA and its variants (the adapter types: methods/adapters)
+    adapter: str = _field(adapters.DEFAULT_ADAPTER, "Adapter type. " + "; ".join(
+                          cls.help for cls in adapters.adapter_classes()) + ".",
+                          choices=adapters.adapter_names(), needs=(ADAPTER,))
+    rank: int = _field(4, "LoRA rank (for every adapter type; LoKr: the rank of its low-rank factors).",
+                       needs=(ADAPTER,))
+    lora_alpha: float = _field(0.0, "LoRA alpha (0 = same as rank, i.e. scale 1); the scale is alpha / rank for "
+                               "every adapter type.", needs=(ADAPTER,))
+    lora_dropout: float = _field(0.0, "Dropout on the LoRA layers (LoKr/LoHa: rank dropout).", advanced=True,
+                                 needs=(ADAPTER,))
     lora_targets: str = _field("attention", "UNet layers that get LoRA: attention projections, plus "
                                "feed-forward, or all linear/conv layers of the transformer blocks and resnets.",
                                choices=LORA_TARGETS, advanced=True, needs=(ADAPTER,))
+    lokr_factor: int = _field(-1, "LoKr only: size of the small Kronecker factor of each layer (4-16; smaller "
+                              "learns more detail, larger makes smaller files), -1 = near-square (the smallest).",
+                              advanced=True, needs=(ADAPTER,))
+    decompose_both: bool = _field(False, "LoKr only: also make the small Kronecker factor low-rank (fewer weights).",
+                                  advanced=True, needs=(ADAPTER,))
     train_text_encoder: bool = _field(False, "Also train the text encoder(s) (LoRA on them for LoRA methods).")
 
     # Optimisation
@@ -110,9 +121,13 @@ class TrainConfig:
     max_grad_norm: float = _field(1.0, "Gradient clipping norm (0 = off).", advanced=True)
     mixed_precision: str = _field("no", "Mixed precision (bf16 on recent GPUs, fp16 on older ones).",
                                   choices=MIXED_PRECISION)
-    use_ema: bool = _field(False, "Keep an exponential moving average of the weights (full fine-tuning).",
-                           advanced=True, needs=(FULL_WEIGHTS,))
-    ema_decay: float = _field(0.9999, "EMA decay.", advanced=True, needs=(FULL_WEIGHTS,))
+    use_ema: bool = _field(False, "Keep an exponential moving average of the trained weights (the UNet's, or the "
+                           "adapters' for LoRA-like methods) and save the average as the result.", advanced=True,
+                           needs=(UNET_WEIGHTS,))
+    ema_decay: float = _field(0.9999, "EMA decay: 0.9999 for long full fine-tunes, 0.999 or lower for runs of a "
+                              "few thousand steps or less (the LoRA presets use 0.999; a decay the run is too short "
+                              "to reach acts like the warm-up curve (1+t)/(10+t)).", advanced=True,
+                              needs=(UNET_WEIGHTS,))
     seed: int = _field(0, "Random seed.")
     snr_gamma: float = _field(0.0, "Min-SNR loss weighting gamma (5 is typical; 0 = off).", advanced=True)
     noise_offset: float = _field(0.0, "Noise offset (helps very dark/bright images; 0.05-0.1).", advanced=True)
@@ -136,7 +151,7 @@ class TrainConfig:
                                 "picks blocks for SDXL and whole for SD1.x/2.x (measured fastest).",
                                 choices=("auto", "whole", "blocks"), advanced=True)
 
-    # Checkpoints, logging, validation
+    # Checkpoints, logging, validation, output
     checkpointing_steps: int = _field(500, "Save a resumable checkpoint every N steps (0 = only at the end).")
     checkpoints_total_limit: int = _field(0, "Keep at most this many checkpoints (0 = keep all).",
                                           advanced=True)
@@ -153,6 +168,9 @@ class TrainConfig:
     eval_steps: int = _field(0, "Every N steps, the held-out denoising loss (the training loss on fixed noise and "
                              "timesteps, for the training and class images) as a metric event; cheap, no images "
                              "(0 = off). Image metrics: `evaluate` after the run.", advanced=True)
+    tool_files: bool = _field(True, "Also write into output/ the files AUTOMATIC1111 and ComfyUI load (a kohya-format "
+                              "LoRA, an embedding named by its trigger word) and README.txt saying which file is for "
+                              "which tool.", advanced=True)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -164,8 +182,12 @@ class TrainConfig:
         return self.method in methods.method_names() and self.method_class.has(trait)
 
     def applies(self, name: str) -> bool:
-        """Whether the setting `name` means anything for this run's method."""
-        return field_applies(_FIELDS[name].metadata, self.method)
+        """Whether the setting `name` means anything for this run's method (and adapter type)."""
+        return setting_applies(name, self.method, self.adapter)
+
+    @property
+    def adapter_class(self) -> type[adapters.Adapter]:
+        return adapters.adapter_named(self.adapter)
 
     @property
     def effective_lora_alpha(self) -> float:
@@ -217,10 +239,12 @@ class TrainConfig:
         if self.checkpointing_steps < 0 or self.validation_steps < 0 or self.eval_steps < 0 or self.log_every < 1:
             errors["checkpointing_steps"] = "Step intervals cannot be negative (log_every at least 1)."
         if not 0 < self.ema_decay < 1:
-            errors["ema_decay"] = "Must be between 0 and 1 (0.9999 is typical)."
+            errors["ema_decay"] = "Must be between 0 and 1 (0.9999 for full fine-tuning, 0.999 for LoRA)."
         if self.method in methods.method_names():
             self._check_switches_apply(errors)
             self.method_class.check_settings(self, errors)
+            if self.has(ADAPTER) and self.adapter in adapters.adapter_names():
+                self.adapter_class.check_settings(self, errors)
         if errors:
             raise ConfigError(errors)
         return self
@@ -229,10 +253,14 @@ class TrainConfig:
         """A switch turned on that the method ignores is a mistake worth saying (e.g. EMA for textual inversion)."""
         for f in dataclasses.fields(self):
             if f.metadata["needs"] and getattr(self, f.name) is True and not self.applies(f.name):
-                users = ", ".join(methods.method_named(m).label for m in methods.method_names()
-                                  if field_applies(f.metadata, m))
-                needs = " and ".join(methods.TRAIT_TEXT[trait] for trait in f.metadata["needs"])
-                errors[f.name] = f"{f.name} applies to {needs} only ({users})."
+                if not field_applies(f.metadata, self.method):
+                    users = ", ".join(methods.method_named(m).label for m in methods.method_names()
+                                      if field_applies(f.metadata, m))
+                    needs = " and ".join(methods.TRAIT_TEXT[trait] for trait in f.metadata["needs"])
+                    errors[f.name] = f"{f.name} applies to {needs} only ({users})."
+                else:  # an adapter type's own switch
+                    owners = " and ".join(adapters.adapter_named(a).label for a in adapters.setting_owners()[f.name])
+                    errors[f.name] = f"{f.name} applies to the {owners} adapter only (adapter is {self.adapter})."
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -273,6 +301,15 @@ def field_applies(metadata: Mapping[str, Any], method: str) -> bool:
     return all(methods.method_named(method).has(trait) for trait in needs)
 
 
+def setting_applies(name: str, method: str, adapter: str | None = None) -> bool:
+    """Whether the setting `name` means anything for `method` and, for an adapter type's own setting (e.g. LoKr's
+    factor), for `adapter` (None: any adapter type)."""
+    if not field_applies(_FIELDS[name].metadata, method):
+        return False
+    owners = adapters.setting_owners().get(name)
+    return owners is None or adapter is None or adapter in owners
+
+
 # Memory-aware settings by GPU memory (GiB). Picked from measured peaks; see benchmarks/README.md.
 VRAM_PRESETS: dict[str, dict[str, Any]] = {
     "8 GB": dict(mixed_precision="fp16", gradient_checkpointing=True, train_batch_size=1, optimizer="adamw8bit"),
@@ -288,17 +325,22 @@ def method_presets() -> dict[str, dict[str, Any]]:
     return {cls.name: dict(cls.preset) for cls in methods.method_classes()}
 
 
-def preset_values(method: str | None = None, vram: str | None = None) -> dict[str, Any]:
-    """The settings presets change: the method's recommended values, then the memory preset's (in that order).
+def preset_values(method: str | None = None, vram: str | None = None, adapter: str | None = None) -> dict[str, Any]:
+    """The settings presets change: the method's recommended values, its adapter type's adjustments (for methods
+    that train adapters), then the memory preset's (in that order).
 
     The one place presets are merged: TrainConfig presets, the CLI's --preset and the app's preset buttons.
     """
     values: dict[str, Any] = dict(methods.method_named(method).preset) if method else {}
+    if method and adapter and methods.method_named(method).has(ADAPTER):
+        values.update(adapters.adapter_named(adapter).preset)
     if vram:
         values.update(VRAM_PRESETS[vram])
     return values
 
 
 def preset(method: str, vram: str | None = None, **overrides: Any) -> TrainConfig:
-    """A config with the method's recommended defaults, optionally a memory preset, then overrides."""
-    return TrainConfig.from_dict({"method": method, **preset_values(method, vram), **overrides})
+    """A config with the method's (and its adapter type's) recommended defaults, optionally a memory preset, then
+    overrides."""
+    values = preset_values(method, vram, overrides.get("adapter"))
+    return TrainConfig.from_dict({"method": method, **values, **overrides})

@@ -17,12 +17,16 @@ import logging
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sdtune_ui import hub
 from sdtune_ui.errors import SdtuneError
-from sdtune_ui.generate.artifacts import run_artifacts
+from sdtune_ui.export.kohya import a1111_embedding_name
+from sdtune_ui.generate.artifacts import Artifact, artifacts_in_folder, run_artifacts
 from sdtune_ui.hub import scrub  # noqa: F401 - part of this module's API (tests, callers)
+from sdtune_ui.methods import adapters
 from sdtune_ui.methods.outputs import EMBEDDING, EMBEDDINGS_FILE, LORA, LORA_FILE, PIPELINE
 from sdtune_ui.runs import RunDir
 
@@ -68,7 +72,6 @@ def export_run(run_dir: str | Path, format: str, out_dir: str | Path, *, step: i
 
     Returns the written top-level paths, README.md (the model card) last.
     """
-    from sdtune_ui.export.kohya import save_a1111_embedding, save_kohya_lora
     from sdtune_ui.export.model_card import build_model_card, family_of
 
     if format not in FORMATS:
@@ -84,21 +87,25 @@ def export_run(run_dir: str | Path, format: str, out_dir: str | Path, *, step: i
     notes: list[str] = []
     roles: dict[str, str] = {}   # which written file is the LoRA / the embedding, for the card's snippet
 
-    def kohya_lora() -> None:
-        unet_config = _unet_config(config) if family.kohya_ldm_unet_names else None
-        target = out / f"{name}.safetensors"
-        roles["lora_file"] = target.name
-        written.append(save_kohya_lora(by_kind[LORA].path, target, family=family,
-                                       fallback_alpha=float(config.get("lora_alpha") or config.get("rank") or 0)
-                                       or None, base_model=config.get("model", ""), unet_config=unet_config))
-        notes.append(f"`{target.name}` is a kohya-format LoRA for AUTOMATIC1111 / ComfyUI (`<lora:{name}:1>`).")
-
-    def a1111_embedding() -> None:
-        path, word = save_a1111_embedding(by_kind[EMBEDDING].path, out, token=config.get("placeholder_token"))
-        written.append(path)
-        roles["embedding_file"] = path.name
-        notes.append(f"`{path.name}` is the embedding for AUTOMATIC1111 / ComfyUI: write `{word}` in the prompt "
-                     f"there (diffusers uses `{config.get('placeholder_token', word)}`).")
+    def tool_files() -> None:
+        files = ToolFiles(config, family, name, out, unet_config=lambda: _unet_config(config))
+        if LORA in by_kind:
+            path, note = files.kohya_lora(by_kind[LORA])
+            written.append(path)
+            roles["lora_file"] = path.name
+            notes.append(f"`{path.name}` is {note}.")
+            adapter = adapters.adapter_for_file(by_kind[LORA].path)
+            if not adapter.diffusers_reads_kohya:  # diffusers users get the file diffusers (with peft) reads
+                source = Path(by_kind[LORA].path)
+                shutil.copy2(source, out / source.name)
+                written.append(out / source.name)
+                roles["lora_file"] = source.name
+                notes.append(f"`{source.name}` is the same {adapter.label} for {adapter.diffusers_hint()}.")
+        if EMBEDDING in by_kind:
+            path, note = files.a1111_embedding(by_kind[EMBEDDING])
+            written.append(path)
+            roles["embedding_file"] = path.name
+            notes.append(f"`{path.name}` is {note}.")
 
     def single_file() -> None:
         target = out / f"{name}.safetensors"
@@ -122,14 +129,9 @@ def export_run(run_dir: str | Path, format: str, out_dir: str | Path, *, step: i
         if LORA not in by_kind:
             raise SdtuneError("The kohya format is for LoRA runs; this run has no LoRA "
                               "(use a1111 for embeddings, single-file for full fine-tunes).")
-        kohya_lora()
-        if EMBEDDING in by_kind:
-            a1111_embedding()
+        tool_files()
     elif format == "a1111":
-        if LORA in by_kind:
-            kohya_lora()
-        if EMBEDDING in by_kind:
-            a1111_embedding()
+        tool_files()
         if PIPELINE in by_kind:
             single_file()
     else:  # single-file
@@ -154,6 +156,73 @@ def export_run(run_dir: str | Path, format: str, out_dir: str | Path, *, step: i
         if samples:
             written.insert(-1, out / "images")
     return written
+
+
+class ToolFiles:
+    """The files AUTOMATIC1111 and ComfyUI load, named apart: the LoRA after the run, the embedding after its
+    trigger word (A1111 takes the word from the file name), the LoRA renamed when the two would collide."""
+
+    def __init__(self, config: dict, family: Any, run_name: str, out: Path, *,
+                 unet_config: Callable[[], dict] | dict):
+        self.config, self.family, self.out = config, family, out
+        self._unet_config = unet_config
+        token = config.get("placeholder_token")
+        self.embedding_name = a1111_embedding_name(token) if token else None
+        self.lora_name = run_name if run_name != self.embedding_name else f"{run_name}_lora"
+
+    def kohya_lora(self, artifact: Artifact) -> tuple[Path, str]:
+        """The run's adapter file in kohya/LyCORIS keys; returns (path, which tools read it)."""
+        from sdtune_ui.export.kohya import save_kohya_lora
+
+        unet_config = None
+        if self.family.kohya_ldm_unet_names:
+            unet_config = self._unet_config() if callable(self._unet_config) else self._unet_config
+        target = self.out / f"{self.lora_name}.safetensors"
+        config = self.config
+        path = save_kohya_lora(artifact.path, target, family=self.family,
+                               fallback_alpha=float(config.get("lora_alpha") or config.get("rank") or 0) or None,
+                               base_model=config.get("model", ""), unet_config=unet_config)
+        return path, adapters.adapter_for_file(artifact.path).kohya_note(path.name)
+
+    def a1111_embedding(self, artifact: Artifact) -> tuple[Path, str]:
+        from sdtune_ui.export.kohya import save_a1111_embedding
+
+        path, word = save_a1111_embedding(artifact.path, self.out, token=self.config.get("placeholder_token"))
+        return path, (f"the embedding for AUTOMATIC1111 / ComfyUI: write `{word}` in the prompt there "
+                      f"(diffusers uses `{self.config.get('placeholder_token', word)}`)")
+
+
+def write_tool_files(run_dir: str | Path, config: dict, *, family: Any, unet_config: dict) -> list[Path]:
+    """At the end of a run: beside the diffusers files in output/, the files AUTOMATIC1111 and ComfyUI load and
+    README.txt saying which file is for which tool (TrainConfig.tool_files)."""
+    run = RunDir(Path(run_dir))
+    out = run.output_dir
+    found = artifacts_in_folder(out, config)
+    files = ToolFiles(config, family, _safe_name(run.path.name), out, unet_config=unet_config)
+    lines: list[tuple[str, str]] = []
+    written: list[Path] = []
+    for artifact in found:
+        source = Path(artifact.path)
+        if artifact.kind == LORA:
+            lines.append((source.name, adapters.adapter_for_file(source).diffusers_hint()))
+            path, note = files.kohya_lora(artifact)
+        elif artifact.kind == EMBEDDING:
+            lines.append((source.name, "diffusers (pipe.load_textual_inversion) and this app's Generate tab"))
+            path, note = files.a1111_embedding(artifact)
+        else:
+            lines.append(("model_index.json and its folders", "a diffusers pipeline (from_pretrained) and this "
+                          "app's Generate tab; for AUTOMATIC1111 / ComfyUI export it as one file: python -m "
+                          f"sdtune_ui export path/to/{run.path.name} --format single-file --out FOLDER"))
+            continue
+        written.append(path)
+        lines.append((path.name, note))
+    readme = out / "README.txt"
+    width = max(len(file) for file, _ in lines) if lines else 0
+    readme.write_text("Which file is for which tool\n\n" + "".join(
+        f"{file.ljust(width)}  {text}\n" for file, text in lines) + "\nEvery format, with a model card: "
+        f"python -m sdtune_ui export path/to/{run.path.name} --format diffusers|kohya|a1111|single-file "
+        "--out FOLDER\n")
+    return [*written, readme]
 
 
 def _card_files(written: list[Path], out: Path) -> list[str]:

@@ -1,25 +1,28 @@
-"""Community formats: kohya-style LoRA (AUTOMATIC1111, ComfyUI, SD.Next, InvokeAI) and A1111 embeddings.
+"""Community formats: kohya/LyCORIS adapter files (AUTOMATIC1111, ComfyUI, SD.Next, InvokeAI) and A1111 embeddings.
 
-LoRA keys are written the way kohya's sd-scripts writes them, since that is what those tools are built
-to read: `lora_unet_<module path with _>.lora_down.weight` / `.lora_up.weight` / `.alpha`, text encoder
-layers under `lora_te_` (SD1/SD2) or `lora_te1_` / `lora_te2_` (SDXL). sd-scripts names SD1/SD2 UNet
-modules by their diffusers path and SDXL ones by the original (sgm) path (`input_blocks_4_1_...`), so we
-do the same. diffusers' own `convert_state_dict_to_kohya` does the renaming; we add the alphas from the
-training settings (it assumes alpha = rank) and the SDXL path mapping.
+Module names are written the way kohya's sd-scripts writes them, since that is what those tools are built to
+read: `lora_unet_<module path with _>`, text encoder layers under `lora_te_` (SD1/SD2) or `lora_te1_` / `lora_te2_`
+(SDXL), with the `text_model_` level that transformers 4 had. sd-scripts names SD1/SD2 UNet modules by their
+diffusers path and SDXL ones by the original (sgm) path (`input_blocks_4_1_...`); the family says which. The
+tensors under each name come from the file's adapter type (methods/adapters): `lora_down.weight` /
+`lora_up.weight` / `alpha` for LoRA, plus `dora_scale` for DoRA, LyCORIS' `lokr_*` / `hada_*` and `alpha` for
+LoKr / LoHa, with the scale the adapter trained with (alphas from the file's metadata or the run's settings).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from sdtune_ui.errors import SdtuneError
 from sdtune_ui.families import Family
+from sdtune_ui.methods import adapters
+from sdtune_ui.methods.adapters.lora import peft_spelling
 
-LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # where diffusers stores peft's LoraConfig in a file
+LORA_ADAPTER_METADATA_KEY = adapters.METADATA_KEY  # where diffusers stores peft's config in a file
 
 
 def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -29,22 +32,6 @@ def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
         return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
 
 
-def lora_alphas(metadata: dict[str, str], fallback_alpha: float | None) -> dict[str, float | None]:
-    """lora_alpha per model prefix ("unet", "text_encoder", ...) from diffusers' file metadata, else the fallback."""
-    alphas: dict[str, float | None] = {}
-    raw = metadata.get(LORA_ADAPTER_METADATA_KEY)
-    if raw:
-        try:
-            parsed = json.loads(raw)
-        except json.JSONDecodeError:
-            parsed = {}
-        for key, value in parsed.items():
-            prefix, _, name = key.partition(".")
-            if name == "lora_alpha":
-                alphas[prefix] = float(value)
-    return {"default": fallback_alpha, **alphas}
-
-
 def _sgm_module_path(module: str, unet_config: dict) -> str:
     """diffusers UNet module path -> the original (sgm) path kohya uses for SDXL."""
     from sdtune_ui.export.single_file import unet_key_to_ldm
@@ -52,56 +39,51 @@ def _sgm_module_path(module: str, unet_config: dict) -> str:
     return unet_key_to_ldm(module + ".weight", unet_config).removesuffix(".weight")
 
 
-def _peft_key(key: str) -> str:
-    """Normalise a diffusers LoRA key to peft naming with the original text-encoder paths.
+def kohya_module_name(component: str, module: str, *, family: type[Family] | Family,
+                      unet_config: dict | None = None) -> str:
+    """A diffusers module path of one component -> the module name kohya-format files use for it."""
+    if component == "unet":
+        if family.kohya_ldm_unet_names:
+            if unet_config is None:
+                raise SdtuneError(f"Converting a {family.label} LoRA needs the base model's UNet config.")
+            module = _sgm_module_path(module, unet_config)
+        prefix = "lora_unet"
+    else:
+        # One text encoder: sd-scripts and A1111 say lora_te_; SDXL's two are lora_te1_ and lora_te2_.
+        prefix = "lora_te2" if component == "text_encoder_2" else (
+            "lora_te" if family.text_encoder_count == 1 else "lora_te1")
+        if not module.startswith(("text_model.", "text_projection.")):
+            module = f"text_model.{module}"
+    return f"{prefix}_{module.replace('.', '_')}"
 
-    diffusers files mix spellings (`lora_A` for the UNet, `lora_linear_layer.down` for text encoders),
-    and transformers 5 dropped the `text_model.` wrapper that kohya names (and older files) keep.
-    """
-    for old, new in ((".lora_linear_layer.down.", ".lora_A."), (".lora_linear_layer.up.", ".lora_B."),
-                     (".lora.down.", ".lora_A."), (".lora.up.", ".lora_B.")):
-        key = key.replace(old, new)
-    match = re.match(r"(text_encoder(?:_2)?)\.(.+)", key)
-    if match and not match.group(2).startswith(("text_model.", "text_projection.")):
-        key = f"{match.group(1)}.text_model.{match.group(2)}"
-    return key
 
-
-def diffusers_lora_to_kohya(state: dict[str, torch.Tensor], *, family: type[Family], alphas: dict[str, float | None],
-                            unet_config: dict | None = None) -> dict[str, torch.Tensor]:
-    """A diffusers/peft LoRA state dict (`unet.<module>.lora_A.weight` ...) -> kohya keys with alphas."""
-    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
-
-    peft_state = {_peft_key(key): value for key, value in state.items()}
-    if not any(".lora_A." in key for key in peft_state):
-        raise SdtuneError("This file is not a diffusers/peft LoRA (no lora_A weights); nothing to convert.")
-    if family.kohya_ldm_unet_names:
-        if unet_config is None:
-            raise SdtuneError(f"Converting a {family.label} LoRA needs the base model's UNet config.")
-        renamed = {}
-        for key, value in peft_state.items():
-            if key.startswith("unet."):
-                module, _, tail = key[len("unet."):].partition(".lora_")
-                key = f"unet.{_sgm_module_path(module, unet_config)}.lora_{tail}"
-            renamed[key] = value
-        peft_state = renamed
-    kohya = convert_state_dict_to_kohya(peft_state)
+def adapter_to_kohya(state: dict[str, torch.Tensor], configs: dict[str, dict[str, Any]],
+                     adapter: type[adapters.Adapter], *, family: type[Family] | Family,
+                     fallback_alpha: float | None = None, unet_config: dict | None = None) -> dict[str, torch.Tensor]:
+    """A diffusers-format adapter file's tensors (`unet.<module>.<suffix>` ...) -> kohya/LyCORIS keys."""
+    peft_state = {peft_spelling(key): value for key, value in state.items()}
+    try:
+        modules = adapters.group_modules(peft_state, adapter.tensor_suffixes)
+    except ValueError as err:
+        raise SdtuneError(f"This file is not a diffusers/peft {adapter.label} file ({err}); nothing to "
+                          "convert.") from err
     out: dict[str, torch.Tensor] = {}
-    for key, value in kohya.items():
-        if family.text_encoder_count == 1:
-            key = re.sub(r"^lora_te1_", "lora_te_", key)  # one text encoder: sd-scripts and A1111 say lora_te_
-        if key.endswith(".alpha"):
-            down = out.get(key.replace(".alpha", ".lora_down.weight"))
-            model = "unet" if key.startswith("lora_unet_") else (
-                "text_encoder_2" if key.startswith("lora_te2_") else "text_encoder")
-            alpha = alphas.get(model) or alphas.get("default")
-            rank = down.shape[0] if down is not None else float(value)
-            value = torch.tensor(float(alpha if alpha else rank))
-        out[key] = value.contiguous()
+    for (component, module), tensors in modules.items():
+        config = dict(configs.get(component, {}))
+        if fallback_alpha and not config.get(adapter.alpha_field):
+            config[adapter.alpha_field] = fallback_alpha   # files without metadata: the run's settings
+        name = kohya_module_name(component, module, family=family, unet_config=unet_config)
+        try:
+            converted = adapter.kohya_tensors(tensors, config)
+        except ValueError as err:
+            raise SdtuneError(f"{name}: {err}") from err
+        for suffix, value in converted.items():
+            out[f"{name}.{suffix}"] = value.contiguous()
     return out
 
 
-def kohya_metadata(*, family: type[Family], rank: int, alpha: float | None, base_model: str) -> dict[str, str]:
+def kohya_metadata(*, family: type[Family] | Family, rank: int, alpha: float | None,
+                   base_model: str) -> dict[str, str]:
     """The few `ss_*` fields A1111 and ComfyUI show in their LoRA browsers."""
     return {
         "ss_network_module": "networks.lora",
@@ -119,18 +101,25 @@ def lora_rank(state: dict[str, torch.Tensor]) -> int:
     return max(ranks) if ranks else 0
 
 
-def save_kohya_lora(source: str | Path, target: str | Path, *, family: type[Family], fallback_alpha: float | None,
-                    base_model: str = "", unet_config: dict | None = None) -> Path:
-    """Convert a diffusers LoRA file into a kohya-format `.safetensors` file."""
+def save_kohya_lora(source: str | Path, target: str | Path, *, family: type[Family] | Family,
+                    fallback_alpha: float | None, base_model: str = "", unet_config: dict | None = None) -> Path:
+    """Convert a diffusers-format adapter file (LoRA or a variant) into a kohya/LyCORIS `.safetensors` file."""
     from safetensors.torch import save_file
 
     state, metadata = read_lora_file(source)
-    alphas = lora_alphas(metadata, fallback_alpha)
-    kohya = diffusers_lora_to_kohya(state, family=family, alphas=alphas, unet_config=unet_config)
+    configs = adapters.component_configs(metadata)
+    adapter = adapters.adapter_for_keys(set(state), configs)
+    if adapter is None:
+        raise SdtuneError(f"{Path(source).name} holds no LoRA or other adapter weights; nothing to convert.")
+    kohya = adapter_to_kohya(state, configs, adapter, family=family, fallback_alpha=fallback_alpha,
+                             unet_config=unet_config)
+    unet_config_values = configs.get("unet", {})
+    alpha = unet_config_values.get(adapter.alpha_field) or fallback_alpha
+    meta = kohya_metadata(family=family, rank=int(unet_config_values.get("r") or lora_rank(state)),
+                          alpha=float(alpha) if alpha else None, base_model=base_model)
+    meta.update(adapter.kohya_network(unet_config_values))
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    meta = kohya_metadata(family=family, rank=lora_rank(state), alpha=alphas.get("unet") or alphas.get("default"),
-                          base_model=base_model)
     save_file(kohya, str(target), metadata=meta)
     return target
 

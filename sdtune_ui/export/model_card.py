@@ -11,15 +11,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sdtune_ui.config import field_applies, field_info
+from sdtune_ui.config import field_info, setting_applies
 from sdtune_ui.families import Family, family_of_model
-from sdtune_ui.methods import TOKENS, Method, method_named, method_names
+from sdtune_ui.methods import TOKENS, Method, adapters, method_named, method_names
 
 SETTINGS = ("method", "model", "data", "resolution", "max_train_steps", "train_batch_size",
             "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "optimizer", "mixed_precision",
-            "rank", "lora_alpha", "lora_targets", "train_text_encoder", "placeholder_token", "initializer_token",
-            "num_vectors", "instance_prompt", "class_prompt", "with_prior_preservation", "prior_loss_weight",
-            "snr_gamma", "use_ema", "seed")
+            "adapter", "rank", "lora_alpha", "lora_targets", "lokr_factor", "decompose_both", "train_text_encoder",
+            "placeholder_token", "initializer_token", "num_vectors", "instance_prompt", "class_prompt",
+            "with_prior_preservation", "prior_loss_weight", "snr_gamma", "use_ema", "ema_decay", "seed")
 
 
 def family_of(config: dict) -> type[Family]:
@@ -55,13 +55,14 @@ def settings_table(config: dict) -> str:
     fields = {f.name: f for f in field_info()}
     rows = ["| setting | value |", "|---|---|"]
     for name in SETTINGS:
-        applies = name in fields and (_method(config) is None or field_applies(fields[name].metadata, method))
+        applies = name in fields and (_method(config) is None or setting_applies(name, method, config.get("adapter")))
         if name not in config or not applies:
             continue
         value = config[name]
         if name == "lora_alpha":
             value = value or config.get("rank")   # 0 means "same as rank"
-        off = name in ("with_prior_preservation", "snr_gamma", "use_ema") and not value
+        off = name in ("with_prior_preservation", "snr_gamma", "use_ema", "decompose_both") and not value
+        off = off or (name == "ema_decay" and not config.get("use_ema"))
         no_prior = name == "prior_loss_weight" and not config.get("with_prior_preservation")
         if value in ("", None) or off or no_prior:
             continue
@@ -77,7 +78,7 @@ def _usage(family: type[Family], config: dict, *, pipeline: bool, lora_file: str
     lines = ["```python", "import torch", f"from diffusers import {pipeline_class}", "",
              f'pipe = {pipeline_class}.from_pretrained("{source}", torch_dtype=torch.float16).to("cuda")']
     if lora_file:
-        lines.append(f'pipe.load_lora_weights("REPO_ID", weight_name="{lora_file}")')
+        lines += adapters.adapter_of_run(config).usage_lines(lora_file)
     token = config.get("placeholder_token") or "<token>"
     if embedding_file:
         if family.text_encoder_count > 1:  # one set of vectors per text encoder
@@ -108,7 +109,7 @@ def build_model_card(config: dict, *, files: list[str], samples: list[tuple[str,
     method = config.get("method", "")
     method_class = _method(config)
     tags = ["text-to-image", "diffusers", "diffusers-training", *family.card_tags,
-            *(method_class.card_tags if method_class else ()), "sdtune_ui"]
+            *(method_class.card_tags_for(config) if method_class else ()), "sdtune_ui"]
     triggers = trigger_words(config)
     data = ModelCardData(
         base_model=_public_value("model", config.get("model", "")) or None,
@@ -133,7 +134,7 @@ def build_model_card(config: dict, *, files: list[str], samples: list[tuple[str,
 
 # {title}
 
-{gallery}A {method_class.summary if method_class else method} of {base_link}, trained with sdtune_ui.
+{gallery}A {method_class.card_summary(config) if method_class else method} of {base_link}, trained with sdtune_ui.
 
 ## Trigger words
 

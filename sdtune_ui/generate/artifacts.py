@@ -20,11 +20,11 @@ from typing import Any
 import torch
 
 from sdtune_ui.errors import ModelLoadError, SdtuneError
-from sdtune_ui.methods.outputs import EMBEDDING, EMBEDDINGS_FILE, KINDS, LORA, LORA_FILE, PIPELINE, PIPELINE_MARKER
-from sdtune_ui.models.loading import refuse_pickle
+from sdtune_ui.methods import adapters
+from sdtune_ui.methods.outputs import EMBEDDING, EMBEDDINGS_FILE, KINDS, LORA, PIPELINE, PIPELINE_MARKER
+from sdtune_ui.models.loading import read_state_dict
 from sdtune_ui.runs import RunDir
 
-_LORA_KEY = re.compile(r"lora[_.]")   # lora_A / lora_down / lora.up ...: a LoRA file's keys
 _materialize_lock = threading.Lock()
 
 
@@ -64,10 +64,8 @@ class RunArtifacts:
 def _lora_alpha_factor(lora_file: Path, config: dict) -> float:
     from safetensors import safe_open
 
-    from sdtune_ui.export.kohya import LORA_ADAPTER_METADATA_KEY
-
     with safe_open(str(lora_file), framework="pt") as handle:
-        if LORA_ADAPTER_METADATA_KEY in (handle.metadata() or {}):
+        if adapters.METADATA_KEY in (handle.metadata() or {}):
             return 1.0
     rank = float(config.get("rank") or 0)
     alpha = float(config.get("lora_alpha") or 0) or rank
@@ -81,9 +79,10 @@ def artifacts_in_folder(folder: str | Path, config: dict | None = None) -> list[
     found: list[Artifact] = []
     if (folder / PIPELINE_MARKER).exists():
         found.append(Artifact(PIPELINE, str(folder), label="fine-tuned model"))
-    if (folder / LORA_FILE).exists():
-        found.append(Artifact(LORA, str(folder / LORA_FILE), label="LoRA",
-                              alpha_factor=_lora_alpha_factor(folder / LORA_FILE, config)))
+    for name in adapters.adapter_file_names():   # a LoRA, or a variant's file (methods/adapters)
+        if (folder / name).exists():
+            found.append(Artifact(LORA, str(folder / name), label=adapters.adapter_for_file(folder / name).label,
+                                  alpha_factor=_lora_alpha_factor(folder / name, config)))
     if (folder / EMBEDDINGS_FILE).exists():
         token = config.get("placeholder_token") or embedding_token(folder / EMBEDDINGS_FILE)
         found.append(Artifact(EMBEDDING, str(folder / EMBEDDINGS_FILE), label=f"embedding {token}", token=token))
@@ -135,7 +134,7 @@ def materialize_checkpoint(run_dir: str | Path, step: int) -> Path:
         method = make_method(config)
         method.prepare(parts)
         method.load_trainable_state(parts, load_file(str(folder / "trainable.safetensors")))
-        _apply_ema(folder, config, parts)
+        _apply_ema(folder, config, method.ema_parameters(parts))
         # Written under a temporary name and renamed, like checkpoints: never half an artifact.
         partial = folder / f"artifact.partial-{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
@@ -148,8 +147,11 @@ def materialize_checkpoint(run_dir: str | Path, step: int) -> Path:
     return target
 
 
-def _apply_ema(folder: Path, config: Any, parts: Any) -> None:
-    """Full fine-tunes with EMA save the averaged weights as output; do the same for checkpoints."""
+def _apply_ema(folder: Path, config: Any, params: list[torch.nn.Parameter]) -> None:
+    """Runs with EMA save the averaged weights as output (the UNet's, or the adapters'); checkpoints do the same.
+
+    `params` is the method's averaged-weights list, built as in training, so the averages pair up by position.
+    """
     ema_path = folder / "ema.pt"
     if not (config.use_ema and ema_path.exists()):
         return
@@ -157,8 +159,11 @@ def _apply_ema(folder: Path, config: Any, parts: Any) -> None:
     shadow = state.get("shadow_params") if isinstance(state, dict) else None
     if not shadow:
         return
+    if len(shadow) != len(params) or any(s.shape != p.shape for s, p in zip(shadow, params)):
+        raise SdtuneError(f"{folder.name}: its EMA averages ({len(shadow)} tensors) do not match the "
+                          f"{len(params)} weights this run averages.")
     with torch.no_grad():
-        for param, value in zip(parts.unet.parameters(), shadow, strict=False):
+        for param, value in zip(params, shadow, strict=True):
             param.copy_(value.to(param.device, param.dtype))
 
 
@@ -179,18 +184,6 @@ def embedding_token(path: str | Path) -> str:
     return path.stem
 
 
-def read_state_dict(path: str | Path, *, allow_pickle: bool = False) -> dict[str, Any]:
-    """Tensors of a .safetensors file, or (only when allowed) of a pickle file, loaded as data only."""
-    path = Path(path)
-    refuse_pickle(path, allow_pickle)
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    # weights_only refuses arbitrary objects even when the user allowed pickle files.
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def classify_file(path: str | Path, *, allow_pickle: bool = False) -> str:
     """'lora' or 'embedding', from a file's keys (names lie; contents don't)."""
     state = read_state_dict(path, allow_pickle=allow_pickle)
@@ -198,7 +191,7 @@ def classify_file(path: str | Path, *, allow_pickle: bool = False) -> str:
     # Embedding layouts first: a diffusers embedding's single key is its token, which may contain "lora".
     if "string_to_param" in state or "emb_params" in state or {"clip_l", "clip_g"} <= set(keys) or len(keys) == 1:
         return EMBEDDING
-    if any(_LORA_KEY.search(key) for key in keys):
+    if adapters.adapter_for_keys(set(keys), {}) is not None:   # LoRA or a variant (methods/adapters)
         return LORA
     raise ModelLoadError(f"{Path(path).name} is neither a LoRA nor a textual-inversion embedding.")
 
@@ -221,7 +214,7 @@ def artifact_from_spec(spec: str, *, kind: str | None = None, allow_pickle: bool
             inner = [a for a in inner if a.kind == kind]
         if not inner:
             raise ModelLoadError(f"{path} holds no {kind or 'artifact'} "
-                                 f"({LORA_FILE}, {EMBEDDINGS_FILE} or a pipeline).")
+                                 f"({', '.join(adapters.adapter_file_names())}, {EMBEDDINGS_FILE} or a pipeline).")
         found = inner[0]
     elif path.is_file():
         found_kind = classify_file(path, allow_pickle=allow_pickle)

@@ -22,6 +22,8 @@ import torch
 from sdtune_ui.errors import ModelLoadError, SdtuneError
 from sdtune_ui.generate.artifacts import Artifact, read_state_dict
 from sdtune_ui.generate.options import GenerationOptions
+from sdtune_ui.methods import adapters
+from sdtune_ui.methods.adapters.lora import normalise_keys as _normalise_lora  # noqa: F401 - tests use it
 from sdtune_ui.methods.outputs import EMBEDDING, LORA, LORA_FILE, PIPELINE
 
 
@@ -96,29 +98,12 @@ def _adapter_name(artifact: Artifact) -> str:
     return "a" + hashlib.sha1(f"{path.resolve() if path.exists() else artifact.path}|{stamp}".encode()).hexdigest()[:12]
 
 
-def _normalise_lora(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Give every UNet key one spelling (peft's lora_A/lora_B).
-
-    diffusers' convert_state_dict_to_diffusers renames only attention layers, so a LoRA that also covers
-    convolutions or feed-forward layers is saved with two spellings; diffusers' loader then judges the
-    format from the first key and silently drops the other half. kohya files are left to diffusers.
-    """
-    if not any(key.startswith("unet.") for key in state):
-        return state
-    return {(key.replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B.")
-             if key.startswith("unet.") else key): value for key, value in state.items()}
-
-
-def _has_adapter_metadata(file: Path) -> bool:
-    """True for LoRA files that carry diffusers' adapter metadata (rank, alpha), e.g. ours since alpha is saved."""
-    if file.suffix != ".safetensors":
-        return False
-    from safetensors import safe_open
-
-    from sdtune_ui.export.kohya import LORA_ADAPTER_METADATA_KEY
-
-    with safe_open(str(file), framework="pt") as handle:
-        return LORA_ADAPTER_METADATA_KEY in (handle.metadata() or {})
+def _adapter_file(path: Path) -> Path:
+    """The adapter file itself, or the one a folder holds (a run's output/, an exported folder)."""
+    if not path.is_dir():
+        return path
+    found = [path / name for name in adapters.adapter_file_names() if (path / name).exists()]
+    return found[0] if found else path / LORA_FILE
 
 
 class GenerationEngine:
@@ -136,6 +121,7 @@ class GenerationEngine:
         self._embeddings: dict[str, list[str]] = {}     # artifact path -> its trigger tokens
         self._pristine_text: list[tuple[Any, int]] = []  # (tokenizer copy, vocab rows) before any embedding
         self._fused: tuple | None = None
+        self._disabled = False                          # every loaded adapter is at scale 0 (switched off)
 
     # ------------------------------------------------------------------------------------ models
     def load_model(self, model: str, *, allow_pickle: bool = False) -> Any:
@@ -162,6 +148,7 @@ class GenerationEngine:
         self._embeddings.clear()
         self._pristine_text = []
         self._fused = None
+        self._disabled = False
         from diffusers.training_utils import free_memory
 
         free_memory()
@@ -184,8 +171,9 @@ class GenerationEngine:
             self._unfuse()
             self._apply_embeddings([a for a in artifacts if a.kind == EMBEDDING], allow_pickle)
             self._apply_loras([a for a in artifacts if a.kind == LORA], allow_pickle)
-            if fuse and self._adapters:
-                names = list(self._adapters)
+            active = [name for name, a in self._adapters.items() if a.scale * a.alpha_factor != 0]
+            if fuse and active:
+                names = active
                 pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
                 self._fused = tuple(names)
             return pipe
@@ -207,22 +195,28 @@ class GenerationEngine:
             if name not in self._adapters:
                 self._load_lora(artifact, name, allow_pickle)
             self._adapters[name] = artifact
-        if wanted:
-            pipe.set_adapters(list(wanted), adapter_weights=[a.scale * a.alpha_factor for a in wanted.values()])
+        # Scale 0 switches an adapter off rather than scaling it to nothing: a DoRA at scale 0 would still apply its
+        # learned magnitudes.
+        active = {name: a.scale * a.alpha_factor for name, a in wanted.items() if a.scale * a.alpha_factor != 0}
+        if active:
+            if self._disabled:
+                pipe.enable_lora()
+                self._disabled = False
+            pipe.set_adapters(list(active), adapter_weights=list(active.values()))
+        elif self._adapters and not self._disabled:
+            pipe.disable_lora()
+            self._disabled = True
 
     def _load_lora(self, artifact: Artifact, name: str, allow_pickle: bool) -> None:
         path = Path(artifact.path)
         try:
             if path.exists():
-                file = path / LORA_FILE if path.is_dir() else path
-                if _has_adapter_metadata(file):
-                    # Loading by path lets diffusers read rank/alpha from the file's metadata.
-                    self.pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name)
-                else:
-                    state = _normalise_lora(read_state_dict(file, allow_pickle=allow_pickle))
-                    self.pipe.load_lora_weights(state, adapter_name=name)
-            else:  # a Hub repo id
-                self.pipe.load_lora_weights(artifact.path, adapter_name=name)
+                # The file's adapter type (LoRA or a variant, from its keys and metadata) knows how to apply it.
+                file = _adapter_file(path)
+                adapter = adapters.adapter_for_file(file, allow_pickle=allow_pickle)
+                adapter.apply(self.pipe, file, name, allow_pickle=allow_pickle)
+            else:  # a Hub repo id: diffusers downloads and reads it
+                adapters.adapter_named(adapters.DEFAULT_ADAPTER).apply_from_hub(self.pipe, artifact.path, name)
         except (ValueError, KeyError, RuntimeError, OSError) as err:
             raise ModelLoadError(
                 f"Could not apply the LoRA {artifact.label}: {err}. Check that it was trained for this base "

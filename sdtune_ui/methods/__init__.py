@@ -1,6 +1,6 @@
 """Training methods, one class each in a registry (see base.py). Import order is the order offered."""
 
-from sdtune_ui.methods import full, lora, pivotal, textual_inversion  # noqa: F401 - importing registers them
+from sdtune_ui.methods import adapters, full, lora, pivotal, textual_inversion  # noqa: F401 - importing registers them
 from sdtune_ui.methods.base import (
     ADAPTER,
     FULL_WEIGHTS,

@@ -58,7 +58,7 @@ class Method(ABC):
 
     name: ClassVar[str]
     label: ClassVar[str]                      # the method selector's text
-    summary: ClassVar[str]                    # the model card's "A <summary> of <base model>"
+    summary: ClassVar[str]                    # the model card's "A <summary> of <base model>"; {adapter}: its type
     traits: ClassVar[frozenset[str]]
     preset: ClassVar[dict[str, Any]] = {}     # recommended settings (from papers and diffusers' examples)
     advice: ClassVar[StepAdvice]
@@ -78,6 +78,24 @@ class Method(ABC):
     @classmethod  # noqa: B027 - an optional hook
     def check_settings(cls, config: TrainConfig, errors: dict[str, str]) -> None:
         """Add this method's complaints about `config` to `errors` (field -> message for a person)."""
+
+    @classmethod
+    def card_summary(cls, config: dict) -> str:
+        """The model card's words for a run with these settings (config.json as a dict)."""
+        if cls.has(ADAPTER):
+            from sdtune_ui.methods.adapters import adapter_of_run
+
+            return cls.summary.format(adapter=adapter_of_run(config).summary)
+        return cls.summary
+
+    @classmethod
+    def card_tags_for(cls, config: dict) -> tuple[str, ...]:
+        """The model card's tags for a run with these settings: the method's, plus its adapter type's."""
+        if cls.has(ADAPTER):
+            from sdtune_ui.methods.adapters import adapter_of_run
+
+            return (*cls.card_tags, *adapter_of_run(config).card_tags)
+        return cls.card_tags
 
     @classmethod
     def recommended_steps(cls, image_count: int, subject: str, batch_size: int) -> tuple[int, int, int]:
@@ -117,6 +135,11 @@ class Method(ABC):
 
     def param_groups(self, parts: ModelParts) -> list[dict]:
         return [{"params": list(named_trainable(parts).values()), "lr": self.config.learning_rate}]
+
+    def ema_parameters(self, parts: ModelParts) -> list[torch.nn.Parameter]:
+        """The weights `use_ema` averages, in a fixed order (EMAModel pairs averages and weights by position):
+        the whole UNet for full fine-tuning; adapter methods average their adapter weights only."""
+        return list(parts.unet.parameters())
 
     def prompt(self, caption: str, generator: torch.Generator) -> str:
         return caption

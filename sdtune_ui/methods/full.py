@@ -23,8 +23,8 @@ class FullFineTune(Method):
     label = "Full fine-tune"
     summary = "full fine-tune"
     traits = frozenset({UNET_WEIGHTS, FULL_WEIGHTS})
-    preset: ClassVar[dict] = dict(learning_rate=1e-5, max_train_steps=1000, use_ema=True, train_batch_size=1,
-                                  gradient_checkpointing=True)
+    preset: ClassVar[dict] = dict(learning_rate=1e-5, max_train_steps=1000, use_ema=True, ema_decay=0.9999,
+                                  train_batch_size=1, gradient_checkpointing=True)
     advice = StepAdvice(100, 10**9, "A full fine-tune wants hundreds of images or more", 10, 1000, 20000, 0.55)
     card_tags = ("fine-tuned",)
     outputs = (outputs.PIPELINE,)

@@ -21,10 +21,10 @@ if TYPE_CHECKING:
 class PivotalTuning(TextualInversion):
     name = "pivotal"
     label = "Pivotal tuning"
-    summary = "pivotal-tuning LoRA with a textual-inversion embedding"
+    summary = "pivotal-tuning {adapter} with a textual-inversion embedding"
     traits = frozenset({UNET_WEIGHTS, ADAPTER, TOKENS})
     preset: ClassVar[dict] = dict(learning_rate=1e-4, ti_learning_rate=5e-4, max_train_steps=1000, rank=16,
-                                  lora_alpha=16)
+                                  lora_alpha=16, ema_decay=0.999)
     advice = StepAdvice(4, 50, "Pivotal tuning works best with 5-30 images of the concept", 100, 800, 2000, 0.3)
     card_tags = ("lora", "textual_inversion", "pivotal-tuning", "template:sd-lora")
     outputs = (outputs.LORA, outputs.EMBEDDING)
@@ -48,6 +48,9 @@ class PivotalTuning(TextualInversion):
     def prepare(self, parts: ModelParts) -> None:
         self.lora.prepare(parts)  # freezes everything, then adds the adapters
         self.add_tokens(parts)
+
+    def ema_parameters(self, parts: ModelParts) -> list[torch.nn.Parameter]:
+        return self.param_groups(parts)[0]["params"]   # the adapter weights (the embeddings keep no average)
 
     def param_groups(self, parts: ModelParts) -> list[dict]:
         embeddings = super().param_groups(parts)

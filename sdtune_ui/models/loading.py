@@ -41,6 +41,18 @@ def refuse_pickle(path: Path, allow_pickle: bool) -> None:
             "source.")
 
 
+
+def read_state_dict(path: str | Path, *, allow_pickle: bool = False) -> dict:
+    """Tensors of a .safetensors file, or (only when allowed) of a pickle file, loaded as data only."""
+    path = Path(path)
+    refuse_pickle(path, allow_pickle)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    # weights_only refuses arbitrary objects even when the user allowed pickle files.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
 def _pipeline_class_for_single_file(path: Path):
     """The pipeline class of the family the checkpoint's keys belong to (no name guessing)."""
     from sdtune_ui.families import family_classes, family_for_checkpoint_keys

@@ -144,7 +144,10 @@ class Trainer:
         if cfg.use_ema:
             from diffusers.training_utils import EMAModel
 
-            self.ema = EMAModel(parts.unet.parameters(), decay=cfg.ema_decay)
+            # One fixed list, built after the trainable weights became fp32 (so are their averages): EMAModel
+            # pairs averages and weights by position in step, copy_to and resume.
+            self.ema_params = self.method.ema_parameters(parts)
+            self.ema = EMAModel(self.ema_params, decay=cfg.ema_decay)
         # The schedule is stepped by us once per optimizer step, so it is not handed to accelerate.
         trained = self.method.trained_models(parts)
         prepared = acc.prepare(*trained, self.optimizer)
@@ -343,7 +346,7 @@ class Trainer:
             # 3. Method bookkeeping (TI restores untouched rows) and EMA.
             self.method.after_optimizer_step(self.parts)
             if self.ema is not None:
-                self.ema.step(self.parts.unet.parameters())
+                self.ema.step(self.ema_params)
             pending.append((self.step, step_loss / cfg.gradient_accumulation_steps, lr))
 
             # 4. Read losses back only every log_every steps: a host sync per step would stall the GPU.
@@ -477,6 +480,10 @@ class Trainer:
             else:
                 self.method.load_trainable_state(self.parts, saved["trainable"])
                 self.optimizer.load_state_dict(saved["optimizer"])
+            if self.ema is not None and saved["ema"] is not None:
+                check_ema_state(saved["ema"], self.ema_params)
+                self.ema.load_state_dict(saved["ema"])
+                self.ema.to(self.accelerator.device)   # the averages load where they were saved from
         except (torch.OutOfMemoryError, getattr(torch.distributed, "DistError", torch.OutOfMemoryError)):
             raise  # not a mismatch: the run's own out-of-memory advice / the process group's error apply
         except (KeyError, ValueError, RuntimeError) as err:  # missing tensors, size mismatches
@@ -484,8 +491,6 @@ class Trainer:
         self.data_generator.set_state(saved["rng"]["data"])
         self.noise_generator.set_state(saved["rng"]["noise"])
         torch.set_rng_state(saved["rng"]["torch"])
-        if self.ema is not None and saved["ema"] is not None:
-            self.ema.load_state_dict(saved["ema"])
         self.step = saved["step"]
         self.log(f"Resumed from {latest.name} at step {self.step}")
 
@@ -497,10 +502,15 @@ class Trainer:
         if acc.is_main_process:
             parts = self.parts
             if self.ema is not None:
-                self.ema.copy_to(parts.unet.parameters())
+                self.ema.copy_to(self.ema_params)   # the averaged weights are the result
             if unet_state is not None:  # a plain module with the whole weights, for the usual savers
                 parts = dataclasses.replace(parts, unet=sharding.whole_copy(parts.unet, unet_state))
             written = self.method.save_output(parts, self.run.output_dir)
+            if self.config.tool_files:
+                from sdtune_ui.export.formats import write_tool_files
+
+                written += write_tool_files(self.run.path, self.config.to_dict(), family=parts.family,
+                                            unet_config=dict(parts.unet.config))
             files = [str(p.relative_to(self.run.path)) for p in written]
             self.emit("output", files=files)
         acc.wait_for_everyone()
@@ -513,3 +523,11 @@ class Trainer:
     def log(self, message: str, level: str = "info") -> None:
         if self.events is not None:
             self.emit("log", level=level, message=message)
+
+
+def check_ema_state(state: dict, params: list[torch.nn.Parameter]) -> None:
+    """A checkpoint's EMA averages must pair one to one with this run's averaged weights (EMAModel pairs by
+    position, silently, while shapes agree)."""
+    shadows = state.get("shadow_params") or []
+    if len(shadows) != len(params) or any(s.shape != p.shape for s, p in zip(shadows, params)):
+        raise ValueError(f"its EMA holds {len(shadows)} tensors for {len(params)} averaged weights")
