@@ -39,6 +39,20 @@ RUN_SETTINGS = {
     "pivotal": dict(model="tiny-sd1", method="pivotal", lora_targets="all", rank=4, **TI),
     "full": dict(model="tiny-sd1", method="full", learning_rate=1e-3, instance_prompt="a photo of sks robot"),
     "sdxl_pivotal": dict(model="tiny-sdxl", method="pivotal", lora_targets="all", rank=4, **TI),
+    # LoRA variants and EMA (methods/adapters): every layer type and the text encoders, alpha != rank. The LoKr
+    # runs cover both kohya cases: tiny-sd1 at rank 4 has only full factors (scale baked into lokr_w1), tiny-sdxl
+    # at rank 2 with factor 8 and decompose_both has low-rank ones (the tools scale by alpha / their rank).
+    **{f"{adapter}_{family}": dict(model=f"tiny-{family}", method="lora", adapter=adapter, lora_targets="all", rank=4,
+                                   lora_alpha=8, train_text_encoder=True, instance_prompt="a photo of sks robot")
+       for adapter in ("dora", "loha") for family in ("sd1", "sdxl")},
+    "lokr_sd1": dict(model="tiny-sd1", method="lora", adapter="lokr", lora_targets="all", rank=4, lora_alpha=8,
+                     train_text_encoder=True, instance_prompt="a photo of sks robot"),
+    "lokr_sdxl": dict(model="tiny-sdxl", method="lora", adapter="lokr", lora_targets="all", rank=2, lora_alpha=4,
+                      lokr_factor=8, decompose_both=True, train_text_encoder=True,
+                      instance_prompt="a photo of sks robot"),
+    **{f"lora_ema_{family}": dict(model=f"tiny-{family}", method="lora", lora_targets="all", rank=4, lora_alpha=8,
+                                  train_text_encoder=True, use_ema=True, ema_decay=0.5,
+                                  instance_prompt="a photo of sks robot") for family in ("sd1", "sdxl")},
 }
 
 # Fast generation settings: 32 px, 3 denoising steps.

@@ -1,7 +1,8 @@
 """The architecture's rules, checked on the source: one owner for each piece of knowledge.
 
-- Method and model-family names appear as literals only inside their registries (sdtune_ui/methods,
-  sdtune_ui/families): everything else asks the registry, so adding a method or a family is one class.
+- Method, model-family and adapter-type names appear as literals only inside their registries (sdtune_ui/methods,
+  sdtune_ui/families, sdtune_ui/methods/adapters): everything else asks the registry, so adding a method, a
+  family or an adapter type is one class.
 - Nothing outside sdtune_ui/ui imports gradio (the core, the CLI and the tests drive the same functions).
 - Packages do not import each other in a circle at module level.
 """
@@ -13,9 +14,11 @@ from pathlib import Path
 
 from sdtune_ui.families import family_names
 from sdtune_ui.methods import method_names
+from sdtune_ui.methods.adapters import adapter_names
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sdtune_ui"
 REGISTRIES = (PACKAGE / "methods", PACKAGE / "families")
+ADAPTER_REGISTRY = PACKAGE / "methods" / "adapters"
 
 
 def source_files(exclude: tuple[Path, ...] = ()) -> list[Path]:
@@ -38,6 +41,16 @@ def test_method_and_family_names_are_literals_only_in_their_registries():
     found = [f"{path.relative_to(PACKAGE.parent)}:{line} {value!r}"
              for path in source_files(exclude=REGISTRIES) for line, value in string_literals(path) if value in names]
     assert not found, "ask the registry instead of naming a method or family:\n" + "\n".join(found)
+
+
+def test_adapter_type_names_are_literals_only_in_the_adapter_registry():
+    # Plain LoRA's name is also the LoRA method's and the artifact kind's (checked above); its variants' are not.
+    names = set(adapter_names()) - set(method_names())
+    assert {"dora", "lokr", "loha"} <= names
+    found = [f"{path.relative_to(PACKAGE.parent)}:{line} {value!r}"
+             for path in source_files(exclude=(ADAPTER_REGISTRY,)) for line, value in string_literals(path)
+             if value in names]
+    assert not found, "ask the adapter registry instead of naming an adapter type:\n" + "\n".join(found)
 
 
 def test_only_the_ui_package_imports_gradio():

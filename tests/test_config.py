@@ -8,7 +8,7 @@ import pytest
 
 from sdtune_ui.cli.main import build_parser
 from sdtune_ui.cli.train import config_from_args
-from sdtune_ui.config import VRAM_PRESETS, TrainConfig, method_presets, preset
+from sdtune_ui.config import VRAM_PRESETS, TrainConfig, method_presets, preset, preset_values
 from sdtune_ui.errors import ConfigError
 from sdtune_ui.methods import method_names
 
@@ -42,7 +42,10 @@ def field_errors(**overrides) -> dict[str, str]:
         (dict(train_batch_size=0), "train_batch_size", "at least 1"),
         (dict(max_train_steps=0, num_train_epochs=0), "max_train_steps", "num_train_epochs"),
         (dict(data=""), "data", "dataset"),
-        (dict(use_ema=True), "use_ema", "full fine-tuning"),
+        (dict(method="textual_inversion", use_ema=True), "use_ema", "change UNet weights"),
+        (dict(decompose_both=True), "decompose_both", "LoKr adapter only"),
+        (dict(adapter="lokr", lokr_factor=0), "lokr_factor", "-1"),
+        (dict(adapter="magic"), "adapter", "not one of"),
         (dict(method="textual_inversion", placeholder_token="two words"), "placeholder_token", "without spaces"),
     ],
 )
@@ -125,3 +128,22 @@ def test_cli_preset_flag_starts_from_the_method_defaults():
     args = build_parser().parse_args(["train", "--method", "dreambooth", "--preset", "--data", "d"])
     config = config_from_args(args)
     assert config.learning_rate == 5e-6 and config.with_prior_preservation
+
+
+def test_adapter_presets_adjust_the_method_preset():
+    lokr = preset("lora", adapter="lokr", data="d")
+    assert (lokr.lokr_factor, lokr.learning_rate, lokr.rank) == (8, 4e-4, 16)   # the method's rank stays
+    loha = preset("pivotal", adapter="loha", data="d")
+    assert (loha.rank, loha.lora_alpha, loha.ti_learning_rate) == (8, 4, 5e-4)
+    assert preset_values("full", adapter="lokr") == preset_values("full")   # full fine-tuning has no adapters
+    assert preset("lora", data="d").ema_decay == 0.999 and preset("full", data="d").ema_decay == 0.9999
+    args = build_parser().parse_args(["train", "--adapter", "lokr", "--preset", "--data", "d"])
+    assert config_from_args(args).lokr_factor == 8
+
+
+def test_adapter_settings_apply_to_their_own_type_only():
+    assert TrainConfig(adapter="lokr").applies("lokr_factor") and not TrainConfig().applies("lokr_factor")
+    assert TrainConfig().applies("adapter") and not TrainConfig(method="full").applies("adapter")
+    assert TrainConfig(method="pivotal").applies("use_ema") and not TrainConfig(method="textual_inversion").applies(
+        "use_ema")
+    TrainConfig(data="d", adapter="lokr", lokr_factor=4, decompose_both=True, use_ema=True).validate()

@@ -220,3 +220,10 @@ def test_nearest_bucket_matches_aspect_ratio():
     assert assign_buckets([(100, 100), (90, 90), (200, 100)], 64) == {(64, 64): 2, (80, 48): 1}
     with pytest.raises(ValueError):
         make_buckets(500)
+
+
+def test_adapter_types_add_their_hints_for_methods_that_train_adapters():
+    assert any("LoKr" in note for note in recommend("lora", 20, adapter="lokr").notes)
+    assert any("LoHa" in note for note in recommend("pivotal", 10, adapter="loha").notes)
+    assert recommend("full", 200, adapter="lokr").notes == recommend("full", 200).notes   # no adapters there
+    assert recommend("lora", 20, adapter="lora").notes == recommend("lora", 20).notes

@@ -19,15 +19,16 @@ from typing import Any
 from sdtune_ui.config import TrainConfig, field_info
 from sdtune_ui.errors import ConfigError, DatasetError, SdtuneError
 from sdtune_ui.examples import EXAMPLE_DATASET
-from sdtune_ui.methods import DEFAULT_METHOD
+from sdtune_ui.methods import DEFAULT_METHOD, adapters
 from sdtune_ui.runs import FINISHED, RunDir, list_runs, new_run_id
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_PROCESSES = 16  # processes of one `accelerate launch` run started from the app (GPUs, or CPU processes)
 
 # A run that shows the whole flow on the offline tiny model on a CPU in about a minute.
-DEMO_SETTINGS: dict[str, Any] = dict(model="tiny-sd1", method=DEFAULT_METHOD, max_train_steps=60, learning_rate=1e-3,
-                                     rank=8, log_every=2, checkpointing_steps=20, validation_steps=20,
+DEMO_SETTINGS: dict[str, Any] = dict(model="tiny-sd1", method=DEFAULT_METHOD, adapter=adapters.DEFAULT_ADAPTER,
+                                     max_train_steps=60, learning_rate=1e-3, rank=8, log_every=2,
+                                     checkpointing_steps=20, validation_steps=20,
                                      validation_inference_steps=4, validation_prompts=["a photo of sks robot"])
 
 

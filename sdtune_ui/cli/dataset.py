@@ -15,7 +15,7 @@ from typing import Any
 
 from sdtune_ui.data.advice import SUBJECTS
 from sdtune_ui.errors import Cancelled, SdtuneError
-from sdtune_ui.methods import DEFAULT_METHOD, method_names
+from sdtune_ui.methods import DEFAULT_METHOD, adapters, method_names
 
 
 def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -74,7 +74,7 @@ def run_doctor(args: argparse.Namespace) -> int:
                       subject=args.subject, instance_prompt=args.instance_prompt, bucketing=args.bucketing,
                       batch_size=args.batch_size, with_prior_preservation=args.prior_preservation,
                       seconds_per_step=args.seconds_per_step, caption_column=args.caption_column,
-                      split=args.split, progress=_progress("doctor"))
+                      split=args.split, progress=_progress("doctor"), adapter=args.adapter)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
     return 0 if report.ok else 1
 
@@ -160,6 +160,8 @@ def add_dataset_commands(subparsers: Any) -> None:
     doctor.add_argument("dir", help="Dataset folder.")
     doctor.add_argument("--method", choices=method_names(), default=DEFAULT_METHOD,
                         help="Training method to advise for.")
+    doctor.add_argument("--adapter", choices=adapters.adapter_names(), default=adapters.DEFAULT_ADAPTER,
+                        help="Adapter type of a LoRA-like method (its own hints are added).")
     doctor.add_argument("--trigger", default=None, help="Trigger word every caption should contain, e.g. sks.")
     doctor.add_argument("--resolution", type=int, default=512, help="Training resolution.")
     doctor.add_argument("--subject", choices=SUBJECTS, default="object", help="What the images show.")

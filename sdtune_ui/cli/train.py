@@ -41,7 +41,8 @@ def add_train_commands(subparsers: Any) -> None:
                         help="Run folder (default: <data dir>/runs/<method>-<time>, where the app lists runs; "
                              "$SDTUNE_DATA_DIR or ./data). An existing run folder is resumed.")
     parser.add_argument("--preset", action="store_true",
-                        help="Start from the method's recommended settings (`presets` prints them).")
+                        help="Start from the method's (and --adapter type's) recommended settings (`presets` prints "
+                             "them).")
     defaults = TrainConfig()
     for f in field_info():
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata["help"]}
@@ -68,7 +69,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values.update(TrainConfig.load(args.config).to_dict())
     flags = {f.name: getattr(args, f.name) for f in field_info() if getattr(args, f.name) is not None}
     if args.preset:
-        values.update(preset_values(flags.get("method", values.get("method", DEFAULT_METHOD))))
+        values.update(preset_values(flags.get("method", values.get("method", DEFAULT_METHOD)),
+                                    adapter=flags.get("adapter", values.get("adapter"))))
     values.update(flags)
     return TrainConfig.from_dict(values)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sdtune_ui.methods import UNET_WEIGHTS, method_named
+from sdtune_ui.methods import ADAPTER, UNET_WEIGHTS, adapters, method_named
 
 SUBJECTS = ("object", "face", "style")
 
@@ -58,8 +58,10 @@ def recommend(
     batch_size: int = 1,
     seconds_per_step: float | None = None,
     with_prior_preservation: bool | None = None,
+    adapter: str | None = None,
 ) -> Recommendation:
-    """Step count, epochs and a time estimate for `method` on `image_count` images."""
+    """Step count, epochs and a time estimate for `method` on `image_count` images (with the adapter type's hints
+    for methods that train adapters)."""
     method_class = method_named(method)
     if subject not in SUBJECTS:
         raise ValueError(f"unknown subject {subject!r}; choose one of {', '.join(SUBJECTS)}")
@@ -67,6 +69,8 @@ def recommend(
     n = max(image_count, 1)
     steps, low, high = method_class.recommended_steps(image_count, subject, batch_size)
     notes = method_class.advice_notes(subject, with_prior_preservation)
+    if adapter and method_class.has(ADAPTER):
+        notes = [*notes, *adapters.adapter_named(adapter).advice_notes]
     seconds_assumed = seconds_per_step is None
     if seconds_per_step is None:
         # Step time grows ~ with pixels per step; prior preservation doubles the batch.

@@ -202,6 +202,7 @@ def diagnose(
     split: str = "train",
     near_threshold: int = 6,
     progress: Callable[[int, int], None] | None = None,
+    adapter: str | None = None,
 ) -> DoctorReport:
     """Check a dataset folder for `method` at `resolution`; never raises for a bad image (it's a finding).
 
@@ -280,7 +281,7 @@ def diagnose(
                                     "more images mostly cost time with this method."))
         recommendation = recommend(method, count, subject=subject, resolution=resolution, batch_size=batch_size,
                                    seconds_per_step=seconds_per_step,
-                                   with_prior_preservation=with_prior_preservation)
+                                   with_prior_preservation=with_prior_preservation, adapter=adapter)
         for code, message in method_class.dataset_warnings(subject, with_prior_preservation):
             findings.append(Finding("warning", code, message))
     orphans = scan.orphans
@@ -466,6 +467,7 @@ def diagnose_config(config: Any, **overrides: Any) -> DoctorReport:
     uses_ti = config.has(TOKENS)
     kwargs: dict[str, Any] = {
         "method": config.method,
+        "adapter": config.adapter,
         "resolution": config.resolution or 512,
         "instance_prompt": config.instance_prompt or None,
         "trigger": config.placeholder_token if uses_ti else None,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from sdtune_ui.config import TrainConfig
-from sdtune_ui.errors import Cancelled, ConfigError, TrainingStopped
+from sdtune_ui.errors import Cancelled, ConfigError, SdtuneError, TrainingStopped
 from sdtune_ui.methods import ADAPTER, Method, make_method
 from sdtune_ui.runs import EventLog, NullEventLog, RunDir
 from sdtune_ui.train import checkpoint as ckpt
@@ -507,14 +507,23 @@ class Trainer:
                 parts = dataclasses.replace(parts, unet=sharding.whole_copy(parts.unet, unet_state))
             written = self.method.save_output(parts, self.run.output_dir)
             if self.config.tool_files:
-                from sdtune_ui.export.formats import write_tool_files
-
-                written += write_tool_files(self.run.path, self.config.to_dict(), family=parts.family,
-                                            unet_config=dict(parts.unet.config))
+                written += self._write_tool_files(parts)
             files = [str(p.relative_to(self.run.path)) for p in written]
             self.emit("output", files=files)
         acc.wait_for_everyone()
         return files
+
+    def _write_tool_files(self, parts) -> list:
+        """The kohya/A1111 copies and README.txt beside the output; a failure there must not fail the run."""
+        from sdtune_ui.export.formats import write_tool_files
+
+        try:
+            return write_tool_files(self.run.path, self.config.to_dict(), family=parts.family,
+                                    unet_config=dict(parts.unet.config))
+        except (SdtuneError, ValueError, OSError) as err:
+            self.log(f"The output is saved, but not the copies for other tools ({err}); `python -m sdtune_ui "
+                     "export` can write them later.", level="warning")
+            return []
 
     # ------------------------------------------------------------------ events
     def emit(self, kind: str, **fields) -> None:

@@ -2,7 +2,8 @@
 
 Widget kind follows the field: choices -> dropdown, bool -> checkbox, int/float -> number, list -> one
 line per item, str -> text. A few fields get a richer widget (model list, dataset list, method radio).
-Fields marked `advanced` go into the "Advanced" fold; fields that need method traits show only for methods with them.
+Fields marked `advanced` go into the "Advanced" fold; fields that need method traits show only for methods with them,
+and an adapter type's own settings (LoKr's factor) only while that type is chosen.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from sdtune_ui.config import TrainConfig, field_applies, field_info
+from sdtune_ui.config import TrainConfig, field_info, setting_applies
 from sdtune_ui.models import KNOWN_MODELS, TINY_MODELS
 from sdtune_ui.ui.common import humanize
 
@@ -37,15 +38,15 @@ class Form:
         """Handler arguments (in `components` order) as a {field: value} dict."""
         return dict(zip(self.names, args, strict=True))
 
-    def updates(self, values: dict[str, Any], method: str | None = None) -> list[Any]:
-        """One update per widget: new values where given, visibility for `method` when given."""
+    def updates(self, values: dict[str, Any], method: str | None = None, adapter: str | None = None) -> list[Any]:
+        """One update per widget: new values where given, visibility for `method` (and `adapter`) when given."""
         out = []
         for name in self.names:
             kwargs: dict[str, Any] = {}
             if name in values:
                 kwargs["value"] = values[name]
             if method is not None:
-                kwargs["visible"] = field_applies(self.metadata[name], method)
+                kwargs["visible"] = setting_applies(name, method, adapter)
             out.append(gr.update(**kwargs) if kwargs else gr.skip())
         return out
 
@@ -91,7 +92,8 @@ def build_form(defaults: TrainConfig, *, datasets: list[tuple[str, str]], allow_
         # One wrapping row: widgets hidden for the chosen method leave no holes, the rest reflow.
         with gr.Row():
             for f in group:
-                widgets[f.name] = _widget(f, values[f.name], visible=field_applies(metadata[f.name], defaults.method),
+                widgets[f.name] = _widget(f, values[f.name],
+                                          visible=setting_applies(f.name, defaults.method, defaults.adapter),
                                           datasets=datasets, allow_local_paths=allow_local_paths)
 
     place([f for f in fields if not f.metadata.get("advanced")])

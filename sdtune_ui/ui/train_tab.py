@@ -63,7 +63,8 @@ def build(ctx: Any, options: Any) -> TrainTab:
     with gr.Row():
         vram = gr.Dropdown(list(VRAM_PRESETS), value=gpu.vram_preset, label="Memory preset",
                            info="Precision, batch size and memory savers for your GPU (detected by default).")
-        use_method_presets = gr.Checkbox(True, label="Apply the method's recommended settings when switching method")
+        use_method_presets = gr.Checkbox(True, label="Apply the method's recommended settings when switching method "
+                                         "or adapter type")
         demo = gr.Button("Quick CPU demo settings (tiny-sd1, ~1 min)", size="sm")
     form = build_form(defaults, datasets=dataset_choices(ctx), allow_local_paths=options.allow_local_paths)
     gpus = app_ops.gpu_count()
@@ -110,17 +111,17 @@ def build(ctx: Any, options: Any) -> TrainTab:
         gr.Info(f"Run {run_id} queued to resume from its last checkpoint.")
         return job.run_dir.name
 
-    def on_method(method: str, apply_presets: bool, memory: str) -> list[Any]:
-        # The memory preset is applied after the method's, so memory-saving settings win.
-        values = preset_values(method, memory) if apply_presets else {}
-        return form.updates(app_ops.widget_values(values), method)
+    def on_method(method: str, adapter: str, apply_presets: bool, memory: str) -> list[Any]:
+        # The memory preset is applied after the method's (and its adapter type's), so memory-saving settings win.
+        values = preset_values(method, memory, adapter) if apply_presets else {}
+        return form.updates(app_ops.widget_values(values), method, adapter)
 
     def on_vram(memory: str) -> list[Any]:
         return form.updates(app_ops.widget_values(preset_values(vram=memory)))
 
     def on_demo() -> list[Any]:
         values = {**app_ops.DEMO_SETTINGS, **preset_values(vram="CPU")}
-        return form.updates(app_ops.widget_values(values), values["method"]) + ["CPU"]
+        return form.updates(app_ops.widget_values(values), values["method"], values.get("adapter")) + ["CPU"]
 
     @user_errors
     def on_save(*args: Any) -> Any:
@@ -134,7 +135,7 @@ def build(ctx: Any, options: Any) -> TrainTab:
     @user_errors
     def on_load(file: str) -> list[Any]:
         config = TrainConfig.load(file)
-        return form.updates(app_ops.widget_values(config.to_dict()), config.method)
+        return form.updates(app_ops.widget_values(config.to_dict()), config.method, config.adapter)
 
     def on_tick(run_id: str, previous: Any) -> list[Any]:
         attach = gr.skip()
@@ -150,8 +151,9 @@ def build(ctx: Any, options: Any) -> TrainTab:
         on_tick, [watched, gr.State(None)], [watched, last, *view.outputs], show_progress="hidden")
     cancel.click(on_cancel, watched, None, api_name="cancel_training")
     resume.click(on_resume, watched, watched, api_name="resume_training")
-    form.widgets["method"].input(on_method, [form.widgets["method"], use_method_presets, vram], fields,
-                                  show_progress="hidden")
+    method_inputs = [form.widgets["method"], form.widgets["adapter"], use_method_presets, vram]
+    form.widgets["method"].input(on_method, method_inputs, fields, show_progress="hidden")
+    form.widgets["adapter"].input(on_method, method_inputs, fields, show_progress="hidden")
     vram.input(on_vram, vram, fields, show_progress="hidden")
     demo.click(on_demo, None, [*fields, vram], show_progress="hidden")
     save.click(on_save, fields, config_file)

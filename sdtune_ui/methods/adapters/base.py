@@ -199,11 +199,13 @@ def load_with_peft(pipe: Any, file: Path, adapter_name: str, config_class: str, 
     import peft
 
     state, configs = read_adapter_file(file, allow_pickle=allow_pickle)
-    for component, tensors in split_components(state).items():
-        model = getattr(pipe, component, None)
-        if model is None:
+    components = split_components(state)
+    for component in components:   # before anything is added: never half an adapter
+        if getattr(pipe, component, None) is None:
             raise ValueError(f"the file has {component} weights but this model has no {component} "
                              "(a file for another model family?)")
+    for component, tensors in components.items():
+        model = getattr(pipe, component)
         config = dict(configs.get(component) or {})
         if not config:
             raise ValueError(f"the file has no adapter settings for {component} in its metadata")
@@ -244,7 +246,8 @@ def split_components(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torc
     for key, value in state.items():
         component, _, rest = key.partition(".")
         if component not in COMPONENTS:
-            raise ValueError(f"unexpected tensor {key!r}: not a diffusers-format adapter file")
+            raise ValueError(f"unexpected tensor {key!r}: not a diffusers-format adapter file (kohya/LyCORIS-format "
+                             "files are for AUTOMATIC1111 and ComfyUI; use the run's diffusers-format file here)")
         parts.setdefault(component, {})[rest] = value
     return parts
 
