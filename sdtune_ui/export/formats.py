@@ -192,13 +192,18 @@ class ToolFiles:
                       f"(diffusers uses `{self.config.get('placeholder_token', word)}`)")
 
 
-def write_tool_files(run_dir: str | Path, config: dict, *, family: Any, unet_config: dict) -> list[Path]:
-    """At the end of a run: beside the diffusers files in output/, the files AUTOMATIC1111 and ComfyUI load and
-    README.txt saying which file is for which tool (TrainConfig.tool_files)."""
+def write_tool_files(run_dir: str | Path, config: dict, *, family: Any = None,
+                     unet_config: dict | None = None) -> list[Path]:
+    """Beside the diffusers files in a run's output/ (at the end of the run, or after a checkpoint was promoted):
+    the files AUTOMATIC1111 and ComfyUI load and README.txt saying which file is for which tool
+    (TrainConfig.tool_files). The family and UNet config are read from the base model when not given."""
+    from sdtune_ui.export.model_card import family_of
+
     run = RunDir(Path(run_dir))
     out = run.output_dir
     found = artifacts_in_folder(out, config)
-    files = ToolFiles(config, family, _safe_name(run.path.name), out, unet_config=unet_config)
+    files = ToolFiles(config, family or family_of(config), _safe_name(run.path.name), out,
+                      unet_config=unet_config if unet_config is not None else (lambda: _unet_config(config)))
     lines: list[tuple[str, str]] = []
     written: list[Path] = []
     for artifact in found:
