@@ -1,6 +1,6 @@
 """The artifacts methods write: their kinds and standard file names (what generation and export look for)."""
 
-LORA = "lora"              # a LoRA (or variant) file, loaded with pipe.load_lora_weights
+LORA = "lora"              # a LoRA or variant file, applied by its adapter type (methods/adapters)
 EMBEDDING = "embedding"    # textual-inversion vectors, loaded with pipe.load_textual_inversion
 PIPELINE = "pipeline"      # a whole diffusers pipeline folder, loaded with from_pretrained
 KINDS = (LORA, EMBEDDING, PIPELINE)
