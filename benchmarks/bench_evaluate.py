@@ -96,8 +96,9 @@ def main() -> None:
     print(json.dumps({"case": "setup", "wall_s": round(time.perf_counter() - started, 2)}), flush=True)
     last = max(int(s) for s in args.steps.split(","))
     base = dict(model=str(sd), method="lora", data=str(data), instance_prompt="a photo of sks robot",
-                mixed_precision="no" if args.tiny else "bf16", resolution=64 if args.tiny else 512, max_train_steps=last, checkpointing_steps=last // 2,
-                validation_steps=0, caption_dropout=0.0, learning_rate=1e-4, seed=0)
+                mixed_precision="no" if args.tiny else "bf16", resolution=64 if args.tiny else 512,
+                max_train_steps=last, checkpointing_steps=last // 2, validation_steps=0, caption_dropout=0.0,
+                learning_rate=1e-4, seed=0)
     (work / "base.json").write_text(json.dumps(base))
     features = ["--clip-model", str(clip), "--dino-model", str(dino), "--fid-features", "dino",
                 "--num-images", str(args.num_images)] + (["--inference-steps", "4"] if args.tiny else [])
