@@ -101,7 +101,9 @@ def test_promote_makes_a_checkpoint_the_output_and_keeps_the_final_one(run, engi
     final_bytes = (run.output_dir / "pytorch_lora_weights.safetensors").read_bytes()
     files = promote_checkpoint(run.path, 3, reason="chosen in a test")
 
-    assert files == [run.output_dir / "pytorch_lora_weights.safetensors"]
+    # The promoted output is like a finished run's: the diffusers file, plus the kohya copy and README.txt.
+    assert files == sorted([run.output_dir / "pytorch_lora_weights.safetensors", run.output_dir / "README.txt",
+                            run.output_dir / f"{run.path.name}.safetensors"])
     promoted = (run.output_dir / "pytorch_lora_weights.safetensors").read_bytes()
     assert promoted == (materialize_checkpoint(run.path, 3) / "pytorch_lora_weights.safetensors").read_bytes()
     assert promoted != final_bytes

@@ -154,6 +154,10 @@ def promote_checkpoint(run_dir: str | Path, step: int, *, reason: str = "") -> l
     else:
         shutil.rmtree(output, ignore_errors=True)
     partial.rename(output)
+    if run.config().get("tool_files", True):  # like a finished run's output: the copies other tools load too
+        from sdtune_ui.export.formats import write_tool_files
+
+        write_tool_files(run.path, run.config())
     # Scores of the output now describe output-final/ (or, for an earlier promotion, a checkpoint's copy).
     stale = [r for r in read_metrics(run.path) if r.get("source") == "output"]
     if stale:
