@@ -20,7 +20,8 @@ from sdtune_ui.methods import ADAPTER, DEFAULT_METHOD, TOKENS, UNET_WEIGHTS, ada
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
-MIXED_PRECISION = ("no", "fp16", "bf16")
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+CUDA_GRAPH = ("auto", "off")
 LORA_TARGETS = ("attention", "attention_ff", "all")
 TI_PROPERTIES = ("object", "style", "captions")
 
@@ -119,8 +120,8 @@ class TrainConfig:
     adam_weight_decay: float = _field(1e-2, "AdamW weight decay.", advanced=True)
     adam_epsilon: float = _field(1e-8, "AdamW epsilon.", advanced=True)
     max_grad_norm: float = _field(1.0, "Gradient clipping norm (0 = off).", advanced=True)
-    mixed_precision: str = _field("no", "Mixed precision (bf16 on recent GPUs, fp16 on older ones).",
-                                  choices=MIXED_PRECISION)
+    mixed_precision: str = _field("auto", "Mixed precision: 'auto' is bf16 on GPUs that support it, fp16 on older "
+                                  "GPUs and full precision ('no') on the CPU.", choices=MIXED_PRECISION)
     use_ema: bool = _field(False, "Keep an exponential moving average of the trained weights (the UNet's, or the "
                            "adapters' for LoRA-like methods) and save the average as the result.", advanced=True,
                            needs=(UNET_WEIGHTS,))
@@ -139,11 +140,19 @@ class TrainConfig:
     offload_frozen_encoders: bool = _field(True, "Once their outputs are cached, keep the frozen text encoders "
                                            "and VAE in CPU memory (back on the GPU only for sample images). "
                                            "Saves ~1.7 GB of GPU memory on SDXL.", advanced=True)
+    cuda_graph: str = _field("auto", "Capture the whole training step (forward, backward, clipping, AdamW) as one "
+                             "CUDA graph after two warm-up steps and replay it: seconds to capture, then no Python or "
+                             "launch overhead per step. 'auto' captures single-GPU runs where it is safe (it stays "
+                             "eager with a logged reason otherwise); 'off' never captures.",
+                             choices=CUDA_GRAPH, advanced=True)
+    channels_last: bool = _field(False, "Keep the UNet's activations in channels-last layout (cuDNN's native one).",
+                                 advanced=True)
     compile_unet: str = _field("auto", "torch.compile the UNet on CUDA: 'reduce-overhead' (fused kernels and CUDA "
-                               "graphs: 3-6x faster steps at small batch, after 1-2 minutes of compiling), "
-                               "'default' (fused kernels only), 'none', or 'auto' (reduce-overhead for single-GPU "
-                               "runs at one resolution long enough to win the compile time back: 400+ steps "
-                               "for SDXL, 1000+ for SD1.x/2.x; else none).",
+                               "graphs), 'default' (fused kernels; inside the captured step when cuda_graph "
+                               "applies), 'none', or 'auto': compile only when this machine's measurements say it "
+                               "pays: a compile cache exists or the measured compile time is won back by the "
+                               "measured faster steps (compiles are cached in the data folder, so only the first "
+                               "run of a model pays the full compile).",
                                choices=("auto", "none", "default", "reduce-overhead", "max-autotune-no-cudagraphs"),
                                advanced=True)
     compile_scope: str = _field("auto", "What compile_unet compiles: the 'whole' UNet, or each repeated "

@@ -285,11 +285,14 @@ def launch_command(config_path: Path, run_dir: Path, num_processes: int, mixed_p
     The DDP config's `distributed_type: MULTI_GPU` is what makes accelerate start N processes: with GPUs one
     per GPU over NCCL, on a machine without GPUs N CPU processes over gloo (the trainer handles that case).
     """
+    from sdtune_ui.train.setup import resolve_mixed_precision
+
     tail = ["-m", "sdtune_ui", "train", "--config", str(config_path), "--output", str(run_dir)]
     if num_processes <= 1:
         return [sys.executable, *tail]
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config(mode)),
-            "--num_processes", str(num_processes), "--mixed_precision", mixed_precision or "no", *tail]
+            "--num_processes", str(num_processes), "--mixed_precision",
+            resolve_mixed_precision(mixed_precision or "no"), *tail]
 
 
 def _run_subprocess(argv: list[str], run: RunDir, job: Job, poll_s: float) -> str:

@@ -28,8 +28,22 @@ class TrainingInputs:
     class_examples: list[Example]
 
 
+def resolve_mixed_precision(mixed_precision: str, device_type: str | None = None) -> str:
+    """'auto' -> bf16 on GPUs that have it, fp16 on older GPUs, 'no' (fp32) on the CPU; other values unchanged.
+
+    `device_type` is the device the run trains on (default: CUDA when there is one).
+    """
+    if mixed_precision != "auto":
+        return mixed_precision
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type != "cuda":
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
 def weight_dtype_for(mixed_precision: str) -> torch.dtype:
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(resolve_mixed_precision(mixed_precision),
+                                                               torch.float32)
 
 
 def apply_dataset_info(config: TrainConfig) -> TrainConfig:

@@ -23,9 +23,9 @@ from sdtune_ui.errors import Cancelled, ConfigError, SdtuneError, TrainingStoppe
 from sdtune_ui.methods import ADAPTER, Method, make_method
 from sdtune_ui.runs import EventLog, NullEventLog, RunDir
 from sdtune_ui.train import checkpoint as ckpt
-from sdtune_ui.train import sharding, speed
+from sdtune_ui.train import graphed_step, sharding, speed
 from sdtune_ui.train.data import TrainingData
-from sdtune_ui.train.setup import build_optimizer, load_training_inputs, weight_dtype_for
+from sdtune_ui.train.setup import build_optimizer, load_training_inputs, resolve_mixed_precision, weight_dtype_for
 
 
 @dataclass
@@ -52,6 +52,7 @@ class Trainer:
         self.cancel = cancel or (lambda: False)
         self.step = 0
         self.probe = None  # the held-out loss set of eval_steps, built on first use
+        self.graphed: graphed_step.GraphedStep | None = None   # the captured step, when cuda_graph applies
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -63,7 +64,8 @@ class Trainer:
         # Several processes without CUDA (CPU tests, CPU clusters): accelerate only forms the gloo process
         # group when told to use the CPU; otherwise every process would train alone.
         multi_process_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=multi_process_cpu,
+        self.mixed_precision = resolve_mixed_precision(cfg.mixed_precision)  # "auto" -> bf16 / fp16 / no
+        self.accelerator = Accelerator(mixed_precision=self.mixed_precision, cpu=multi_process_cpu,
                                        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                                        kwargs_handlers=[speed.ddp_settings(cfg)])
         acc = self.accelerator
@@ -76,10 +78,14 @@ class Trainer:
             self.log(f"{acc.num_processes} processes ({acc.distributed_type.value}) on {acc.device.type}: "
                      f"{cfg.train_batch_size} images per process, {cfg.train_batch_size * acc.num_processes} per step")
         set_seed(cfg.seed)
-        self.weight_dtype = weight_dtype_for(cfg.mixed_precision)
+        self.weight_dtype = weight_dtype_for(self.mixed_precision)
+        if cfg.mixed_precision == "auto" and acc.device.type == "cuda":
+            self.log(f"Mixed precision: {self.mixed_precision} (auto)")
 
         # Data and models: images decoded and checked, base model loaded, class images generated if needed.
+        started = time.perf_counter()
         inputs = load_training_inputs(cfg, acc, self.log, self._stop_if_cancelled, self.pipeline)
+        self._phase("load", "Dataset and model loaded", started)
         self.parts, self.resolution = inputs.parts, inputs.resolution
         self.data = TrainingData(inputs.examples, inputs.class_examples, resolution=self.resolution,
                                  bucketing=cfg.bucketing, center_crop=cfg.center_crop or cfg.cache_latents,
@@ -102,13 +108,18 @@ class Trainer:
 
         # Caches: the VAE is always frozen; the text encoders are frozen unless the method trains them. They
         # are built before the UNet comes to the GPU: encoding 1024px images is the setup's memory peak.
+        started = time.perf_counter()
         self.latent_cache = self._encode_all_latents() if cfg.cache_latents else None
         self.text_cache = (self._encode_all_prompts() if cfg.cache_text_embeddings
                            and not self.method.trains_text_encoders() else None)
         # Cached encoders are only needed again for sample images: park them in CPU memory meanwhile.
         self.parked = self._park_cached_encoders() if cfg.offload_frozen_encoders else []
+        self._phase("caches", "Latents and prompts cached", started)
 
+        started = time.perf_counter()
         to_device(parts.unet)  # its adapters move with it; trainable ones go back to fp32 next
+        if cfg.channels_last:
+            parts.unet.to(memory_format=torch.channels_last)
         if cfg.has(ADAPTER):
             from diffusers.training_utils import cast_training_params
 
@@ -127,6 +138,8 @@ class Trainer:
         self.batches_per_epoch = len(self.data.epoch_batches(0, self.global_batch))
         self.total_steps = cfg.max_train_steps or cfg.num_train_epochs * math.ceil(
             self.batches_per_epoch / cfg.gradient_accumulation_steps)
+        self.graph_plan = graphed_step.capture_plan(cfg, device_type=acc.device.type, processes=acc.num_processes,
+                                                    sharded=self.sharded, mixed_precision=self.mixed_precision)
         self._compile_if_it_pays()
         groups = self.method.param_groups(parts)
         if cfg.scale_lr:
@@ -164,6 +177,29 @@ class Trainer:
         self.data_generator = torch.Generator().manual_seed(cfg.seed)
         self.noise_generator = torch.Generator(device=acc.device).manual_seed(cfg.seed + 1)
         self._resume_if_possible()
+        self._graph_if_safe()
+        self._phase("prepare", "UNet, optimizer and step prepared", started)
+
+    def _phase(self, name: str, text: str, started: float) -> None:
+        """Log how long a phase of the set-up took (the run's overhead, visible to the user and benchmarks)."""
+        seconds = time.perf_counter() - started
+        self.emit("log", level="info", message=f"{text} in {seconds:.1f} s", phase=name, seconds=round(seconds, 3))
+
+    def _graph_if_safe(self) -> None:
+        capture, reason = self.graph_plan
+        acc = self.accelerator
+        if not capture:
+            if self.config.cuda_graph != "off" and acc.device.type == "cuda":
+                self.log(f"The training step runs eagerly: {reason}")
+            return
+        self.graphed = graphed_step.GraphedStep(self.train_step, self._inner_optimizer, self.trainable_params,
+                                                log=self.log, device=acc.device)
+        self.log(f"The training step will be captured as a CUDA graph after {self.graphed.warmup_steps} "
+                 f"warm-up steps ({reason})")
+
+    @property
+    def _inner_optimizer(self) -> torch.optim.Optimizer:
+        return getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper holds the real one
 
     def _compile_if_it_pays(self) -> None:
         cfg, acc = self.config, self.accelerator
@@ -171,6 +207,8 @@ class Trainer:
                                           total_steps=self.total_steps, sharded=self.sharded,
                                           bucket_count=len({item.bucket for item in self.data.items}),
                                           processes=acc.num_processes)
+        if mode == "reduce-overhead" and self.graph_plan[0]:
+            mode = "default"  # the captured step already replays everything as one CUDA graph
         if mode != "none":
             scope = speed.compile_scope(cfg, self.parts.family)
             mode = speed.compile_unet(self.parts.unet, mode, scope, cfg.gradient_checkpointing)
@@ -314,6 +352,20 @@ class Trainer:
             return instance.mean() + cfg.prior_loss_weight * prior.mean()
         return per_sample.mean()
 
+    def train_step(self, batch: Batch) -> torch.Tensor:
+        """One optimizer step on one batch: forward, backward, clipping, update; returns the detached loss.
+
+        What the CUDA graph captures (graphed_step.py), so nothing here may read a value back to the host.
+        It is the eager loop's step for one process without gradient accumulation or a loss scaler (accelerate's
+        backward and clipping reduce to these calls there); gradients are left for the caller to clear.
+        """
+        loss = self.compute_loss(batch)
+        loss.backward()
+        if self.config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.trainable_params, self.config.max_grad_norm)
+        self._inner_optimizer.step()
+        return loss.detach()
+
     # ------------------------------------------------------------------ the loop
     def fit(self) -> None:
         cfg, acc = self.config, self.accelerator
@@ -322,11 +374,19 @@ class Trainer:
         pending: list[tuple[int, torch.Tensor, float]] = []   # (step, loss on device, lr): read back in bulk
         recent_batches: deque = deque(maxlen=cfg.log_every * cfg.gradient_accumulation_steps * 2)
         started, started_step = time.perf_counter(), self.step
+        # The steady rate (and the ETA) count from the end of the warm-up: the eager steps before the capture and
+        # the capture itself, or the first steps of a compiled UNet.
+        self._clock = (started, started_step, False)
+        warm_until = started_step + graphed_step.WARMUP_STEPS + (1 if self.graphed is not None else 0)
         self.emit("status", status="running", step=self.step, total=self.total_steps)
         while self.step < self.total_steps:
             # 1. Forward and backward over gradient_accumulation_steps micro-batches.
             step_loss = None
-            for k in range(cfg.gradient_accumulation_steps):
+            if self.graphed is not None:   # one process, no accumulation: the whole step in one call
+                batch = self._batch(self.step)
+                recent_batches.append((self.step + 1, batch.names))
+                step_loss = self.graphed(batch)
+            for k in range(cfg.gradient_accumulation_steps if self.graphed is None else 0):
                 micro = self.step * cfg.gradient_accumulation_steps + k
                 batch = self._batch(micro)
                 recent_batches.append((self.step + 1, batch.names))
@@ -348,6 +408,8 @@ class Trainer:
             if self.ema is not None:
                 self.ema.step(self.ema_params)
             pending.append((self.step, step_loss / cfg.gradient_accumulation_steps, lr))
+            if self.step == warm_until:
+                self._end_warmup(started)
 
             # 4. Read losses back only every log_every steps: a host sync per step would stall the GPU.
             at_end = self.step == self.total_steps
@@ -387,14 +449,29 @@ class Trainer:
         flag = torch.tensor([1.0 if requested else 0.0], device=self.accelerator.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
+    def _end_warmup(self, started: float) -> None:
+        """Start the steady-rate clock (once the GPU has finished the warm-up's work)."""
+        if torch.cuda.is_available() and self.accelerator.device.type == "cuda":
+            torch.cuda.synchronize(self.accelerator.device)
+        now = time.perf_counter()
+        self._clock = (now, self.step, True)
+        what = " (CUDA graph capture included)" if self.graphed is not None and self.graphed.warmed_up else ""
+        self.emit("log", level="info", message=f"Warm-up took {now - started:.1f} s for the first {self.step} "
+                  f"steps{what}; rates and the ETA count from here", phase="warmup", seconds=round(now - started, 3))
+
     def _flush(self, pending, recent_batches, started: float, started_step: int) -> None:
         acc = self.accelerator
         losses = torch.stack([loss for _, loss, _ in pending])
         if acc.num_processes > 1:
             losses = acc.reduce(losses, reduction="mean")
         values = losses.float().cpu().tolist()
-        elapsed = time.perf_counter() - started
-        rate = (self.step - started_step) / elapsed if elapsed > 0 else 0.0
+        clock_time, clock_step, steady = self._clock
+        steady = steady and self.step > clock_step
+        if steady:  # the warm-up is over: the steady rate
+            rate = (self.step - clock_step) / (time.perf_counter() - clock_time)
+        else:
+            elapsed = time.perf_counter() - started
+            rate = (self.step - started_step) / elapsed if elapsed > 0 else 0.0
         memory = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
         for (step, _, lr), value in zip(pending, values):
             if not math.isfinite(value):
@@ -404,9 +481,9 @@ class Trainer:
                     f"The loss became {value} at step {step} (batch: {', '.join(names)}). "
                     f"{'The last good checkpoint is ' + last.name + '. ' if last else ''}"
                     "Try a lower learning rate, bf16 instead of fp16, or check those images.")
-            self.emit("step", step=step, total=self.total_steps, loss=value, lr=lr,
-                      it_s=round(rate, 3), eta_s=round((self.total_steps - step) / rate, 1) if rate else None,
-                      gpu_mem_gib=round(memory, 3) if memory is not None else None)
+            eta = round((self.total_steps - step) / rate, 1) if rate and steady else None
+            self.emit("step", step=step, total=self.total_steps, loss=value, lr=lr, it_s=round(rate, 3), eta_s=eta,
+                      steady=steady, gpu_mem_gib=round(memory, 3) if memory is not None else None)
 
     # ------------------------------------------------------------------ validation, checkpoints, output
     @torch.no_grad()
