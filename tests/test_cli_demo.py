@@ -23,6 +23,10 @@ def test_demo_command_trains_a_lora_that_loads_and_changes_the_output(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "completed" in result.stdout
     assert elapsed < 120
+    # The user sees where the time goes and how far it got: set-up phases, then progress lines.
+    assert "Dataset and model loaded in" in result.stderr
+    progress = [line for line in result.stderr.splitlines() if "/30" in line and "loss" in line]
+    assert progress and "30/30" in progress[-1] and "it/s" in progress[-1] and "ETA" in progress[-1]
     lora = tmp_path / "demo" / "output" / "pytorch_lora_weights.safetensors"
     assert lora.exists()
 

@@ -43,6 +43,8 @@ def add_train_commands(subparsers: Any) -> None:
     parser.add_argument("--preset", action="store_true",
                         help="Start from the method's (and --adapter type's) recommended settings (`presets` prints "
                              "them).")
+    parser.add_argument("--quiet", action="store_true",
+                        help="Print only the result, no progress (the run folder's events.jsonl has everything).")
     defaults = TrainConfig()
     for f in field_info():
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata["help"]}
@@ -77,13 +79,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     from sdtune_ui.app.ops import default_data_dir
+    from sdtune_ui.cli.progress import ProgressEventLog
     from sdtune_ui.runs import RunDir, is_main_process, new_run_id
     from sdtune_ui.train import train
 
     config = config_from_args(args)
     config.validate()
     run_dir = Path(args.output) if args.output else default_data_dir() / "runs" / new_run_id(config.method)
-    status = train(config, run_dir)
+    shows_progress = is_main_process() and not args.quiet
+    status = train(config, run_dir, events=ProgressEventLog(RunDir(run_dir).events_path) if shows_progress else None)
     run = RunDir(run_dir)
     message = next((e.get("message", "") for e in reversed(run.read_events()) if e["kind"] == "status"), "")
     if is_main_process():

@@ -574,6 +574,7 @@ class Trainer:
     def save_output(self) -> list[str]:
         acc = self.accelerator
         acc.wait_for_everyone()
+        started = time.perf_counter()
         files: list[str] = []
         unet_state = sharding.gather_model_state(self.unet) if self.sharded else None  # a collective
         if acc.is_main_process:
@@ -586,6 +587,7 @@ class Trainer:
             if self.config.tool_files:
                 written += self._write_tool_files(parts)
             files = [str(p.relative_to(self.run.path)) for p in written]
+            self._phase("save", "Output saved", started)
             self.emit("output", files=files)
         acc.wait_for_everyone()
         return files
