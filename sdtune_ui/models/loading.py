@@ -65,10 +65,12 @@ def _pipeline_class_for_single_file(path: Path):
         return family_for_checkpoint_keys(handle.keys()).pipeline_class()
 
 
-def load_pipeline(name: str, *, dtype: torch.dtype = torch.float32, allow_pickle: bool = False,
-                  single_file_config: str | None = None):
+def load_pipeline(name: str, *, dtype: torch.dtype | dict[str, torch.dtype] = torch.float32,
+                  allow_pickle: bool = False, single_file_config: str | None = None):
     """Load a Stable Diffusion pipeline (SD1.x, SD2.x or SDXL) from any of the accepted sources.
 
+    `dtype` may map component names to dtypes ({"unet": torch.float32, "default": torch.bfloat16}), so each
+    part is read straight into the precision it trains in (a single file is read in float32 then).
     A single-file checkpoint needs its architecture's configs; diffusers fetches the standard ones from the
     Hub unless `single_file_config` names a diffusers folder or repo to take them from (offline use).
     """
@@ -81,7 +83,8 @@ def load_pipeline(name: str, *, dtype: torch.dtype = torch.float32, allow_pickle
             refuse_pickle(path, allow_pickle)
             pipeline_class = _pipeline_class_for_single_file(path)
             extra = {"config": resolve_model(single_file_config)} if single_file_config else {}
-            pipe = pipeline_class.from_single_file(str(path), torch_dtype=dtype, **extra)
+            single_dtype = torch.float32 if isinstance(dtype, dict) else dtype
+            pipe = pipeline_class.from_single_file(str(path), torch_dtype=single_dtype, **extra)
         else:
             pipe = _from_pretrained(DiffusionPipeline, source, path, dtype, allow_pickle)
     except ModelLoadError:
@@ -97,7 +100,8 @@ def load_pipeline(name: str, *, dtype: torch.dtype = torch.float32, allow_pickle
     return pipe
 
 
-def _from_pretrained(pipeline_class, source: str, path: Path, dtype: torch.dtype, allow_pickle: bool):
+def _from_pretrained(pipeline_class, source: str, path: Path, dtype: torch.dtype | dict[str, torch.dtype],
+                     allow_pickle: bool):
     if path.is_dir() and not (path / "model_index.json").exists():
         raise ModelLoadError(f"{path} is a folder but not a diffusers pipeline (no model_index.json).")
     try:

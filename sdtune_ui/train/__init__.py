@@ -29,6 +29,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, events: EventLog | None =
     that already has checkpoints is resumed from the last complete one. Errors the user can fix are
     reported as a `failed` status event with a readable message; the traceback goes to train.log.
     """
+    from sdtune_ui.train.speed import start_cuda_in_background
+
+    start_cuda_in_background()  # overlaps the CUDA start with the imports below (seconds each)
     from diffusers.training_utils import free_memory
 
     from sdtune_ui.train.trainer import Trainer

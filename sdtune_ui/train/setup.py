@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,8 +16,8 @@ from sdtune_ui.data.datasets import Example, load_dataset
 from sdtune_ui.data.formats import read_captions, read_dataset_info
 from sdtune_ui.errors import ConfigError, DatasetError
 from sdtune_ui.families import ModelParts, model_parts
-from sdtune_ui.methods import INSTANCE_PROMPT, TOKENS
-from sdtune_ui.models.loading import load_pipeline
+from sdtune_ui.methods import INSTANCE_PROMPT, TOKENS, make_method
+from sdtune_ui.models.loading import load_pipeline, resolve_model
 from sdtune_ui.paths import cache_dir
 
 
@@ -90,7 +91,10 @@ def load_training_inputs(config: TrainConfig, accelerator: Any, log: Callable[[s
 
     stop_if_cancelled()
     log(f"Loading {config.model}")
-    pipe = pipeline if pipeline is not None else load_pipeline(config.model, allow_pickle=config.allow_pickle)
+    if pipeline is None:
+        dtypes = component_dtypes(config, weight_dtype_for(config.mixed_precision))
+        pipeline = load_pipeline(config.model, allow_pickle=config.allow_pickle, dtype=dtypes)
+    pipe = pipeline
     pipe.set_progress_bar_config(disable=True)
     parts = model_parts(pipe)
     resolution = config.resolution or parts.family.native_resolution
@@ -103,6 +107,30 @@ def load_training_inputs(config: TrainConfig, accelerator: Any, log: Callable[[s
         class_examples = load_dataset(str(folder)).examples[: config.num_class_images]
         class_examples = [replace(ex, caption=config.class_prompt) for ex in class_examples]
     return TrainingInputs(parts, resolution, loaded.examples, class_examples)
+
+
+def component_dtypes(config: TrainConfig, weight_dtype: torch.dtype) -> torch.dtype | dict[str, torch.dtype]:
+    """The precision each pipeline component is loaded in: the one it trains in, so frozen parts are never
+    materialised in float32 first. Trained full-precision parts (the method says which) stay float32, and so
+    does a VAE whose config asks for it (SDXL's overflows in half precision) or whose config cannot be read."""
+    if weight_dtype == torch.float32:
+        return torch.float32
+    # Ask the method which models it keeps in full precision, with component names standing in for the models.
+    probe = ModelParts(family=None, unet="unet", vae="vae", text_encoders=["text_encoder", "text_encoder_2"],
+                       tokenizers=[], noise_scheduler=None, pipeline=None)
+    try:
+        full_precision = [name for name in make_method(config).full_precision_models(probe) if isinstance(name, str)]
+    except (AttributeError, TypeError):   # a method that looks inside the models: load everything in float32
+        return torch.float32
+    dtypes = {"default": weight_dtype, **{name: torch.float32 for name in full_precision}}
+    vae_config = Path(resolve_model(config.model)).expanduser() / "vae" / "config.json"
+    try:
+        upcast = json.loads(vae_config.read_text()).get("force_upcast", False)
+    except (OSError, ValueError):
+        upcast = True
+    if upcast:
+        dtypes["vae"] = torch.float32
+    return dtypes
 
 
 def class_images_folder(config: TrainConfig, resolution: int) -> Path:

@@ -8,6 +8,8 @@ runs long enough to win that time back, with fixed shapes, on CUDA, without FSDP
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -100,3 +102,22 @@ def ddp_settings(config: TrainConfig) -> Any:
     from accelerate.utils import DistributedDataParallelKwargs
 
     return DistributedDataParallelKwargs(broadcast_buffers=False, gradient_as_bucket_view=True)
+
+
+def start_cuda_in_background() -> threading.Thread | None:
+    """Create the CUDA context and cuBLAS handle on a thread while the main thread imports diffusers and reads
+    the data (each takes seconds; torch waits for the context where it first needs it). One process on one GPU
+    only: under `accelerate launch` each process must pick its own GPU first."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or not torch.cuda.is_available():
+        return None
+
+    def initialise() -> None:
+        try:
+            torch.cuda.init()
+            torch.cuda.current_blas_handle()
+        except RuntimeError:  # a broken driver is reported by the main thread's first CUDA call instead
+            pass
+
+    thread = threading.Thread(target=initialise, name="cuda-init", daemon=True)
+    thread.start()
+    return thread
