@@ -150,7 +150,8 @@ def run(args: argparse.Namespace) -> dict:
                          instance_prompt=prompt, rank=args.rank, lora_alpha=args.rank,
                          gradient_checkpointing=args.gradient_checkpointing, learning_rate=1e-5,
                          cache_latents=not args.no_cache, cache_text_embeddings=not args.no_cache,
-                         offload_frozen_encoders=not args.no_offload, compile_unet="none")
+                         offload_frozen_encoders=not args.no_offload, compile_unet="none",
+                         cuda_graph=args.cuda_graph, channels_last=args.channels_last)
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process under accelerate
     with torch.device("cuda"):  # random init on the GPU: seconds instead of a minute on the CPU
         pipeline = build(args.model)
@@ -167,8 +168,6 @@ def run(args: argparse.Namespace) -> dict:
     flops = count_flops(trainer)
     peaks["flop_count"] = phase_peak()    # one eager step under FlopCounterMode
     unet = trainer.parts.unet
-    if args.channels_last:
-        unet.to(memory_format=torch.channels_last)
     compiled_mode = args.compile
     if args.compile != "none":  # the trainer's own compile step (after the eager FLOP count)
         compiled_mode = compile_unet(unet, args.compile, args.compile_scope, args.gradient_checkpointing)
@@ -183,7 +182,9 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "diffusers": diffusers.__version__,
         "model": args.model, "method": args.method, "batch": args.batch, "resolution": resolution,
-        "compile": compiled_mode, "gradient_checkpointing": args.gradient_checkpointing, "rank": args.rank,
+        "compile": compiled_mode, "cuda_graph": bool(trainer.graphed and trainer.graphed.captured),
+        "capture_s": round(trainer.graphed.capture_seconds, 2) if trainer.graphed else None,
+        "gradient_checkpointing": args.gradient_checkpointing, "rank": args.rank,
         "cache": not args.no_cache, "steps": args.steps,
         "processes": trainer.accelerator.num_processes,
         "steps_per_s": round(steps_per_s, 3),
@@ -215,6 +216,8 @@ def main() -> None:
     parser.add_argument("--compile-scope", choices=("whole", "blocks"), default="whole",
                         help="Compile the whole UNet, or each repeated transformer block once (faster compile).")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--cuda-graph", choices=("auto", "off"), default="off",
+                        help="Capture the whole step as a CUDA graph (the trainer's cuda_graph setting).")
     parser.add_argument("--profile", type=int, default=0, help="Profile this many extra steps (torch.profiler).")
     parser.add_argument("--no-offload", action="store_true", help="Keep cached encoders on the GPU.")
     parser.add_argument("--gradient-checkpointing", action="store_true")
