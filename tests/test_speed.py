@@ -14,10 +14,10 @@ SD1, SDXL = family_named("sd1")(), family_named("sdxl")()
 
 
 def plan(compile_unet="auto", family=SD1, device_type="cuda", total_steps=2000, bucket_count=1, sharded=False,
-         processes=1):
+         processes=1, **measurements):
     config = TrainConfig(compile_unet=compile_unet)
     return compile_plan(config, family=family, device_type=device_type, total_steps=total_steps,
-                        bucket_count=bucket_count, sharded=sharded, processes=processes)
+                        bucket_count=bucket_count, sharded=sharded, processes=processes, **measurements)
 
 
 def test_auto_compiles_long_single_shape_runs_on_cuda_with_cuda_graphs():
@@ -108,3 +108,57 @@ def test_sample_images_run_compiled_modules_eagerly():
     assert compilations == []
     model(torch.ones(1, 2))
     assert len(compilations) == 1
+
+
+def test_auto_compiles_only_when_this_machines_measurements_say_it_pays():
+    # With the step captured as a CUDA graph and nothing measured here, auto does not compile.
+    mode, reason = plan(graphed=True)
+    assert mode == "none" and "measured" in reason
+    # Measured on this machine: compiling costs 180 s and saves 5 ms per step.
+    found = {"graph_step_s": 0.030, "compiled+graph_step_s": 0.025, "compile_cold_s": 180.0, "compile_warm_s": 20.0}
+    assert plan(graphed=True, measured=found, total_steps=1000)[0] == "none"          # saves 5 s < 180 s
+    assert plan(graphed=True, measured=found, total_steps=50_000)[0] == "default"     # inside the graph
+    # A cached compile costs only its warm time: 1000 steps no longer pay, 10,000 do.
+    assert plan(graphed=True, measured=found, total_steps=1000, cache_exists=True)[0] == "none"
+    mode, reason = plan(graphed=True, measured=found, total_steps=10_000, cache_exists=True)
+    assert mode == "default" and "cached" in reason
+    # Without a graph the eager step is the baseline, and compiling means reduce-overhead.
+    eager = {"eager_step_s": 0.15, "compiled_step_s": 0.03, "compile_cold_s": 180.0}
+    assert plan(measured=eager, total_steps=1000)[0] == "none"
+    assert plan(measured=eager, total_steps=2000)[0] == "reduce-overhead"
+
+
+@pytest.mark.slow
+def test_a_second_run_loads_the_compile_cache_and_compiles_nothing(toy_dataset, tmp_path, monkeypatch):
+    """The first compiled run saves its compiled code in the data folder; the next run of the same model (here:
+    empty in-memory and on-disk torch caches, as in a new process) loads it and compiles nothing. CPU inductor."""
+    from torch._dynamo.utils import counters
+    from torch._inductor.codecache import PyCodeCache
+    from train_helpers import losses, quick_config, run_training
+
+    from sdtune_ui.paths import cache_dir
+    from sdtune_ui.train import speed
+
+    monkeypatch.setattr(speed, "compile_plan", lambda config, **_: ("default", "forced by the test"))
+    common = dict(method="lora", max_train_steps=3, learning_rate=1e-3, compile_unet="default",
+                  compile_scope="blocks", checkpointing_steps=0)
+
+    def fresh_torch_caches(name):
+        torch._dynamo.reset()
+        PyCodeCache.cache_clear()
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / name))
+        counters.clear()
+
+    fresh_torch_caches("inductor-first")
+    first = run_training(quick_config(toy_dataset, **common), tmp_path / "first")
+    assert counters["inductor"]["fxgraph_cache_miss"] > 0       # compiled from scratch
+    assert list(cache_dir("compile").glob("*-default-blocks.bin"))
+
+    fresh_torch_caches("inductor-second")
+    second = run_training(quick_config(toy_dataset, **common), tmp_path / "second")
+    assert counters["inductor"]["fxgraph_cache_hit"] > 0
+    assert counters["inductor"]["fxgraph_cache_miss"] == 0     # nothing compiled again
+    assert losses(second) == pytest.approx(losses(first), rel=1e-5)
+    logs = [e["message"] for e in second.read_events() if e["kind"] == "log"]
+    assert any("from the compile cache" in m for m in logs)
+    torch._dynamo.reset()

@@ -28,8 +28,14 @@ def compile_scope(config: TrainConfig, family: Family) -> str:
 
 
 def compile_plan(config: TrainConfig, *, family: Family, device_type: str, total_steps: int, bucket_count: int,
-                 sharded: bool, processes: int = 1) -> tuple[str, str]:
-    """(mode, reason): the torch.compile mode to use ("none" = eager) and why, for the run's log."""
+                 sharded: bool, processes: int = 1, graphed: bool = False, measured: dict | None = None,
+                 cache_exists: bool = False) -> tuple[str, str]:
+    """(mode, reason): the torch.compile mode to use ("none" = eager) and why, for the run's log.
+
+    `graphed`: the step is captured as a CUDA graph (then the compiled UNet runs inside it: mode 'default').
+    `measured`: this machine's measurements of this run shape (compile_cache.measured); `cache_exists`: its
+    compiled code is cached, so compiling costs the measured warm time, not the cold one.
+    """
     requested = config.compile_unet
     if requested == "none":
         return "none", "compile_unet is none"
@@ -37,16 +43,33 @@ def compile_plan(config: TrainConfig, *, family: Family, device_type: str, total
         return "none", "compiling needs CUDA and is not combined with FSDP"
     if requested != "auto":
         return requested, f"compile_unet is {requested}"
-    # The family's measured break-even run length (benchmarks/README.md): compile time over the time saved per step.
-    min_steps = family.auto_compile_min_steps
-    if total_steps < min_steps:
-        return "none", f"a {total_steps}-step run would not win back the compile time (auto compiles " \
-                       f"{family.label} runs from {min_steps} steps)"
     if bucket_count > 1:
         return "none", f"{bucket_count} aspect buckets would each compile again (auto compiles one shape)"
     if processes > 1:
         return "none", "auto does not compile DDP runs yet (not measured; set compile_unet to compile anyway)"
-    return "reduce-overhead", f"auto: {total_steps} steps of one shape on CUDA"
+    mode = "default" if graphed else "reduce-overhead"
+    baseline, compiled = ("graph", "compiled+graph") if graphed else ("eager", "compiled")
+    found = measured or {}
+    base_step, compiled_step = found.get(f"{baseline}_step_s"), found.get(f"{compiled}_step_s")
+    compile_s = found.get("compile_warm_s" if cache_exists else "compile_cold_s")
+    if cache_exists and compile_s is None:
+        compile_s = found.get("compile_cold_s")
+    if base_step and compiled_step and compile_s is not None:
+        saved = total_steps * (base_step - compiled_step)
+        cost = f"{compile_s:.0f} s of compiling{' (cached)' if cache_exists else ''}"
+        if saved > compile_s:
+            return mode, f"measured on this machine: {cost} saves {saved:.0f} s over {total_steps} steps"
+        return "none", (f"measured on this machine: {cost} would save only {max(saved, 0):.0f} s over "
+                        f"{total_steps} steps")
+    if graphed:
+        return "none", ("the captured step needs no compiling; auto compiles once this machine has measured that it "
+                        "pays (a run with compile_unet=default measures it)")
+    # Nothing measured here yet: the family's break-even run length from the benchmarks (an H100) as a first guess.
+    min_steps = family.auto_compile_min_steps
+    if total_steps < min_steps:
+        return "none", f"a {total_steps}-step run would not win back the compile time (auto compiles " \
+                       f"{family.label} runs from {min_steps} steps until this machine has measured its own)"
+    return mode, f"auto: {total_steps} steps of one shape on CUDA (nothing measured on this machine yet)"
 
 
 def compile_unet(unet: torch.nn.Module, mode: str, scope: str = "whole", gradient_checkpointing: bool = False) -> str:
@@ -105,7 +128,7 @@ def ddp_settings(config: TrainConfig) -> Any:
 
 
 def start_cuda_in_background() -> threading.Thread | None:
-    """Create the CUDA context and cuBLAS handle on a thread while the main thread imports diffusers and reads
+    """Create the CUDA context on a thread while the main thread imports diffusers and reads
     the data (each takes seconds; torch waits for the context where it first needs it). One process on one GPU
     only: under `accelerate launch` each process must pick its own GPU first."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or not torch.cuda.is_available():
@@ -114,7 +137,7 @@ def start_cuda_in_background() -> threading.Thread | None:
     def initialise() -> None:
         try:
             torch.cuda.init()
-            torch.cuda.current_blas_handle()
+            torch.empty(1, device="cuda")  # the primary context and the caching allocator
         except RuntimeError:  # a broken driver is reported by the main thread's first CUDA call instead
             pass
 

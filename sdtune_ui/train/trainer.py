@@ -23,9 +23,11 @@ from sdtune_ui.errors import Cancelled, ConfigError, SdtuneError, TrainingStoppe
 from sdtune_ui.methods import ADAPTER, Method, make_method
 from sdtune_ui.runs import EventLog, NullEventLog, RunDir
 from sdtune_ui.train import checkpoint as ckpt
-from sdtune_ui.train import graphed_step, sharding, speed
+from sdtune_ui.train import compile_cache, graphed_step, sharding, speed
+from sdtune_ui.train.caches import Caches
 from sdtune_ui.train.data import TrainingData
 from sdtune_ui.train.setup import build_optimizer, load_training_inputs, resolve_mixed_precision, weight_dtype_for
+from sdtune_ui.train.step_speed import StepSpeed
 
 
 @dataclass
@@ -42,7 +44,7 @@ class Batch:
     prompts: list[str]
 
 
-class Trainer:
+class Trainer(Caches, StepSpeed):
     def __init__(self, config: TrainConfig, run: RunDir, *, events: EventLog | None = None,
                  cancel: Callable[[], bool] | None = None, pipeline: object | None = None):
         self.config = config
@@ -53,6 +55,8 @@ class Trainer:
         self.step = 0
         self.probe = None  # the held-out loss set of eval_steps, built on first use
         self.graphed: graphed_step.GraphedStep | None = None   # the captured step, when cuda_graph applies
+        self.compiled: compile_cache.CompileCache | None = None  # the compiled UNet's cache, when compiled
+        self.compile_cache_loaded = False
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -179,85 +183,6 @@ class Trainer:
         self._resume_if_possible()
         self._graph_if_safe()
         self._phase("prepare", "UNet, optimizer and step prepared", started)
-
-    def _phase(self, name: str, text: str, started: float) -> None:
-        """Log how long a phase of the set-up took (the run's overhead, visible to the user and benchmarks)."""
-        seconds = time.perf_counter() - started
-        self.emit("log", level="info", message=f"{text} in {seconds:.1f} s", phase=name, seconds=round(seconds, 3))
-
-    def _graph_if_safe(self) -> None:
-        capture, reason = self.graph_plan
-        acc = self.accelerator
-        if not capture:
-            if self.config.cuda_graph != "off" and acc.device.type == "cuda":
-                self.log(f"The training step runs eagerly: {reason}")
-            return
-        self.graphed = graphed_step.GraphedStep(self.train_step, self._inner_optimizer, self.trainable_params,
-                                                log=self.log, device=acc.device)
-        self.log(f"The training step will be captured as a CUDA graph after {self.graphed.warmup_steps} "
-                 f"warm-up steps ({reason})")
-
-    @property
-    def _inner_optimizer(self) -> torch.optim.Optimizer:
-        return getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper holds the real one
-
-    def _compile_if_it_pays(self) -> None:
-        cfg, acc = self.config, self.accelerator
-        mode, reason = speed.compile_plan(cfg, family=self.parts.family, device_type=acc.device.type,
-                                          total_steps=self.total_steps, sharded=self.sharded,
-                                          bucket_count=len({item.bucket for item in self.data.items}),
-                                          processes=acc.num_processes)
-        if mode == "reduce-overhead" and self.graph_plan[0]:
-            mode = "default"  # the captured step already replays everything as one CUDA graph
-        if mode != "none":
-            scope = speed.compile_scope(cfg, self.parts.family)
-            mode = speed.compile_unet(self.parts.unet, mode, scope, cfg.gradient_checkpointing)
-            self.log(f"Compiling the UNet ({mode}, {scope}; {reason}): the first steps are slower")
-        elif cfg.compile_unet != "none" and (cfg.compile_unet != "auto" or acc.device.type == "cuda"):
-            self.log(f"The UNet runs eagerly: {reason}")
-
-    # ------------------------------------------------------------------ caches
-    @torch.no_grad()
-    def _encode_latents(self, pixels: torch.Tensor) -> torch.Tensor:
-        vae = self.parts.vae
-        latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
-        shift = vae.config.get("shift_factor") or 0.0
-        return ((latents - shift) * vae.config.scaling_factor).to(self.weight_dtype)
-
-    def _encode_all_latents(self) -> list[torch.Tensor]:
-        self.log("Encoding images with the VAE once (cache_latents)")
-        items = self.data.items + self.data.class_items
-        self._cache_index = {id(item): i for i, item in enumerate(items)}
-        return [self._encode_latents(torch.stack(item.pixels)) for item in items]
-
-    def _all_prompts(self) -> set[str]:
-        prompts = {""}
-        for item in self.data.items:
-            prompts.add(self.config.instance_prompt or item.caption)
-        if self.data.class_items:
-            prompts.add(self.config.class_prompt)
-        return prompts
-
-    @torch.no_grad()
-    def _encode_all_prompts(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-        family, parts = self.parts.family, self.parts
-        cache = {}
-        for prompt in sorted(self._all_prompts()):
-            ids = [ids.to(self.accelerator.device) for ids in family.tokenize(parts.tokenizers, [prompt])]
-            hidden, pooled = family.encode(parts.text_encoders, ids)
-            pooled = None if pooled is None else pooled[0].to(self.weight_dtype)
-            cache[prompt] = (hidden[0].to(self.weight_dtype), pooled)
-        return cache
-
-    def _park_cached_encoders(self) -> list[torch.nn.Module]:
-        if self.accelerator.device.type != "cuda":
-            return []
-        parked = ([self.parts.vae] if self.latent_cache is not None else []) + (
-            list(self.parts.text_encoders) if self.text_cache is not None else [])
-        for module in parked:
-            module.to("cpu")
-        torch.cuda.empty_cache()
-        return parked
 
     # ------------------------------------------------------------------ batches
     def _batch(self, micro_step: int) -> Batch:
@@ -428,6 +353,7 @@ class Trainer:
                 self.validate()
             if cfg.eval_steps and (self.step % cfg.eval_steps == 0 or at_end):
                 self.heldout_loss()
+        self._record_speed()
 
     def _asked_to_cancel(self) -> bool:
         """The caller's cancel flag or the run folder's CANCEL file (written by the app or a terminal)."""
@@ -449,16 +375,6 @@ class Trainer:
         flag = torch.tensor([1.0 if requested else 0.0], device=self.accelerator.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
-    def _end_warmup(self, started: float) -> None:
-        """Start the steady-rate clock (once the GPU has finished the warm-up's work)."""
-        if torch.cuda.is_available() and self.accelerator.device.type == "cuda":
-            torch.cuda.synchronize(self.accelerator.device)
-        now = time.perf_counter()
-        self._clock = (now, self.step, True)
-        what = " (CUDA graph capture included)" if self.graphed is not None and self.graphed.warmed_up else ""
-        self.emit("log", level="info", message=f"Warm-up took {now - started:.1f} s for the first {self.step} "
-                  f"steps{what}; rates and the ETA count from here", phase="warmup", seconds=round(now - started, 3))
-
     def _flush(self, pending, recent_batches, started: float, started_step: int) -> None:
         acc = self.accelerator
         losses = torch.stack([loss for _, loss, _ in pending])
@@ -468,7 +384,7 @@ class Trainer:
         clock_time, clock_step, steady = self._clock
         steady = steady and self.step > clock_step
         if steady:  # the warm-up is over: the steady rate
-            rate = (self.step - clock_step) / (time.perf_counter() - clock_time)
+            rate = self.steady_rate = (self.step - clock_step) / (time.perf_counter() - clock_time)
         else:
             elapsed = time.perf_counter() - started
             rate = (self.step - started_step) / elapsed if elapsed > 0 else 0.0
