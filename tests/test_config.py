@@ -147,3 +147,33 @@ def test_adapter_settings_apply_to_their_own_type_only():
     assert TrainConfig(method="pivotal").applies("use_ema") and not TrainConfig(method="textual_inversion").applies(
         "use_ema")
     TrainConfig(data="d", adapter="lokr", lokr_factor=4, decompose_both=True, use_ema=True).validate()
+
+
+def test_mixed_precision_auto_is_bf16_or_fp16_on_a_gpu_and_full_precision_on_the_cpu(monkeypatch):
+    import torch
+
+    from sdtune_ui.train.setup import resolve_mixed_precision, weight_dtype_for
+
+    assert TrainConfig().mixed_precision == "auto"
+    assert resolve_mixed_precision("auto", "cpu") == "no" and weight_dtype_for("no") == torch.float32
+    # Settings saved before "auto" existed keep their meaning.
+    assert [resolve_mixed_precision(v, "cuda") for v in ("no", "fp16", "bf16")] == ["no", "fp16", "bf16"]
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_mixed_precision("auto", "cuda") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_mixed_precision("auto", "cuda") == "fp16"
+
+
+def test_each_component_loads_in_the_precision_it_trains_in():
+    import torch
+
+    from sdtune_ui.train.setup import component_dtypes
+
+    bf16 = torch.bfloat16
+    assert component_dtypes(TrainConfig(method="lora"), torch.float32) == torch.float32
+    assert component_dtypes(TrainConfig(method="lora"), bf16) == {"default": bf16}
+    assert component_dtypes(TrainConfig(method="dreambooth"), bf16) == {"default": bf16, "unet": torch.float32}
+    ti = component_dtypes(TrainConfig(method="textual_inversion"), bf16)
+    assert ti["text_encoder"] == ti["text_encoder_2"] == torch.float32 and ti["default"] == bf16
+    # A model whose VAE config cannot be read (a Hub id offline): its VAE stays float32, as SDXL's must.
+    assert component_dtypes(TrainConfig(method="lora", model="someone/unknown-model"), bf16)["vae"] == torch.float32

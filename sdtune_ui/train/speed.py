@@ -1,8 +1,10 @@
-"""Speed switches the trainer applies to the UNet: torch.compile (when it pays) and DDP settings.
+"""Speed switches the trainer applies to the UNet: torch.compile (when it pays), DDP settings, the CUDA start.
 
-Measured on an H100 (benchmarks/README.md): at batch 1 the eager step is bound by Python and kernel
-launches, and compiling makes it 3-6x faster, after a minute or two of compiling. So "auto" compiles only
-runs long enough to win that time back, with fixed shapes, on CUDA, without FSDP.
+At batch 1 the eager step is bound by Python and kernel launches (benchmarks/README.md). The captured step
+(graphed_step.py) removes that without compiling; compiling fuses kernels too, after minutes. So "auto" compiles
+only where this machine's measurements say the compile time is won back (compile_cache.py records them), with
+fixed shapes, on CUDA, without FSDP; before anything is measured, the family's break-even from the H100 numbers
+is the guess for runs that are not captured.
 """
 
 from __future__ import annotations
