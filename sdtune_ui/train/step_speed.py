@@ -39,8 +39,9 @@ class StepSpeed:
         width, height = self.data.items[0].bucket
         latent_shape = (cfg.train_batch_size, self.parts.vae.config.latent_channels, height // self._vae_scale,
                         width // self._vae_scale)
-        settings = {name: getattr(cfg, name) for name in ("rank", "lora_alpha", "lora_dropout", "lora_targets",
-                    "train_text_encoder", "gradient_checkpointing", "channels_last", "num_vectors")}
+        settings = {name: getattr(cfg, name, None) for name in (
+            "adapter", "rank", "lora_alpha", "lora_dropout", "lora_targets", "lokr_factor", "decompose_both",
+            "train_text_encoder", "gradient_checkpointing", "channels_last", "num_vectors")}
         self.speed_key = compile_cache.run_shape_key(self.parts.unet, method=cfg.method, adapter=settings,
                                                      batch_shape=latent_shape, dtype=self.weight_dtype,
                                                      device=acc.device)
