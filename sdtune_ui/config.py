@@ -8,7 +8,9 @@ Validation happens before any model is loaded and reports every bad field at onc
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,9 @@ from sdtune_ui.errors import ConfigError
 from sdtune_ui.methods import ADAPTER, DEFAULT_METHOD, TOKENS, UNET_WEIGHTS, adapters
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
-OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
+# Optimizers from optional packages: (module, the extra that installs it: pip install sdtune_ui[extra]).
+OPTIONAL_OPTIMIZERS = {"adamw8bit": ("bitsandbytes", "8bit"), "prodigy": ("prodigyopt", "prodigy")}
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 CUDA_GRAPH = ("auto", "off")
 LORA_TARGETS = ("attention", "attention_ff", "all")
@@ -113,8 +117,9 @@ class TrainConfig:
     lr_warmup_steps: int = _field(0, "Warm-up steps of the schedule.", advanced=True)
     lr_num_cycles: int = _field(1, "Restarts of cosine_with_restarts.", advanced=True)
     lr_power: float = _field(1.0, "Power of the polynomial schedule.", advanced=True)
-    optimizer: str = _field("adamw", "Optimizer (adamw8bit needs bitsandbytes, prodigy needs prodigyopt).",
-                            choices=OPTIMIZERS, advanced=True)
+    optimizer: str = _field("adamw", "Optimizer: adamw; adamw8bit (needs bitsandbytes: pip install sdtune_ui[8bit]); "
+                            "prodigy (needs prodigyopt: sdtune_ui[prodigy]); adafactor (little optimizer memory, "
+                            "uses the learning rate as given).", choices=OPTIMIZERS, advanced=True)
     adam_beta1: float = _field(0.9, "AdamW beta1.", advanced=True)
     adam_beta2: float = _field(0.999, "AdamW beta2.", advanced=True)
     adam_weight_decay: float = _field(1e-2, "AdamW weight decay.", advanced=True)
@@ -180,6 +185,8 @@ class TrainConfig:
     tool_files: bool = _field(True, "Also write into output/ the files AUTOMATIC1111 and ComfyUI load (a kohya-format "
                               "LoRA, an embedding named by its trigger word) and README.txt saying which file is for "
                               "which tool.", advanced=True)
+    tensorboard: bool = _field(True, "Also write TensorBoard logs (loss, learning rate, samples) to <run>/tb when "
+                               "tensorboard is installed (`tensorboard --logdir <data>/runs`).", advanced=True)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -329,6 +336,22 @@ VRAM_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def optimizer_available(name: str) -> bool:
+    """Whether the optimizer's package is installed (adamw and adafactor need none beyond torch/transformers)."""
+    module = OPTIONAL_OPTIMIZERS.get(name, (None,))[0]
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+def installed_optimizer(name: str) -> tuple[str, str]:
+    """(an optimizer that is installed, why it differs from `name` or ""): presets never pick a missing one."""
+    if optimizer_available(name):
+        return name, ""
+    module, extra = OPTIONAL_OPTIMIZERS[name]
+    substitute = "adafactor" if name == "adamw8bit" else "adamw"  # the memory-light choice stays memory-light
+    return substitute, (f"{name} needs {module}, which is not installed: using {substitute} instead "
+                        f"(pip install sdtune_ui[{extra}] to use {name}).")
+
+
 def method_presets() -> dict[str, dict[str, Any]]:
     """Recommended starting points per method (each method's class holds its own)."""
     return {cls.name: dict(cls.preset) for cls in methods.method_classes()}
@@ -345,6 +368,10 @@ def preset_values(method: str | None = None, vram: str | None = None, adapter: s
         values.update(adapters.adapter_named(adapter).preset)
     if vram:
         values.update(VRAM_PRESETS[vram])
+    if "optimizer" in values:
+        values["optimizer"], why = installed_optimizer(values["optimizer"])
+        if why:
+            logging.getLogger(__name__).warning("Preset: %s", why)
     return values
 
 

@@ -31,6 +31,25 @@ class ModelParts:
     pipeline: Any = field(repr=False)
 
 
+@dataclass(frozen=True)
+class MemoryProfile:
+    """What the memory estimate (train/memory.py) needs to know about a family's standard checkpoint.
+
+    Parameter counts are of the standard architecture (counted on the meta device from its configs,
+    benchmarks/fit_memory.py); the activation coefficient is fitted to the GPU peaks measured in
+    benchmarks/results (None: not measured, the estimate borrows the SD1.x value and says so).
+    """
+
+    unet_params: int
+    text_encoder_params: tuple[int, ...]
+    vae_params: int
+    lora_params_per_rank: dict[str, int]          # per lora_targets choice: sum of (in + out) of adapted layers
+    text_encoder_lora_params_per_rank: int        # all text encoders together
+    token_embedding_params: tuple[int, ...]       # vocabulary x width, per text encoder (textual inversion)
+    activation_gib_per_megapixel: float | None    # eager step, batch 1, LoRA, no gradient checkpointing
+    vae_in_fp32: bool = False                     # the VAE is kept in fp32 (SDXL's overflows in fp16)
+
+
 class Family:
     """Base class. Instances carry what varies between checkpoints of one family (prediction type, size)."""
 
@@ -53,6 +72,8 @@ class Family:
     kohya_ldm_unet_names: ClassVar[bool] = False   # kohya names this family's UNet modules by the original layout
     card_tags: ClassVar[tuple[str, ...]] = ()
     license: ClassVar[str] = ""
+    # Memory: sizes of the standard checkpoint and the fitted activation cost (train/memory.py).
+    memory: ClassVar[MemoryProfile | None] = None
 
     def __init__(self, prediction_type: str = "epsilon", native_resolution: int = 512):
         self.prediction_type = prediction_type

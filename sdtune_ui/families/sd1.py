@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from sdtune_ui.families.base import Family, register
+from sdtune_ui.families.base import Family, MemoryProfile, register
 
 
 @register
@@ -17,6 +17,12 @@ class SD1(Family):
     kohya_base_version = "sd_v1"
     card_tags: ClassVar[tuple[str, ...]] = ("stable-diffusion", "stable-diffusion-diffusers")
     license = "creativeml-openrail-m"
+    # SD 1.5's sizes; activations fitted to the H100/H200 peaks in benchmarks/README.md (fit_memory.py).
+    memory = MemoryProfile(
+        unet_params=859_520_964, text_encoder_params=(123_060_480,), vae_params=83_653_863,
+        lora_params_per_rank={"attention": 199_296, "attention_ff": 423_936, "all": 996_416},
+        text_encoder_lora_params_per_rank=73_728, token_embedding_params=(37_945_344,),
+        activation_gib_per_megapixel=4.15)
 
     @classmethod
     def matches_unet_config(cls, unet_config: dict) -> bool:

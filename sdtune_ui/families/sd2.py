@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from sdtune_ui.families.base import register
+from sdtune_ui.families.base import MemoryProfile, register
 from sdtune_ui.families.sd1 import SD1
 
 
@@ -17,6 +17,12 @@ class SD2(SD1):
     priority = 10
     kohya_base_version = "sd_v2"
     kohya_is_v2 = True
+    # SD 2.1's sizes (OpenCLIP-H text encoder); no SD2 peak was measured, so activations are not known here.
+    memory = MemoryProfile(
+        unet_params=865_910_724, text_encoder_params=(340_387_840,), vae_params=83_653_863,
+        lora_params_per_rank={"attention": 207_488, "attention_ff": 432_128, "all": 1_004_608},
+        text_encoder_lora_params_per_rank=188_416, token_embedding_params=(50_593_792,),
+        activation_gib_per_megapixel=None)
 
     @classmethod
     def matches_unet_config(cls, unet_config: dict) -> bool:

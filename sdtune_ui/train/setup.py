@@ -169,25 +169,31 @@ def ensure_class_images(pipe: Any, config: TrainConfig, folder: Path, resolution
 
 def build_optimizer(config: TrainConfig, groups: list[dict], *, device: torch.device | None = None,
                     check_only: bool = False) -> Any:
-    """AdamW (fused on CUDA), 8-bit AdamW (bitsandbytes) or Prodigy (prodigyopt)."""
+    """AdamW (fused on CUDA), 8-bit AdamW (bitsandbytes), Prodigy (prodigyopt) or Adafactor (transformers)."""
+    from sdtune_ui.config import OPTIONAL_OPTIMIZERS, optimizer_available
+
+    if not optimizer_available(config.optimizer):
+        module, extra = OPTIONAL_OPTIMIZERS[config.optimizer]
+        raise ConfigError({"optimizer": f"{config.optimizer} needs {module}: pip install sdtune_ui[{extra}] "
+                                        f"(or pip install {module}), or choose adamw or adafactor."})
+    if check_only:
+        return None
     kwargs = dict(betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.adam_weight_decay,
                   eps=config.adam_epsilon)
     if config.optimizer == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError as err:
-            raise ConfigError({"optimizer": "8-bit AdamW needs bitsandbytes: pip install bitsandbytes "
-                               "(or choose adamw)."}) from err
-        return None if check_only else bnb.optim.AdamW8bit(groups, **kwargs)
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(groups, **kwargs)
     if config.optimizer == "prodigy":
-        try:
-            from prodigyopt import Prodigy
-        except ImportError as err:
-            raise ConfigError({"optimizer": "Prodigy needs prodigyopt: pip install prodigyopt "
-                               "(or choose adamw)."}) from err
-        return None if check_only else Prodigy(groups, **kwargs)
-    if check_only:
-        return None
+        from prodigyopt import Prodigy
+
+        return Prodigy(groups, **kwargs)
+    if config.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        # The run's learning rate and schedule, not Adafactor's own relative step size.
+        return Adafactor(groups, lr=config.learning_rate, relative_step=False, scale_parameter=False,
+                         warmup_init=False, weight_decay=config.adam_weight_decay)
     # One fused kernel for the whole update on CUDA; the multi-tensor path elsewhere.
     fused = device is not None and device.type == "cuda"
     return torch.optim.AdamW(groups, fused=fused, foreach=None if fused else True, **kwargs)
