@@ -6,6 +6,9 @@ Anything else that escapes is a bug and is logged with its traceback.
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 
 class SdtuneError(Exception):
     """A problem the user can fix; `str(err)` says what happened and what to do."""
@@ -32,5 +35,47 @@ class TrainingStopped(SdtuneError):
     """Training ended early for a reason the user should see (non-finite loss, out of memory)."""
 
 
+class DiskFull(SdtuneError):
+    """A write failed because the disk (or the user's quota) is full."""
+
+    def __init__(self, folder: str | Path, what: str = "writing"):
+        super().__init__(f"The disk is full: {what} in {folder} failed. Free some space there (old runs' "
+                         "checkpoints/ folders are usually the largest), then resume the run.")
+
+
+class UnreadableFile(ModelLoadError):
+    """A weights file (safetensors or pickle) is damaged, cut short or not what its name says."""
+
+    def __init__(self, path: str | Path, err: BaseException, advice: str = ""):
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        super().__init__(f"Could not read {path}: the file is damaged or not a weights file ({reason}). "
+                         + (advice or "Download or copy it again, or choose another file."))
+
+
 class Cancelled(Exception):
     """The user asked to stop; not an error."""
+
+
+class Interrupted(Cancelled):
+    """The process was asked to shut down (SIGTERM); the run stops with a checkpoint and can be resumed."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether an exception from a write means "no space left" (OSError, or the safetensors/torch writers'
+    own errors, which carry the OS error only in their text)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text
+
+
+def is_unreadable_file_error(err: BaseException) -> bool:
+    """Whether an exception from loading weights means the file itself is bad (not a bug of ours)."""
+    import pickle
+
+    if isinstance(err, (pickle.UnpicklingError, EOFError)):
+        return True
+    name = type(err).__name__
+    text = str(err)
+    return (name == "SafetensorError" or "PytorchStreamReader" in text or "invalid load key" in text
+            or "Error while deserializing header" in text or "failed finding central directory" in text)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from sdtune_ui.config import TrainConfig
-from sdtune_ui.errors import Cancelled, SdtuneError
-from sdtune_ui.runs import EventLog, RunDir, is_main_process
+from sdtune_ui.errors import Cancelled, DiskFull, Interrupted, SdtuneError, is_disk_full
+from sdtune_ui.runs import ACTIVE, EventLog, RunDir, is_main_process, mark_if_interrupted
 from sdtune_ui.train.setup import apply_dataset_info
 
 log = logging.getLogger(__name__)
@@ -21,61 +25,154 @@ OOM_ADVICE = ("The GPU ran out of memory. Try, in this order: gradient checkpoin
               "full fine-tuning.")
 
 
+class RunBusy(SdtuneError):
+    """The run folder is being trained by a process that is still alive."""
+
+
 def train(config: TrainConfig, run_dir: str | Path, *, events: EventLog | None = None,
           cancel: Callable[[], bool] | None = None) -> str:
-    """Validate, train, save; return the final status: completed, cancelled or failed.
+    """Validate, train, save; return the final status: completed, cancelled, interrupted or failed.
 
     The run folder tells the whole story (config.json, events.jsonl, checkpoints, output). A run folder
-    that already has checkpoints is resumed from the last complete one. Errors the user can fix are
-    reported as a `failed` status event with a readable message; the traceback goes to train.log.
+    that already has checkpoints is resumed from the last complete one, if the settings its checkpoints
+    depend on are unchanged (else ResumeRefused is raised and nothing is written). Errors the user can fix
+    are reported as a `failed` status event with a readable message; the traceback goes to train.log.
+    While it runs, the process owns the folder (owner.json and a heartbeat); SIGTERM stops it at the next
+    step with a checkpoint, as "interrupted".
     """
     from sdtune_ui.train.speed import start_cuda_in_background
 
     start_cuda_in_background()  # overlaps the CUDA start with the imports below (seconds each)
     from diffusers.training_utils import free_memory
 
+    from sdtune_ui.train.resume import describe_changes, resume_changes
+    from sdtune_ui.train.tensorboard import with_tensorboard
     from sdtune_ui.train.trainer import Trainer
 
     run = RunDir(Path(run_dir))
     main = is_main_process()
+    changes: dict[str, Any] = {}
     if main:
-        run.create()
-        run.clear_cancel()
+        _refuse_if_owned_elsewhere(run)
+        try:
+            checked = apply_dataset_info(config).validate()
+        except SdtuneError:
+            checked = None  # reported below, as the run's failure
+        if checked is not None:
+            changes = resume_changes(run, checked)  # ResumeRefused: raised before anything is written
+    heartbeat = _claim(run) if main else None
     events = events or (run.events() if main else None)
     trainer = None
+    extra: dict[str, Any] = {}
     try:
-        config = apply_dataset_info(config).validate()
-        if main:
-            config.save(run.config_path)
-        trainer = Trainer(config, run, events=events, cancel=cancel)
-        if events is not None:
-            events.emit("status", status="starting", method=config.method, model=config.model)
-        trainer.setup()
-        trainer.fit()
-        trainer.validate()
-        trainer.save_output()
+        with _interrupt_on_sigterm(run):
+            config = apply_dataset_info(config).validate()
+            if main:
+                config.save(run.config_path)
+                events = with_tensorboard(events, run, config)
+            trainer = Trainer(config, run, events=events, cancel=cancel)
+            if events is not None:
+                events.emit("status", status="starting", method=config.method, model=config.model)
+                if changes:
+                    events.emit("log", level="info", message=f"Resuming with changed settings: "
+                                                             f"{describe_changes(changes)}")
+            trainer.setup()
+            trainer.fit()
+            trainer.validate()
+            trainer.save_output()
         status, message = "completed", "Training finished."
+    except Interrupted:
+        step = trainer.step if trainer else 0
+        status, message = "interrupted", (f"Stopped by a shutdown signal at step {step}; "
+                                          f"{run.resume_point()}.")
     except Cancelled:
         step = trainer.step if trainer else 0
         status, message = "cancelled", f"Cancelled at step {step}; resume continues from there."
     except torch.OutOfMemoryError:
         _write_traceback(run)
-        status, message = "failed", OOM_ADVICE
+        status, message, extra = _out_of_memory(run, config, trainer)
     except SdtuneError as err:
         _write_traceback(run)
         status, message = "failed", str(err)
     except Exception as err:  # noqa: BLE001 - a crash must still end the run with a status and a log
         _write_traceback(run)
-        status, message = "failed", f"Unexpected error: {type(err).__name__}: {err} (details in train.log)"
-        log.exception("training crashed")
+        if is_disk_full(err):
+            status, message = "failed", str(DiskFull(run.path, "writing the run's files"))
+        else:
+            status, message = "failed", f"Unexpected error: {type(err).__name__}: {err} (details in train.log)"
+            log.exception("training crashed")
     finally:
         del trainer
         free_memory()  # give cached GPU memory back so the next run (or generation) can start
-    if events is not None:
-        events.emit("status", status=status, message=message)
+    try:
+        if events is not None:
+            events.emit("status", status=status, message=message, **extra)
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        raise DiskFull(run.path, f"writing the run's final status ({status}: {message})") from None
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop()
+        if events is not None and hasattr(events, "close"):
+            events.close()
     return status
 
 
+def _refuse_if_owned_elsewhere(run: RunDir) -> None:
+    """A folder another live process is training is refused; one whose owner died is marked interrupted."""
+    if run.status() not in ACTIVE or mark_if_interrupted(run) or run.owner() is None:
+        return  # finished, just found interrupted, or from before owner files (as before: trust the caller)
+    raise RunBusy(f"{run.path} is being trained right now by {run.owner_text()}. Cancel that run first "
+                  f"(the app's Cancel, or create the file {run.cancel_path}), or choose another --output.")
+
+
+def _claim(run: RunDir) -> Any:
+    """Create the folder and own it (owner.json, heartbeat); a full disk says so in one line."""
+    try:
+        run.create()
+        run.clear_cancel()
+        return run.claim()
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFull(run.path, "creating the run's files") from None
+        raise
+
+
+@contextlib.contextmanager
+def _interrupt_on_sigterm(run: RunDir) -> Iterator[None]:
+    """SIGTERM (docker stop, a Space restarting) asks the run to stop at its next step with a checkpoint."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may install handlers (the app forwards its own SIGTERM: ui/launcher.py)
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda signum, frame: run.request_interrupt())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _out_of_memory(run: RunDir, config: TrainConfig, trainer: Any) -> tuple[str, str, dict]:
+    """The failed status after an out-of-memory error: the next memory-saving setting and how to resume with it."""
+    from sdtune_ui.train.memory import next_memory_saving
+
+    native = getattr(trainer, "resolution", None)
+    fallback = next_memory_saving(config, native)
+    if fallback is None:
+        return "failed", (f"{OOM_ADVICE} These settings already use every memory saver this trainer has: use "
+                          "LoRA instead of full fine-tuning, or a GPU with more memory."), {}
+    message = (f"The GPU ran out of memory. Next memory-saving setting: {fallback.description}. Resume with it "
+               f"({run.resume_point()}): python -m sdtune_ui train --output {run.path} "
+               "--resume-with-memory-fallback, or the app's \"Resume with less memory\" button. Further savers, "
+               "in order: a smaller batch size (with gradient accumulation), 8-bit AdamW, a lower resolution, "
+               "or LoRA instead of full fine-tuning.")
+    return "failed", message, {"memory_fallback": fallback.changes}
+
+
 def _write_traceback(run: RunDir) -> None:
-    with open(run.log_path, "a", encoding="utf-8") as handle:
-        handle.write(traceback.format_exc() + "\n")
+    try:
+        with open(run.log_path, "a", encoding="utf-8") as handle:
+            handle.write(traceback.format_exc() + "\n")
+    except OSError:
+        log.exception("could not write %s", run.log_path)  # e.g. the disk is full: the status says so

@@ -1,12 +1,15 @@
 """Resumable checkpoints: trainable weights, optimizer, LR schedule and RNG states, written atomically.
 
 A checkpoint folder is written as `step-N.partial` and renamed to `step-N` only when complete, so a
-crash or kill never leaves half a checkpoint that resume would pick up.
+crash, a kill or a full disk never leaves half a checkpoint that resume would pick up. The trainer saves
+only weights it checked (finite and of sane size); `state.json` records that, so after a bad update the
+last sound checkpoint can be named without loading every one.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 from pathlib import Path
@@ -16,48 +19,102 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from sdtune_ui.errors import DiskFull, UnreadableFile, is_disk_full, is_unreadable_file_error
+
+# Trainable weights beyond this size are not a model any more (SD's largest weights are in the tens): a
+# checkpoint holding them is not "good" even while every value is finite (e.g. 1e30 after a bad update).
+MAX_SANE_WEIGHT = 1e4
+
 
 def save_checkpoint(folder: Path, *, step: int, trainable: dict[str, torch.Tensor], optimizer_state: dict,
                     lr_scheduler: Any, rng: dict[str, torch.Tensor], config: dict,
                     ema_state: dict | None = None) -> Path:
+    """Write a complete checkpoint atomically; a full disk raises DiskFull and leaves the older ones intact."""
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(partial / "trainable.safetensors"))
-    torch.save(optimizer_state, partial / "optimizer.pt")
-    torch.save(lr_scheduler.state_dict(), partial / "scheduler.pt")
-    torch.save(rng, partial / "rng.pt")
-    if ema_state is not None:
-        torch.save(ema_state, partial / "ema.pt")
-    (partial / "state.json").write_text(json.dumps({
-        "step": step,
-        "python_random": random.getstate()[1][:625],
-        "numpy_random": np.random.get_state()[1].tolist(),
-    }))
-    # Hyperparameters beside every checkpoint, so it can be understood (and resumed) on its own.
-    (partial / "config.json").write_text(json.dumps(config, indent=2))
+    try:
+        partial.mkdir(parents=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()},
+                  str(partial / "trainable.safetensors"))
+        _save(optimizer_state, partial / "optimizer.pt")
+        _save(lr_scheduler.state_dict(), partial / "scheduler.pt")
+        _save(rng, partial / "rng.pt")
+        if ema_state is not None:
+            _save(ema_state, partial / "ema.pt")
+        (partial / "state.json").write_text(json.dumps({
+            "step": step,
+            "weights_checked": True,   # the trainer saves only finite weights of sane size
+            "python_random": random.getstate()[1][:625],
+            "numpy_random": np.random.get_state()[1].tolist(),
+        }))
+        # Hyperparameters beside every checkpoint, so it can be understood (and resumed) on its own.
+        (partial / "config.json").write_text(json.dumps(config, indent=2))
+    except Exception as err:
+        shutil.rmtree(partial, ignore_errors=True)  # frees the space; older checkpoints are untouched
+        if is_disk_full(err):
+            raise DiskFull(folder.parent, f"saving checkpoint {folder.name}") from None
+        raise
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
     return folder
 
 
+def _save(obj: Any, path: Path) -> None:
+    # Through a Python file, so a full disk raises OSError(ENOSPC) instead of torch's "file write failed".
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
 def load_checkpoint(folder: Path, *, lr_scheduler: Any) -> dict[str, Any]:
-    """Load the schedule state in place; return step, trainable tensors, optimizer, RNG and EMA states."""
+    """Load the schedule state in place; return step, trainable tensors, optimizer, RNG and EMA states.
+
+    A damaged file raises UnreadableFile naming it (and saying that deleting the folder resumes from the one
+    before)."""
+    try:
+        return _load_checkpoint(folder, lr_scheduler)
+    except Exception as err:
+        if isinstance(err, (FileNotFoundError, json.JSONDecodeError, KeyError)) or is_unreadable_file_error(err):
+            raise UnreadableFile(folder, err, f"Delete {folder} to resume from the checkpoint before it.") from err
+        raise
+
+
+def _load_checkpoint(folder: Path, lr_scheduler: Any) -> dict[str, Any]:
     # Our own files, loaded as plain tensors and numbers only (weights_only refuses arbitrary objects).
-    lr_scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     state = json.loads((folder / "state.json").read_text())
+    trainable = load_file(str(folder / "trainable.safetensors"))
+    # On the CPU: every process loads it, and GPU tensors would all land on the GPU they were saved from.
+    optimizer = torch.load(folder / "optimizer.pt", weights_only=True, mmap=True, map_location="cpu")
+    rng = torch.load(folder / "rng.pt", weights_only=True)
+    ema_path = folder / "ema.pt"
+    ema = torch.load(ema_path, weights_only=True) if ema_path.exists() else None
+    lr_scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     random.setstate((3, tuple(state["python_random"]), None))
     np_state = np.random.get_state()
     np.random.set_state((np_state[0], np.array(state["numpy_random"], dtype=np.uint32), *np_state[2:]))
-    ema_path = folder / "ema.pt"
-    return {
-        "step": state["step"],
-        "trainable": load_file(str(folder / "trainable.safetensors")),
-        # On the CPU: every process loads it, and GPU tensors would all land on the GPU they were saved from.
-        "optimizer": torch.load(folder / "optimizer.pt", weights_only=True, mmap=True, map_location="cpu"),
-        "rng": torch.load(folder / "rng.pt", weights_only=True),
-        "ema": torch.load(ema_path, weights_only=True) if ema_path.exists() else None,
-    }
+    return {"step": state["step"], "trainable": trainable, "optimizer": optimizer, "rng": rng, "ema": ema}
+
+
+def weights_are_sound(tensors: list[torch.Tensor]) -> tuple[bool, float]:
+    """(finite and of sane size, the largest absolute value) over tensors, with one host sync."""
+    if not tensors:
+        return True, 0.0
+    largest = torch.stack([t.detach().abs().max().float().cpu() for t in tensors if t.numel()]).max().item()
+    return math.isfinite(largest) and largest <= MAX_SANE_WEIGHT, largest
+
+
+def last_sound_checkpoint(checkpoints: list[Path]) -> Path | None:
+    """The newest checkpoint whose weights are finite and sane (checked when saved, or loaded and checked now
+    for checkpoints written before that was recorded); None when there is none."""
+    for folder in reversed(checkpoints):
+        try:
+            if json.loads((folder / "state.json").read_text()).get("weights_checked"):
+                return folder
+            tensors = list(load_file(str(folder / "trainable.safetensors")).values())
+        except Exception:  # noqa: BLE001 - an unreadable checkpoint is not a sound one
+            continue
+        if weights_are_sound(tensors)[0]:
+            return folder
+    return None
 
 
 def prune_checkpoints(checkpoints: list[Path], keep: int) -> None:
@@ -66,3 +123,11 @@ def prune_checkpoints(checkpoints: list[Path], keep: int) -> None:
         return
     for old in checkpoints[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_settings(folder: Path) -> dict:
+    """The settings a checkpoint was saved with (its config.json; empty when unreadable)."""
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from sdtune_ui.config import TrainConfig
-from sdtune_ui.errors import Cancelled, ConfigError, SdtuneError, TrainingStopped
+from sdtune_ui.errors import Cancelled, ConfigError, DiskFull, Interrupted, SdtuneError, TrainingStopped, is_disk_full
 from sdtune_ui.methods import ADAPTER, Method, make_method
 from sdtune_ui.runs import EventLog, NullEventLog, RunDir
 from sdtune_ui.train import checkpoint as ckpt
-from sdtune_ui.train import compile_cache, graphed_step, sharding, speed
+from sdtune_ui.train import compile_cache, graphed_step, resume, sharding, speed
 from sdtune_ui.train.caches import Caches
 from sdtune_ui.train.data import TrainingData
 from sdtune_ui.train.setup import build_optimizer, load_training_inputs, resolve_mixed_precision, weight_dtype_for
@@ -151,6 +151,8 @@ class Trainer(Caches, StepSpeed):
             for group in groups:
                 group["lr"] *= factor
         self.optimizer = build_optimizer(cfg, groups, device=acc.device)
+        if cfg.optimizer != "adamw":
+            self.log(f"Optimizer: {cfg.optimizer}")
         from diffusers.optimization import get_scheduler
 
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=self.optimizer,
@@ -346,7 +348,7 @@ class Trainer(Caches, StepSpeed):
                 pending = []
             if cancel:
                 self.save_checkpoint()
-                raise Cancelled()
+                raise self._stop_reason()
             if checkpoint_due and not at_end:
                 self.save_checkpoint()
             if validation_due and not at_end:
@@ -362,7 +364,11 @@ class Trainer(Caches, StepSpeed):
     def _stop_if_cancelled(self) -> None:
         """Cancel during setup (model load, caching, class images) takes effect at once, not at step 1."""
         if self._asked_to_cancel():
-            raise Cancelled()
+            raise self._stop_reason()
+
+    def _stop_reason(self) -> Cancelled:
+        """Interrupted when a shutdown signal asked (the run can be resumed as it is), else Cancelled."""
+        return Interrupted() if self.run.interrupt_requested() else Cancelled()
 
     def _cancel_requested(self) -> bool:
         requested = self._asked_to_cancel()
@@ -392,10 +398,8 @@ class Trainer(Caches, StepSpeed):
         for (step, _, lr), value in zip(pending, values):
             if not math.isfinite(value):
                 names = sorted({n for s, batch in recent_batches if s == step for n in batch})
-                last = self.run.latest_checkpoint()
                 raise TrainingStopped(
-                    f"The loss became {value} at step {step} (batch: {', '.join(names)}). "
-                    f"{'The last good checkpoint is ' + last.name + '. ' if last else ''}"
+                    f"The loss became {value} at step {step} (batch: {', '.join(names)}). {self._last_good()}"
                     "Try a lower learning rate, bf16 instead of fp16, or check those images.")
             eta = round((self.total_steps - step) / rate, 1) if rate and steady else None
             self.emit("step", step=step, total=self.total_steps, loss=value, lr=lr, it_s=round(rate, 3), eta_s=eta,
@@ -434,8 +438,33 @@ class Trainer(Caches, StepSpeed):
         self.probe = self.probe or TrainingProbe(self)
         self.emit("metric", step=self.step, source="training", metrics=self.probe(self))
 
+    def _last_good(self) -> str:
+        last = ckpt.last_sound_checkpoint(self.run.checkpoints())
+        return (f"The last good checkpoint (finite weights) is {last.name}: resume from it with a lower learning "
+                "rate. " if last else "No checkpoint has sound weights yet. ")
+
+    def check_weights(self, before: str) -> None:
+        """Stop the run when a trainable weight is not finite or absurdly large: an update went bad, and such
+        weights must never be saved as a checkpoint or an output. One host sync; every process agrees."""
+        acc = self.accelerator
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in self.trainable_params]
+        local = [p.detach() for p in local if p.numel()]
+        if not local:
+            return
+        largest = torch.stack([p.abs().max().float() for p in local]).max()
+        if acc.num_processes > 1:
+            largest = acc.gather(largest.reshape(1)).max()
+        value = largest.item()
+        if math.isfinite(value) and value <= ckpt.MAX_SANE_WEIGHT:
+            return
+        raise TrainingStopped(
+            f"The trained weights went bad by step {self.step} (largest value {value:.3g}) and {before} was not "
+            f"saved. {self._last_good()}Try a lower learning rate, bf16 instead of fp16, or gradient clipping "
+            "(max_grad_norm).")
+
     def save_checkpoint(self) -> None:
         acc = self.accelerator
+        self.check_weights(f"checkpoint step-{self.step}")
         acc.wait_for_everyone()
         if self.sharded:  # collectives: every process sends its slices, the main one receives whole tensors
             trainable = self._gather_unet_state()
@@ -464,15 +493,20 @@ class Trainer(Caches, StepSpeed):
         latest = self.run.latest_checkpoint()
         if latest is None:
             return
+        fresh_groups = resume.group_settings(self.optimizer)  # the new config's hyperparameters
         saved = ckpt.load_checkpoint(latest, lr_scheduler=self.lr_scheduler)
+        trained_with = ckpt.checkpoint_settings(latest).get("optimizer", self.config.optimizer)
+        same_optimizer = trained_with == self.config.optimizer
         try:
             if self.sharded:  # each process copies its slices out of the whole tensors
                 weights = {name.removeprefix("unet."): value for name, value in saved["trainable"].items()}
                 sharding.load_model_state(self.unet, weights)
-                sharding.load_optimizer_state(self.unet, self.optimizer, saved["optimizer"])
+                if same_optimizer:
+                    sharding.load_optimizer_state(self.unet, self.optimizer, saved["optimizer"])
             else:
                 self.method.load_trainable_state(self.parts, saved["trainable"])
-                self.optimizer.load_state_dict(saved["optimizer"])
+                if same_optimizer:
+                    self.optimizer.load_state_dict(saved["optimizer"])
             if self.ema is not None and saved["ema"] is not None:
                 check_ema_state(saved["ema"], self.ema_params)
                 self.ema.load_state_dict(saved["ema"])
@@ -481,6 +515,10 @@ class Trainer(Caches, StepSpeed):
             raise  # not a mismatch: the run's own out-of-memory advice / the process group's error apply
         except (KeyError, ValueError, RuntimeError) as err:  # missing tensors, size mismatches
             raise ConfigError({"method": f"Checkpoint {latest} does not match these settings ({err})."}) from err
+        if not same_optimizer:
+            self.log(f"The optimizer changed from {trained_with} to {self.config.optimizer}: its state (moments) "
+                     f"starts afresh from {latest.name}.")
+        resume.follow_new_settings(self.optimizer, self.lr_scheduler, fresh_groups)
         self.data_generator.set_state(saved["rng"]["data"])
         self.noise_generator.set_state(saved["rng"]["noise"])
         torch.set_rng_state(saved["rng"]["torch"])
@@ -489,6 +527,7 @@ class Trainer(Caches, StepSpeed):
 
     def save_output(self) -> list[str]:
         acc = self.accelerator
+        self.check_weights("the final output")
         acc.wait_for_everyone()
         started = time.perf_counter()
         files: list[str] = []
@@ -499,9 +538,14 @@ class Trainer(Caches, StepSpeed):
                 self.ema.copy_to(self.ema_params)   # the averaged weights are the result
             if unet_state is not None:  # a plain module with the whole weights, for the usual savers
                 parts = dataclasses.replace(parts, unet=sharding.whole_copy(parts.unet, unet_state))
-            written = self.method.save_output(parts, self.run.output_dir)
-            if self.config.tool_files:
-                written += self._write_tool_files(parts)
+            try:
+                written = self.method.save_output(parts, self.run.output_dir)
+                if self.config.tool_files:
+                    written += self._write_tool_files(parts)
+            except Exception as err:
+                if is_disk_full(err):
+                    raise DiskFull(self.run.output_dir, "saving the final output") from None
+                raise
             files = [str(p.relative_to(self.run.path)) for p in written]
             self._phase("save", "Output saved", started)
             self.emit("output", files=files)

@@ -1,0 +1,114 @@
+"""Resuming a run folder: which settings may change on resume, and carrying the new ones into the restored state.
+
+A checkpoint holds the trainable tensors (their shapes and meaning follow the model, the method, the
+adapter's rank/alpha/targets, the text-encoder switch and the new tokens), the optimizer's state, the
+schedule's position and the random states. Settings that shape those tensors cannot change on resume; the
+rest may (`MAY_CHANGE`). Anything not listed there counts as fixed, so a setting added later is safe until
+someone decides it may change.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sdtune_ui.config import TrainConfig
+from sdtune_ui.errors import ConfigError
+from sdtune_ui.runs import RunDir
+
+MAY_CHANGE = frozenset({
+    # data and prompts (the checkpoint holds no data)
+    "data", "image_column", "caption_column", "instance_prompt", "resolution", "center_crop", "random_flip",
+    "bucketing", "caption_dropout", "with_prior_preservation", "class_prompt", "class_data", "num_class_images",
+    "prior_loss_weight", "learnable_property", "allow_pickle",
+    # optimisation (an optimizer change starts its state afresh)
+    "train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "max_train_steps",
+    "num_train_epochs", "learning_rate", "ti_learning_rate", "scale_lr", "lr_scheduler", "lr_warmup_steps",
+    "lr_num_cycles", "lr_power", "optimizer", "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon",
+    "max_grad_norm", "mixed_precision", "ema_decay", "seed", "snr_gamma", "noise_offset", "lora_dropout",
+    # speed switches
+    "cache_latents", "cache_text_embeddings", "offload_frozen_encoders", "compile_unet", "compile_scope",
+    # checkpoints, logging, validation
+    "checkpointing_steps", "checkpoints_total_limit", "log_every", "validation_prompts", "validation_steps",
+    "num_validation_images", "validation_guidance_scale", "validation_inference_steps", "validation_seed",
+    "tensorboard",
+})
+MAY_CHANGE_TEXT = ("steps and epochs, learning rate and schedule, optimizer (its state then starts afresh), batch "
+                   "size and accumulation, gradient checkpointing, precision, resolution, data and prompts, "
+                   "validation, checkpoint and log cadence, speed switches")
+# Hyperparameters of the optimizer's param groups that follow the new config on resume (the loaded state
+# would otherwise bring back the old ones).
+GROUP_SETTINGS = ("betas", "eps", "weight_decay", "initial_lr")
+
+
+class ResumeRefused(ConfigError):
+    """A resume with settings the run's checkpoints cannot continue with; nothing in the folder was changed."""
+
+    def __init__(self, run: RunDir, fixed: dict[str, tuple[Any, Any]]):
+        self.field_errors = {name: f"{old!r} in the run, {new!r} now" for name, (old, new) in fixed.items()}
+        lines = "\n".join(f"- {name}: {text}" for name, text in self.field_errors.items())
+        Exception.__init__(self, (
+            f"Cannot resume {run.path.name} with these settings: its checkpoints were trained with other ones, "
+            f"which a resume cannot change:\n{lines}\nA resume may change: {MAY_CHANGE_TEXT}. Nothing in the run "
+            "folder was changed; to train with the new settings, start a new run (another --output)."))
+
+
+def saved_settings(run: RunDir) -> dict | None:
+    """The settings the run's checkpoints were trained with: its config.json, else its latest checkpoint's."""
+    for path in (run.config_path, *(c / "config.json" for c in reversed(run.checkpoints()))):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+    return None
+
+
+def resume_changes(run: RunDir, config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """The settings `config` changes against a run folder that has checkpoints: {name: (old, new)}.
+
+    Raises ResumeRefused, before anything is written, when a setting the checkpoints depend on differs.
+    A folder without checkpoints starts afresh: anything may change.
+    """
+    if not run.checkpoints():
+        return {}
+    saved = saved_settings(run)
+    if saved is None:
+        return {}
+    defaults = TrainConfig().to_dict()
+    changed = {}
+    for name, value in config.to_dict().items():
+        old = saved.get(name, defaults.get(name))
+        if old != value:
+            changed[name] = (old, value)
+    method_changed = "method" in changed
+    fixed = {name: change for name, change in changed.items()
+             if name not in MAY_CHANGE and (method_changed or config.applies(name))}
+    if fixed:
+        raise ResumeRefused(run, fixed)
+    return changed
+
+
+def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    return "; ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changes.items())
+
+
+def follow_new_settings(optimizer: Any, lr_scheduler: Any, fresh_groups: list[dict]) -> None:
+    """After loading a checkpoint's optimizer and schedule state, put back the new config's hyperparameters.
+
+    `fresh_groups`: the param-group settings as built from the new config, taken before loading. The
+    learning rate is recomputed at the restored step from the new schedule; unchanged settings give the
+    same numbers the loaded state held.
+    """
+    for group, fresh in zip(optimizer.param_groups, fresh_groups):
+        group.update({key: fresh[key] for key in GROUP_SETTINGS if key in fresh and key in group})
+    if hasattr(lr_scheduler, "lr_lambdas") and all("initial_lr" in fresh for fresh in fresh_groups):
+        lr_scheduler.base_lrs = [fresh["initial_lr"] for fresh in fresh_groups]
+        rates = [base * factor(lr_scheduler.last_epoch)
+                 for factor, base in zip(lr_scheduler.lr_lambdas, lr_scheduler.base_lrs)]
+        for group, rate in zip(optimizer.param_groups, rates):
+            group["lr"] = rate
+        lr_scheduler._last_lr = rates  # what get_last_lr() reports until the next step
+
+
+def group_settings(optimizer: Any) -> list[dict]:
+    return [{key: group[key] for key in GROUP_SETTINGS if key in group} for group in optimizer.param_groups]
