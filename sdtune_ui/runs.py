@@ -222,6 +222,10 @@ class RunDir:
             return f"no heartbeat from its process (PID {pid} on {owner.get('host')}) for {age:.0f} s"
         return None
 
+    def owner_alive(self) -> bool:
+        """A process owns this run right now (its heartbeat file exists and the process has not gone)."""
+        return self.owner() is not None and self.heartbeat_path.exists() and self.owner_gone() is None
+
     def owner_text(self) -> str:
         owner = self.owner() or {}
         return f"PID {owner.get('pid')} on {owner.get('host')}"

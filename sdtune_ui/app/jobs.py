@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sdtune_ui.config import TrainConfig
-from sdtune_ui.runs import FINISHED, RunDir
+from sdtune_ui.runs import FINISHED, RunDir, interrupted_message
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -201,11 +201,14 @@ class JobQueue:
 
     # ------------------------------------------------------------------ internals
     def _prepare_run(self, config: TrainConfig, run_dir: str | Path) -> RunDir:
+        from sdtune_ui.train.resume import resume_changes
         from sdtune_ui.train.setup import apply_dataset_info
 
         # A bad setting is reported to the caller now, not after waiting in the queue. Validated as the core
-        # will see it: a DreamBooth folder's dataset_info.json may supply the instance prompt.
+        # will see it: a DreamBooth folder's dataset_info.json may supply the instance prompt. A resume with
+        # settings its checkpoints cannot continue with is refused before anything is written.
         config = apply_dataset_info(config).validate()
+        resume_changes(RunDir(Path(run_dir)), config)
         run = RunDir(Path(run_dir)).create()
         run.clear_cancel()
         config.save(run.config_path)
@@ -263,11 +266,20 @@ class JobQueue:
 
 def _record_crash(run: RunDir, err: BaseException) -> None:
     """End a run whose job crashed outside the core's own handling with a failed status and a log."""
-    with open(run.log_path, "a", encoding="utf-8") as handle:
-        handle.write(traceback.format_exc() + "\n")
-    if run.status() not in FINISHED:
-        message = f"Unexpected error: {type(err).__name__}: {err} (details in train.log)"
-        run.events().emit("status", status="failed", message=message)
+    from sdtune_ui.errors import SdtuneError
+    from sdtune_ui.train import RunBusy
+
+    try:
+        with open(run.log_path, "a", encoding="utf-8") as handle:
+            handle.write(traceback.format_exc() + "\n")
+        if isinstance(err, RunBusy):
+            return  # another process trains it right now: its folder is not ours to mark
+        if run.status() not in FINISHED:
+            message = str(err) if isinstance(err, SdtuneError) else \
+                f"Unexpected error: {type(err).__name__}: {err} (details in train.log)"
+            run.events().emit("status", status="failed", message=message)
+    except OSError:  # e.g. the disk is full: the worker must survive it
+        log.exception("could not record the failure of %s", run.path)
 
 
 # accelerate config files shipped with the package, by multi-GPU mode (README: "Several GPUs").
@@ -312,7 +324,11 @@ def _run_subprocess(argv: list[str], run: RunDir, job: Job, poll_s: float) -> st
     status = run.status()
     if status not in FINISHED:
         # The child died without reporting (killed, crashed before the core started): say so in the folder.
-        status = "failed"
-        message = f"The training process exited with code {process.returncode} (see subprocess.log)."
+        if process.returncode < 0:  # killed by a signal (SIGKILL, the OOM killer): resumable as it is
+            status = "interrupted"
+            message = interrupted_message(run, f"The training process was killed (signal {-process.returncode})")
+        else:
+            status = "failed"
+            message = f"The training process exited with code {process.returncode} (see subprocess.log)."
         run.events().emit("status", status=status, message=message)
     return status

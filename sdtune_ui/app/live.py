@@ -6,6 +6,7 @@ all read a run the same way, whether it was started by this app, the CLI or anot
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sdtune_ui.runs import FINISHED, RunDir, list_runs
+from sdtune_ui.runs import ACTIVE, FINISHED, RunDir, interrupted_message, list_runs
 
 MAX_PLOT_POINTS = 1000  # the browser draws every point: keep long runs light
 
@@ -56,7 +57,13 @@ def read_snapshot(run_dir: str | Path) -> RunSnapshot:
     """The run as its folder tells it now. Unchanged folders are not parsed again: every open page polls
     every run's events every few seconds, and a long run has tens of thousands of lines."""
     run = RunDir(Path(run_dir))
-    return _read_cached(str(run.path), _stamp(run.events_path), _stamp(run.config_path))
+    snap = _read_cached(str(run.path), _stamp(run.events_path), _stamp(run.config_path))
+    if snap.status in ACTIVE:
+        reason = run.owner_gone()  # killed without a final status: shown as what it is (Resume marks it so)
+        if reason is not None:
+            return dataclasses.replace(snap, status="interrupted",
+                                       message=interrupted_message(run, f"The run stopped: {reason}"))
+    return snap
 
 
 def _stamp(path: Path) -> tuple[int, int]:

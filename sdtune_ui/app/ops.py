@@ -20,9 +20,10 @@ from sdtune_ui.config import TrainConfig, field_info
 from sdtune_ui.errors import ConfigError, DatasetError, SdtuneError
 from sdtune_ui.examples import EXAMPLE_DATASET
 from sdtune_ui.methods import DEFAULT_METHOD, adapters
-from sdtune_ui.runs import FINISHED, RunDir, list_runs, new_run_id
+from sdtune_ui.runs import ACTIVE, FINISHED, RunDir, list_runs, mark_if_interrupted, new_run_id
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")  # user/name
 MAX_PROCESSES = 16  # processes of one `accelerate launch` run started from the app (GPUs, or CPU processes)
 
 # A run that shows the whole flow on the offline tiny model on a CPU in about a minute.
@@ -176,7 +177,7 @@ def config_from_values(values: dict[str, Any]) -> TrainConfig:
         value, default = values[f.name], getattr(defaults, f.name)
         try:
             converted[f.name] = _convert(value, default)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             errors[f.name] = f"{value!r} is not a valid {type(default).__name__}."
     if errors:
         raise ConfigError(errors)
@@ -230,6 +231,62 @@ def check_public_config(config: TrainConfig, data_dir: Path) -> None:
         raise ConfigError(errors)
 
 
+def check_model(model: str, *, allow_local_paths: bool) -> None:
+    """Refuse at Start a base model that cannot load: not a demo name, a local model (when allowed) or a Hub
+    id (user/name) that exists (offline: that is in this machine's Hugging Face cache)."""
+    from sdtune_ui.models import TINY_MODELS
+
+    model = model.strip()
+    if model in TINY_MODELS:
+        return
+    try:
+        path = Path(model).expanduser()
+        exists = path.exists()
+    except (OSError, RuntimeError, ValueError):  # a name too long for a path, ~unknown-user, a NUL byte
+        exists = False
+    if exists and allow_local_paths:
+        if path.is_dir() and not (path / "model_index.json").exists():
+            raise ConfigError({"model": f"{model} is a folder but not a diffusers pipeline (no model_index.json)."})
+        return
+    if HUB_ID.match(model) and ".." not in model:
+        _check_hub_model(model)
+        return
+    local = ", a local diffusers folder or a .safetensors file" if allow_local_paths else ""
+    raise ConfigError({"model": f"{model[:100]!r} is not a model this app can load: choose one from the list, or "
+                                f"type a Hub id (user/name){local}."})
+
+
+def _check_hub_model(repo_id: str) -> None:
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        if not isinstance(huggingface_hub.try_to_load_from_cache(repo_id, "model_index.json"), str):
+            raise ConfigError({"model": f"{repo_id} is not in this machine's Hugging Face cache, and the Hub is "
+                                        "switched off (HF_HUB_OFFLINE): choose a model that is, or a demo model."})
+        return
+    try:
+        huggingface_hub.model_info(repo_id, timeout=10)
+    except GatedRepoError:
+        return  # exists; loading says whether the token may read it
+    except RepositoryNotFoundError:
+        raise ConfigError({"model": f"There is no model {repo_id} on the Hugging Face Hub (check the spelling; a "
+                                    "private model needs HF_TOKEN)."}) from None
+    except Exception:  # noqa: BLE001 - the Hub unreachable: loading reports it with its own message
+        return
+
+
+def memory_estimate(values: dict[str, Any], gpu: GpuInfo) -> str:
+    """The Train tab's memory line for the form's values: the estimate beside the GPU's memory."""
+    from sdtune_ui.train.memory import memory_line
+
+    try:
+        config = config_from_values(values)
+    except ConfigError as err:
+        return f"No memory estimate yet: {next(iter(err.field_errors.values()))}"
+    return memory_line(config, gpu.name, gpu.memory_gib if gpu.name else None)
+
+
 # ---------------------------------------------------------------------------- runs
 def run_path(runs_dir: Path, run_id: str | None) -> Path | None:
     """Where run `run_id` lives inside the runs folder; None for an empty id or one that is not a plain name."""
@@ -256,7 +313,8 @@ def delete_run(jobs: Any, runs_dir: Path, run_id: str) -> None:
     run = run_dir(runs_dir, run_id)
     if jobs.find(run.path) is not None:
         raise SdtuneError("This run is queued or running: cancel it first, then delete it.")
-    if run.status() == "running" and not run.cancel_requested():
+    mark_if_interrupted(run)
+    if run.status() in ACTIVE and not run.cancel_requested():
         # Maybe started from a terminal: deleting its folder under it would crash it mid-write.
         raise SdtuneError("This run looks active (started elsewhere?): cancel it first, then delete it.")
     shutil.rmtree(run.path)
@@ -275,7 +333,9 @@ def cancel_run(jobs: Any, runs_dir: Path, run_id: str) -> None:
 
 
 def release_orphaned_runs(runs_dir: Path) -> list[str]:
-    """Runs left "queued" by a previous app process: that queue died with it, so mark them cancelled.
+    """Runs a previous app process left behind: "queued" ones (that queue died with it) are marked cancelled;
+    "running" ones whose process is gone (the app or a terminal's run was killed) are marked interrupted, with
+    the checkpoint a resume continues from.
 
     Called when the app starts (its own queue is still empty). They can be resumed from the Runs tab.
     """
@@ -285,20 +345,45 @@ def release_orphaned_runs(runs_dir: Path) -> list[str]:
             run.events().emit("status", status="cancelled",
                               message="The app restarted before this run started; press Resume to queue it again.")
             released.append(run.path.name)
+        elif mark_if_interrupted(run):
+            released.append(run.path.name)
     return released
 
 
-def resume_run(jobs: Any, runs_dir: Path, run_id: str) -> Any:
-    """Queue a stopped run again; the core continues from its last complete checkpoint."""
+def interrupted_runs(runs_dir: Path) -> list[str]:
+    """Runs whose last status is "interrupted" (for re-queueing them when the app starts, behind a flag)."""
+    return [run.path.name for run in list_runs(runs_dir) if run.status() == "interrupted"]
+
+
+def resume_run(jobs: Any, runs_dir: Path, run_id: str, *, memory_fallback: bool = False) -> Any:
+    """Queue a stopped run again; the core continues from its last complete checkpoint.
+
+    A run whose process was killed (still "running" in its folder) is found interrupted and resumes at once.
+    `memory_fallback`: with the next memory-saving setting (after running out of GPU memory), logged in the run.
+    """
+    from sdtune_ui.train.memory import next_memory_saving
+
     run = run_dir(runs_dir, run_id)
     if jobs.find(run.path) is not None:
         raise SdtuneError("This run is already queued or running.")
+    mark_if_interrupted(run)
     status = run.status()
     if status == "completed":
         raise SdtuneError("This run has completed; start a new run to train more.")
-    if status == "running" and not run.cancel_requested():
+    if run.owner_alive():
+        raise SdtuneError(f"This run is still running (by {run.owner_text()}); cancel it and let it stop before "
+                          "resuming here.")
+    if status in ACTIVE and not run.cancel_requested():
         raise SdtuneError("This run is still running (started elsewhere?); cancel it before resuming here.")
-    return jobs.submit_training(TrainConfig.from_dict(run.config()), run.path)
+    config = TrainConfig.from_dict(run.config())
+    if memory_fallback:
+        fallback = next_memory_saving(config)
+        if fallback is None:
+            raise SdtuneError("This run already uses every memory saver the trainer has; use LoRA instead of full "
+                              "fine-tuning, or a GPU with more memory.")
+        config = fallback.apply(config)
+        run.events().emit("log", level="info", message=f"Memory fallback: {fallback.description}")
+    return jobs.submit_training(config, run.path)
 
 
 def start_training(ctx: Any, values: dict[str, Any], *, public: bool, num_processes: int = 1,
@@ -322,6 +407,8 @@ def start_training(ctx: Any, values: dict[str, Any], *, public: bool, num_proces
     if multi_gpu_mode not in ACCELERATE_CONFIGS:
         choices = ", ".join(ACCELERATE_CONFIGS)
         raise ConfigError({"multi_gpu_mode": f"Choose one of {choices} (got {multi_gpu_mode!r})."})
+    if not isinstance(values, dict):
+        raise ConfigError({"config": "Give the settings as a JSON object of TrainConfig fields."})
     values = dict(values)
     data = str(values.get("data") or "").strip()
     if data and data == safe_name(data, "") and (ctx.datasets_dir / data).is_dir():
@@ -331,6 +418,7 @@ def start_training(ctx: Any, values: dict[str, Any], *, public: bool, num_proces
         check_public_config(config, ctx.data_dir)
         if num_processes > max(1, gpu_count()):
             raise ConfigError({"num_processes": "A public app runs at most one process per GPU."})
+    check_model(config.model, allow_local_paths=not public)
     if num_processes > 1 and multi_gpu_mode == "fsdp":
         if gpu_count() < num_processes:
             raise ConfigError({"multi_gpu_mode": f"FSDP shards the model over GPUs and needs {num_processes} of "

@@ -14,7 +14,7 @@ from sdtune_ui.cli.dataset import add_dataset_commands
 from sdtune_ui.cli.evaluate import add_evaluate_commands
 from sdtune_ui.cli.generate import add_generate_commands
 from sdtune_ui.cli.train import add_train_commands
-from sdtune_ui.errors import SdtuneError
+from sdtune_ui.errors import SdtuneError, is_disk_full, is_unreadable_file_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     except SdtuneError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        # Problems the user can fix, from code that did not wrap them: one line, no traceback.
+        if is_disk_full(err):
+            print(f"error: the disk is full ({err}). Free some space, then run the command again.", file=sys.stderr)
+            return 2
+        if is_unreadable_file_error(err):
+            print(f"error: a file could not be read: it is damaged or not a weights file ({err}). Download or "
+                  "copy it again, or choose another file.", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -39,7 +39,12 @@ def add_train_commands(subparsers: Any) -> None:
     parser.add_argument("--config", help="JSON file with settings (flags given here override it).")
     parser.add_argument("--output", "--run-dir", dest="output", default="",
                         help="Run folder (default: <data dir>/runs/<method>-<time>, where the app lists runs; "
-                             "$SDTUNE_DATA_DIR or ./data). An existing run folder is resumed.")
+                             "$SDTUNE_DATA_DIR or ./data). An existing run folder is resumed with its own "
+                             "settings (config.json); flags given change them where a resume allows it.")
+    parser.add_argument("--resume-with-memory-fallback", action="store_true",
+                        help="Resume the --output run with the next memory-saving setting (after running out of "
+                             "GPU memory): gradient checkpointing, then half the batch with twice the "
+                             "accumulation, then 8-bit AdamW or Adafactor, then a lower resolution.")
     parser.add_argument("--preset", action="store_true",
                         help="Start from the method's (and --adapter type's) recommended settings (`presets` prints "
                              "them).")
@@ -60,6 +65,11 @@ def add_train_commands(subparsers: Any) -> None:
         parser.add_argument(_flag(f.name), *ALIASES.get(f.name, []), **kwargs)
     parser.set_defaults(handler=run_train)
 
+    runs = subparsers.add_parser("runs", help="List the run folders with their status (runs whose process died "
+                                              "are marked interrupted).")
+    runs.add_argument("--root", default="", help="Folder of runs (default: <data dir>/runs).")
+    runs.set_defaults(handler=run_runs)
+
     presets = subparsers.add_parser("presets", help="Print the recommended settings per method.")
     presets.add_argument("--full", action="store_true", help="Print every setting, not only the preset's.")
     presets.set_defaults(handler=run_presets)
@@ -69,6 +79,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values: dict[str, Any] = {}
     if args.config:
         values.update(TrainConfig.load(args.config).to_dict())
+    elif getattr(args, "output", "") and (Path(args.output) / "config.json").exists():
+        values.update(TrainConfig.load(Path(args.output) / "config.json").to_dict())  # resuming: its own settings
     flags = {f.name: getattr(args, f.name) for f in field_info() if getattr(args, f.name) is not None}
     if args.preset:
         values.update(preset_values(flags.get("method", values.get("method", DEFAULT_METHOD)),
@@ -84,9 +96,13 @@ def run_train(args: argparse.Namespace) -> int:
     from sdtune_ui.train import train
 
     config = config_from_args(args)
+    if args.resume_with_memory_fallback:
+        config = with_memory_fallback(config, args.output)
     config.validate()
     run_dir = Path(args.output) if args.output else default_data_dir() / "runs" / new_run_id(config.method)
     shows_progress = is_main_process() and not args.quiet
+    if is_main_process():
+        print(memory_line(config))
     status = train(config, run_dir, events=ProgressEventLog(RunDir(run_dir).events_path) if shows_progress else None)
     run = RunDir(run_dir)
     message = next((e.get("message", "") for e in reversed(run.read_events()) if e["kind"] == "status"), "")
@@ -94,7 +110,52 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"{status}: {message}\nRun folder: {run_dir}")
         for name in sorted(p.name for p in run.output_dir.iterdir()) if run.output_dir.exists() else []:
             print(f"  output/{name}")
-    return 0 if status == "completed" else (130 if status == "cancelled" else 1)
+    return 0 if status == "completed" else (130 if status in ("cancelled", "interrupted") else 1)
+
+
+def with_memory_fallback(config: TrainConfig, output: str) -> TrainConfig:
+    """The run's config with the next memory-saving setting; says what changed (here and in the run's log)."""
+    from sdtune_ui.errors import SdtuneError
+    from sdtune_ui.runs import RunDir
+    from sdtune_ui.train.memory import next_memory_saving
+
+    run = RunDir(Path(output)) if output else None
+    if run is None or not run.config_path.exists():
+        raise SdtuneError("--resume-with-memory-fallback resumes an existing run: give its folder with --output.")
+    fallback = next_memory_saving(config)
+    if fallback is None:
+        raise SdtuneError("This run already uses every memory saver the trainer has; use LoRA instead of full "
+                          "fine-tuning, or a GPU with more memory.")
+    print(f"Resuming {run.path.name} with less memory: {fallback.description}")
+    run.events().emit("log", level="info", message=f"Memory fallback: {fallback.description}")
+    return fallback.apply(config)
+
+
+def memory_line(config: TrainConfig) -> str:
+    """The memory estimate beside the detected GPU's memory (and what to change when it will not fit)."""
+    from sdtune_ui.app.ops import detect_gpu
+    from sdtune_ui.train.memory import memory_line as line
+
+    gpu = detect_gpu()
+    return line(config, gpu.name, gpu.memory_gib)
+
+
+def run_runs(args: argparse.Namespace) -> int:
+    from sdtune_ui.app import live
+    from sdtune_ui.app.ops import default_data_dir
+    from sdtune_ui.runs import list_runs, mark_if_interrupted
+
+    root = Path(args.root) if args.root else default_data_dir() / "runs"
+    runs = list_runs(root)
+    if not runs:
+        print(f"No runs in {root}.")
+    for run in runs:
+        mark_if_interrupted(run)
+        snap = live.read_snapshot(run.path)
+        latest = run.latest_checkpoint()
+        print(f"{snap.run_id:<40} {snap.status:<12} step {snap.step}/{snap.total:<8} "
+              f"{latest.name if latest else '-':<12} {snap.method} {snap.model}")
+    return 0
 
 
 def run_presets(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from sdtune_ui.errors import ModelLoadError
+from sdtune_ui.errors import ModelLoadError, UnreadableFile, is_unreadable_file_error
 from sdtune_ui.models.tiny import TINY_MODELS, tiny_model_path
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
@@ -89,7 +89,11 @@ def load_pipeline(name: str, *, dtype: torch.dtype | dict[str, torch.dtype] = to
             pipe = _from_pretrained(DiffusionPipeline, source, path, dtype, allow_pickle)
     except ModelLoadError:
         raise
-    except (OSError, ValueError) as err:
+    except Exception as err:
+        if is_unreadable_file_error(err):  # a damaged .safetensors/.ckpt, or weights cut short in a folder
+            raise UnreadableFile(source, err) from err
+        if not isinstance(err, (OSError, ValueError)):
+            raise
         raise ModelLoadError(
             f"Could not load the model {name!r}: {err}. Give a Hub id (e.g. stable-diffusion-v1-5/"
             "stable-diffusion-v1-5), a local diffusers folder, a .safetensors file, or a demo model "

@@ -120,11 +120,15 @@ def train(config: TrainConfig, run_dir: str | Path, *, events: EventLog | None =
 
 
 def _refuse_if_owned_elsewhere(run: RunDir) -> None:
-    """A folder another live process is training is refused; one whose owner died is marked interrupted."""
-    if run.status() not in ACTIVE or mark_if_interrupted(run) or run.owner() is None:
-        return  # finished, just found interrupted, or from before owner files (as before: trust the caller)
+    """A folder a live process is training (or still stopping) is refused; one whose owner died is marked
+    interrupted. Runs from before owner files name no owner: trusted, as before."""
+    if run.status() in ACTIVE and mark_if_interrupted(run):
+        return
+    if not run.owner_alive():
+        return
     raise RunBusy(f"{run.path} is being trained right now by {run.owner_text()}. Cancel that run first "
-                  f"(the app's Cancel, or create the file {run.cancel_path}), or choose another --output.")
+                  f"(the app's Cancel, or create the file {run.cancel_path}) and let it stop, or choose another "
+                  "--output.")
 
 
 def _claim(run: RunDir) -> Any:

@@ -35,6 +35,11 @@ FULL_WEIGHTS_ACTIVATION = 0.53       # full fine-tuning keeps fewer activations 
 CHECKPOINTING_ACTIVATION = 0.133     # gradient checkpointing keeps only block inputs
 COMPILED_ACTIVATION = {"whole": 0.63, "blocks": 0.80}  # torch.compile fuses intermediates away (no checkpointing)
 CONSTANT_GIB = 0.04
+# The settings the estimate reads (the app refreshes its memory line when one of them changes).
+ESTIMATE_FIELDS = ("model", "method", "resolution", "train_batch_size", "rank", "lora_targets", "train_text_encoder",
+                   "gradient_checkpointing", "optimizer", "mixed_precision", "use_ema", "cache_latents",
+                   "cache_text_embeddings", "offload_frozen_encoders", "compile_unet", "compile_scope",
+                   "max_train_steps", "bucketing")
 # Beyond torch's allocated peak: the CUDA context and allocator slack (reserved minus allocated).
 CUDA_OVERHEAD_GIB = 0.8
 
@@ -209,3 +214,19 @@ def next_memory_saving(config: TrainConfig, native: int | None = None) -> Memory
     if lower >= 256:
         return MemoryFallback({"resolution": lower}, f"resolution {resolution} -> {lower} px")
     return None
+
+
+def memory_line(config: TrainConfig, gpu_name: str | None, gpu_gib: float | None) -> str:
+    """One line for the CLI and the app: the estimate beside the GPU's memory, and what to try if it will not fit."""
+    if is_demo_model(config.model):
+        return "Estimated peak GPU memory: well under 1 GiB (a built-in demo model)."
+    try:
+        estimate = estimate_memory(config)
+    except Exception as err:  # noqa: BLE001 - an estimate must never stop a run or a form
+        return f"No memory estimate ({type(err).__name__}: {err})."
+    text = estimate.describe(gpu_name, gpu_gib)
+    if gpu_name and gpu_gib and not estimate.fits(gpu_gib):
+        fallback = next_memory_saving(config)
+        if fallback is not None:
+            text += f" Try: {fallback.description}."
+    return text

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Where datasets, runs and exports live (default: $SDTUNE_DATA_DIR, /data/sdtune on a "
                              "Space with persistent storage, else ./data). Only this folder is served.")
     parser.add_argument("--max-file-size", default=DEFAULT_MAX_FILE_SIZE, help="Largest upload, e.g. 500mb.")
+    parser.add_argument("--resume-interrupted", action="store_true",
+                        help="On start, queue again every run that was interrupted (its process killed, or the "
+                             "app stopped by SIGTERM); they continue from their last checkpoint.")
     return parser
 
 
@@ -79,8 +83,41 @@ def create(args: argparse.Namespace, jobs: Any = None) -> tuple[Any, Any]:
     jobs = jobs or JobQueue(before_training=release_generation_memory)
     ctx = AppContext(data_dir=data_dir, jobs=jobs, is_space=bool(os.environ.get("SPACE_ID")))
     release_orphaned_runs(ctx.runs_dir)
+    if getattr(args, "resume_interrupted", False):
+        resume_interrupted(ctx)
     demo = build_app(ctx, options_for(ctx, share=args.share))
     return ctx, demo
+
+
+def resume_interrupted(ctx: Any) -> list[str]:
+    """Queue every interrupted run again (--resume-interrupted); a run that cannot resume is left as it is."""
+    import logging
+
+    from sdtune_ui.app.ops import interrupted_runs, resume_run
+    from sdtune_ui.errors import SdtuneError
+
+    queued = []
+    for run_id in interrupted_runs(ctx.runs_dir):
+        try:
+            resume_run(ctx.jobs, ctx.runs_dir, run_id)
+            queued.append(run_id)
+        except SdtuneError as err:
+            logging.getLogger(__name__).warning("Not resuming %s: %s", run_id, err)
+    return queued
+
+
+def stop_runs_on_sigterm(jobs: Any) -> None:
+    """SIGTERM (docker stop, a Space restarting): the running training stops at its next step with a checkpoint
+    and ends "interrupted" (resumable), then the server closes. Without this the process would just die."""
+    from sdtune_ui.runs import RunDir
+
+    def handler(signum: int, frame: Any) -> None:
+        for job in jobs.active():
+            if job.run_dir is not None:
+                RunDir(job.run_dir).request_interrupt()
+        raise KeyboardInterrupt  # ends Gradio's wait loop; main() then waits for the queue to stop
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def launch(argv: list[str] | None = None, *, prevent_thread_lock: bool = False, **launch_kwargs: Any) -> tuple:
@@ -88,6 +125,8 @@ def launch(argv: list[str] | None = None, *, prevent_thread_lock: bool = False, 
     args = build_parser().parse_args(argv)
     credentials = check_args(args)
     ctx, demo = create(args)
+    if not prevent_thread_lock:
+        stop_runs_on_sigterm(ctx.jobs)
     demo.queue(default_concurrency_limit=4)
     _, local_url, _ = demo.launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=credentials,

@@ -16,6 +16,7 @@ from sdtune_ui.config import VRAM_PRESETS, TrainConfig, preset_values
 from sdtune_ui.methods import DEFAULT_METHOD
 from sdtune_ui.models import KNOWN_MODELS
 from sdtune_ui.runs import list_runs
+from sdtune_ui.train.memory import ESTIMATE_FIELDS
 from sdtune_ui.ui import run_view
 from sdtune_ui.ui.common import user_errors
 from sdtune_ui.ui.form import Form, build_form
@@ -67,6 +68,7 @@ def build(ctx: Any, options: Any) -> TrainTab:
                                          "or adapter type")
         demo = gr.Button("Quick CPU demo settings (tiny-sd1, ~1 min)", size="sm")
     form = build_form(defaults, datasets=dataset_choices(ctx), allow_local_paths=options.allow_local_paths)
+    memory_line = gr.Markdown(app_ops.memory_estimate(defaults.to_dict(), gpu), elem_id="memory-estimate")
     gpus = app_ops.gpu_count()
     processes = gr.Dropdown([str(n) for n in range(1, max(gpus, 1) + 1)], value="1", label="Processes (GPUs)",
                             visible=gpus > 1, elem_id="num-processes",
@@ -78,6 +80,7 @@ def build(ctx: Any, options: Any) -> TrainTab:
         start = gr.Button("Start training", variant="primary", elem_id="start-training")
         cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-training")
         resume = gr.Button("Resume", elem_id="resume-training")
+        resume_less = gr.Button("Resume with less memory", elem_id="resume-less-memory")
         save = gr.Button("Save config")
         load = gr.UploadButton("Load config", file_types=[".json"])
     config_file = gr.File(label="Saved config", visible=False)
@@ -110,6 +113,15 @@ def build(ctx: Any, options: Any) -> TrainTab:
         job = app_ops.resume_run(ctx.jobs, ctx.runs_dir, run_id)
         gr.Info(f"Run {run_id} queued to resume from its last checkpoint.")
         return job.run_dir.name
+
+    @user_errors
+    def on_resume_less_memory(run_id: str) -> str:
+        job = app_ops.resume_run(ctx.jobs, ctx.runs_dir, run_id, memory_fallback=True)
+        gr.Info(f"Run {run_id} queued to resume with less memory (its log says what changed).")
+        return job.run_dir.name
+
+    def on_estimate(*args: Any) -> str:
+        return app_ops.memory_estimate(form.values(args), gpu)
 
     def on_method(method: str, adapter: str, apply_presets: bool, memory: str) -> list[Any]:
         # The memory preset is applied after the method's (and its adapter type's), so memory-saving settings win.
@@ -151,6 +163,9 @@ def build(ctx: Any, options: Any) -> TrainTab:
         on_tick, [watched, gr.State(None)], [watched, last, *view.outputs], show_progress="hidden")
     cancel.click(on_cancel, watched, None, api_name="cancel_training")
     resume.click(on_resume, watched, watched, api_name="resume_training")
+    resume_less.click(on_resume_less_memory, watched, watched, api_name="resume_with_less_memory")
+    gr.on([form.widgets[name].change for name in ESTIMATE_FIELDS if name in form.widgets], on_estimate, fields,
+          memory_line, show_progress="hidden", api_visibility="private")
     method_inputs = [form.widgets["method"], form.widgets["adapter"], use_method_presets, vram]
     form.widgets["method"].input(on_method, method_inputs, fields, show_progress="hidden")
     form.widgets["adapter"].input(on_method, method_inputs, fields, show_progress="hidden")
