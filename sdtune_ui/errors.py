@@ -70,12 +70,17 @@ def is_disk_full(err: BaseException) -> bool:
 
 
 def is_unreadable_file_error(err: BaseException) -> bool:
-    """Whether an exception from loading weights means the file itself is bad (not a bug of ours)."""
+    """Whether an exception from loading weights means the file itself is bad (not a bug of ours); libraries
+    often wrap the reader's error, so its causes are looked at too."""
     import pickle
 
-    if isinstance(err, (pickle.UnpicklingError, EOFError)):
-        return True
-    name = type(err).__name__
-    text = str(err)
-    return (name == "SafetensorError" or "PytorchStreamReader" in text or "invalid load key" in text
-            or "Error while deserializing header" in text or "failed finding central directory" in text)
+    for _ in range(4):
+        if err is None:
+            return False
+        text = str(err)
+        if (isinstance(err, (pickle.UnpicklingError, EOFError)) or type(err).__name__ == "SafetensorError"
+                or any(words in text for words in ("PytorchStreamReader", "invalid load key", "failed finding central",
+                                                   "Error while deserializing header", "Unable to load weights from"))):
+            return True
+        err = err.__cause__ or err.__context__
+    return False

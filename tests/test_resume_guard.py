@@ -107,6 +107,7 @@ def test_what_may_change_is_a_known_list():
 
 def test_app_resume_with_less_memory_passes_the_guard_and_logs_the_change(trained, tmp_path):
     config, run = copy_of(trained, tmp_path)
+    run.events().emit("status", status="failed", message="The GPU ran out of memory.")  # as after an OOM
     seen = {}
 
     def fake_train(config, run_dir, cancel=None):

@@ -222,7 +222,7 @@ def check_public_config(config: TrainConfig, data_dir: Path) -> None:
         errors["data"] = "Choose a dataset from the Dataset tab (this public app only reads its own data folder)."
     model = config.model.strip()
     looks_local = (model.startswith(("/", ".", "~", "\\")) or model.lower().endswith((".safetensors", *PICKLE_SUFFIXES))
-                   or model.count("/") > 1 or Path(model).expanduser().exists())
+                   or model.count("/") > 1 or _exists(model))
     if model not in TINY_MODELS and looks_local:
         errors["model"] = "This public app loads models from the Hub (user/name) or the tiny-* demos only."
     if config.class_data and not _inside(Path(config.class_data), data_dir):
@@ -239,12 +239,8 @@ def check_model(model: str, *, allow_local_paths: bool) -> None:
     model = model.strip()
     if model in TINY_MODELS:
         return
-    try:
-        path = Path(model).expanduser()
-        exists = path.exists()
-    except (OSError, RuntimeError, ValueError):  # a name too long for a path, ~unknown-user, a NUL byte
-        exists = False
-    if exists and allow_local_paths:
+    path = Path(model).expanduser() if _exists(model) else None
+    if path is not None and allow_local_paths:
         if path.is_dir() and not (path / "model_index.json").exists():
             raise ConfigError({"model": f"{model} is a folder but not a diffusers pipeline (no model_index.json)."})
         return
@@ -285,6 +281,13 @@ def memory_estimate(values: dict[str, Any], gpu: GpuInfo) -> str:
     except ConfigError as err:
         return f"No memory estimate yet: {next(iter(err.field_errors.values()))}"
     return memory_line(config, gpu.name, gpu.memory_gib if gpu.name else None)
+
+
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).expanduser().exists()
+    except (OSError, RuntimeError, ValueError):  # too long for a path, ~unknown-user, a NUL byte
+        return False
 
 
 # ---------------------------------------------------------------------------- runs

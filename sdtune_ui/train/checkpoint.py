@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from sdtune_ui.errors import DiskFull, UnreadableFile, is_disk_full, is_unreadable_file_error
+from sdtune_ui.errors import DiskFull, UnreadableFile, is_disk_full
 
 # Trainable weights beyond this size are not a model any more (SD's largest weights are in the tens): a
 # checkpoint holding them is not "good" even while every value is finite (e.g. 1e30 after a bad update).
@@ -72,10 +72,8 @@ def load_checkpoint(folder: Path, *, lr_scheduler: Any) -> dict[str, Any]:
     before)."""
     try:
         return _load_checkpoint(folder, lr_scheduler)
-    except Exception as err:
-        if isinstance(err, (FileNotFoundError, json.JSONDecodeError, KeyError)) or is_unreadable_file_error(err):
-            raise UnreadableFile(folder, err, f"Delete {folder} to resume from the checkpoint before it.") from err
-        raise
+    except Exception as err:  # noqa: BLE001 - our own files: any failure to read them means a damaged file
+        raise UnreadableFile(folder, err, f"Delete {folder} to resume from the checkpoint before it.") from err
 
 
 def _load_checkpoint(folder: Path, lr_scheduler: Any) -> dict[str, Any]:
