@@ -329,6 +329,8 @@ def cancel_run(jobs: Any, runs_dir: Path, run_id: str) -> None:
     Works for runs started elsewhere too (the CANCEL file reaches a CLI run).
     """
     run = run_dir(runs_dir, run_id)
+    if jobs.find(run.path) is None:
+        mark_if_interrupted(run)  # its process is gone: nothing to cancel
     status = run.status()
     if jobs.find(run.path) is None and status in FINISHED:
         raise SdtuneError(f"Run {run_id} has already finished ({status}).")

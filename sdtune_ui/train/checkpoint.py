@@ -92,12 +92,20 @@ def _load_checkpoint(folder: Path, lr_scheduler: Any) -> dict[str, Any]:
     return {"step": state["step"], "trainable": trainable, "optimizer": optimizer, "rng": rng, "ema": ema}
 
 
-def weights_are_sound(tensors: list[torch.Tensor]) -> tuple[bool, float]:
-    """(finite and of sane size, the largest absolute value) over tensors, with one host sync."""
-    if not tensors:
-        return True, 0.0
-    largest = torch.stack([t.detach().abs().max().float().cpu() for t in tensors if t.numel()]).max().item()
-    return math.isfinite(largest) and largest <= MAX_SANE_WEIGHT, largest
+def is_sane(largest: float) -> bool:
+    return math.isfinite(largest) and largest <= MAX_SANE_WEIGHT
+
+
+def largest_weight(tensors: list[torch.Tensor], accelerator: Any = None) -> float:
+    """The largest absolute value over tensors (NaN if any is NaN), with one host sync; with several processes,
+    over all of them (under FSDP each holds a slice), so every process reaches the same verdict."""
+    local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+    local = [t.detach() for t in local if t.numel()]
+    largest = (torch.stack([t.abs().max().float() for t in local]).max() if local
+               else torch.zeros((), device=accelerator.device if accelerator else "cpu"))
+    if accelerator is not None and accelerator.num_processes > 1:
+        largest = accelerator.gather(largest.reshape(1)).max()
+    return largest.item()
 
 
 def last_sound_checkpoint(checkpoints: list[Path]) -> Path | None:
@@ -110,9 +118,16 @@ def last_sound_checkpoint(checkpoints: list[Path]) -> Path | None:
             tensors = list(load_file(str(folder / "trainable.safetensors")).values())
         except Exception:  # noqa: BLE001 - an unreadable checkpoint is not a sound one
             continue
-        if weights_are_sound(tensors)[0]:
+        if is_sane(largest_weight(tensors)):
             return folder
     return None
+
+
+def last_good_text(run: Any) -> str:
+    """The sentence naming the last checkpoint with sound weights, for messages about a run that went bad."""
+    last = last_sound_checkpoint(run.checkpoints())
+    return (f"The last good checkpoint (finite weights) is {last.name}: resume from it with a lower learning "
+            "rate. " if last else "No checkpoint has sound weights yet. ")
 
 
 def prune_checkpoints(checkpoints: list[Path], keep: int) -> None:

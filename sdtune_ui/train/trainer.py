@@ -399,8 +399,9 @@ class Trainer(Caches, StepSpeed):
             if not math.isfinite(value):
                 names = sorted({n for s, batch in recent_batches if s == step for n in batch})
                 raise TrainingStopped(
-                    f"The loss became {value} at step {step} (batch: {', '.join(names)}). {self._last_good()}"
-                    "Try a lower learning rate, bf16 instead of fp16, or check those images.")
+                    f"The loss became {value} at step {step} (batch: {', '.join(names)}). "
+                    f"{ckpt.last_good_text(self.run)}Try a lower learning rate, bf16 instead of fp16, or check those "
+                    "images.")
             eta = round((self.total_steps - step) / rate, 1) if rate and steady else None
             self.emit("step", step=step, total=self.total_steps, loss=value, lr=lr, it_s=round(rate, 3), eta_s=eta,
                       steady=steady, gpu_mem_gib=round(memory, 3) if memory is not None else None)
@@ -438,29 +439,15 @@ class Trainer(Caches, StepSpeed):
         self.probe = self.probe or TrainingProbe(self)
         self.emit("metric", step=self.step, source="training", metrics=self.probe(self))
 
-    def _last_good(self) -> str:
-        last = ckpt.last_sound_checkpoint(self.run.checkpoints())
-        return (f"The last good checkpoint (finite weights) is {last.name}: resume from it with a lower learning "
-                "rate. " if last else "No checkpoint has sound weights yet. ")
-
     def check_weights(self, before: str) -> None:
         """Stop the run when a trainable weight is not finite or absurdly large: an update went bad, and such
-        weights must never be saved as a checkpoint or an output. One host sync; every process agrees."""
-        acc = self.accelerator
-        local = [p.to_local() if hasattr(p, "to_local") else p for p in self.trainable_params]
-        local = [p.detach() for p in local if p.numel()]
-        if not local:
-            return
-        largest = torch.stack([p.abs().max().float() for p in local]).max()
-        if acc.num_processes > 1:
-            largest = acc.gather(largest.reshape(1)).max()
-        value = largest.item()
-        if math.isfinite(value) and value <= ckpt.MAX_SANE_WEIGHT:
-            return
-        raise TrainingStopped(
-            f"The trained weights went bad by step {self.step} (largest value {value:.3g}) and {before} was not "
-            f"saved. {self._last_good()}Try a lower learning rate, bf16 instead of fp16, or gradient clipping "
-            "(max_grad_norm).")
+        weights must never be saved as a checkpoint or an output (checkpoint.py: largest_weight)."""
+        largest = ckpt.largest_weight(self.trainable_params, self.accelerator)
+        if not ckpt.is_sane(largest):
+            raise TrainingStopped(
+                f"The trained weights went bad by step {self.step} (largest value {largest:.3g}) and {before} was "
+                f"not saved. {ckpt.last_good_text(self.run)}Try a lower learning rate, bf16 instead of fp16, or "
+                "gradient clipping (max_grad_norm).")
 
     def save_checkpoint(self) -> None:
         acc = self.accelerator
