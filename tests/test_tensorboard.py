@@ -32,11 +32,12 @@ def test_a_run_writes_its_loss_lr_and_samples(toy_dataset, tmp_path, monkeypatch
     writer = FakeWriter()
     monkeypatch.setattr(tensorboard, "open_writer", lambda run: writer)
     config = quick_config(toy_dataset, max_train_steps=2, validation_prompts=["a photo of sks robot"],
-                          validation_inference_steps=2)
+                          validation_inference_steps=2, eval_steps=2)
     run = run_training(config, tmp_path / "run")
     losses = [e["loss"] for e in run.read_events() if e["kind"] == "step"]
     assert [(step, value) for tag, value, step in writer.scalars if tag == "train/loss"] == list(zip([1, 2], losses))
     assert [step for tag, _, step in writer.scalars if tag == "train/lr"] == [1, 2]
+    assert [step for tag, _, step in writer.scalars if tag.startswith("metric/training/")] == [2]  # held-out loss
     assert len(writer.images) == 1 and writer.images[0][0].startswith("samples/a photo of sks robot")
     assert writer.images[0][1][2] == 3 and writer.images[0][2] == 2
     assert writer.closed
@@ -74,12 +75,12 @@ def test_real_tensorboard_files_read_back(tmp_path):
     events = tensorboard.with_tensorboard(run.events(), run, TrainConfig())
     for step, loss in ((1, 0.5), (2, 0.25)):
         events.emit("step", step=step, total=2, loss=loss, lr=1e-4, it_s=3.0, eta_s=1.0, gpu_mem_gib=None)
-    events.emit("metric", step=2, clip_score=0.31, name="clip")  # e.g. an evaluation's numbers
+    events.emit("metric", step=2, source="checkpoint", metrics={"dino": 0.31, "clip_t": 0.27})  # `evaluate`
     events.emit("sample", step=2, path="samples/step-2.png", prompt="a robot")
     events.close()
     logs = EventAccumulator(str(run.path / "tb"), size_guidance={"images": 0, "scalars": 0})
     logs.Reload()
     assert [(s.step, s.value) for s in logs.Scalars("train/loss")] == [(1, 0.5), (2, 0.25)]
-    assert [s.value for s in logs.Scalars("metric/clip_score")] == [pytest.approx(0.31)]
+    assert [(s.step, s.value) for s in logs.Scalars("metric/checkpoint/dino")] == [(2, pytest.approx(0.31))]
     image = logs.Images("samples/a robot")[0]
     assert (image.step, image.width, image.height) == (2, 16, 8)

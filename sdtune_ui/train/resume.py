@@ -31,7 +31,7 @@ MAY_CHANGE = frozenset({
     # checkpoints, logging, validation
     "checkpointing_steps", "checkpoints_total_limit", "log_every", "validation_prompts", "validation_steps",
     "num_validation_images", "validation_guidance_scale", "validation_inference_steps", "validation_seed",
-    "tensorboard",
+    "eval_steps", "tensorboard",
 })
 MAY_CHANGE_TEXT = ("steps and epochs, learning rate and schedule, optimizer (its state then starts afresh), batch "
                    "size and accumulation, gradient checkpointing, precision, resolution, data and prompts, "

@@ -18,7 +18,7 @@ from sdtune_ui.runs import EventLog, RunDir
 log = logging.getLogger(__name__)
 
 STEP_SCALARS = {"loss": "train/loss", "lr": "train/lr", "it_s": "train/steps_per_s", "gpu_mem_gib": "train/gpu_mem_gib"}
-NOT_SCALARS = {"t", "step", "total", "eta_s"}
+NOT_SCALARS = {"t", "step", "total", "eta_s", "source"}
 FLUSH_S = 30
 
 
@@ -62,11 +62,19 @@ class TensorBoardEvents(EventLog):
             self._image(event, step)
         elif kind not in ("status", "log", "output", "checkpoint") and step is not None:
             for name, value in event.items():
-                if name in NOT_SCALARS or isinstance(value, bool) or not isinstance(value, (int, float)):
+                if name in NOT_SCALARS:
                     continue
-                if math.isfinite(value):
+                if isinstance(value, dict):  # e.g. a metric event's {"metrics": {name: value}}, per source
+                    prefix = f"{kind}/{event.get('source', name)}"
+                    for key, number in value.items():
+                        self._scalar(f"{prefix}/{key}", number, step)
+                else:
                     tag = STEP_SCALARS.get(name, f"{kind}/{name}") if kind == "step" else f"{kind}/{name}"
-                    self.writer.add_scalar(tag, value, step)
+                    self._scalar(tag, value, step)
+
+    def _scalar(self, tag: str, value: Any, step: int) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            self.writer.add_scalar(tag, value, step)
 
     def _image(self, event: dict, step: int) -> None:
         import numpy as np
