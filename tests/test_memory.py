@@ -113,3 +113,16 @@ def test_a_missing_optional_optimizer_names_its_extra(monkeypatch):
     monkeypatch.setattr(config_module, "optimizer_available", lambda name: name == "adamw")
     with pytest.raises(ConfigError, match=r"pip install sdtune_ui\[prodigy\]"):
         build_optimizer(TrainConfig(optimizer="prodigy"), [], check_only=True)
+
+
+def test_the_model_folder_gives_family_and_resolution(tmp_path):
+    import json
+
+    model = tmp_path / "sd21-like"
+    for part, config in (("unet", {"sample_size": 96, "use_linear_projection": True}),
+                         ("vae", {"block_out_channels": [128, 256, 512, 512]})):
+        (model / part).mkdir(parents=True)
+        (model / part / "config.json").write_text(json.dumps(config))
+    estimate = estimate_memory(TrainConfig(model=str(model), data="d", mixed_precision="bf16"))
+    assert estimate.summary.startswith("Stable Diffusion 2.x, LoRA rank 4, 768 px, batch 1")
+    assert "never measured" in " ".join(estimate.notes)

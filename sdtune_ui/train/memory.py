@@ -86,7 +86,9 @@ def estimate_memory(config: TrainConfig, family: type[Family] | Family | None = 
     `compile_mode` / `sharded` / `processes`: how the run will execute (default: what the trainer would
     choose on one CUDA GPU).
     """
-    family = family or family_for_estimate(config.model)
+    native = None
+    if family is None:
+        family, native = family_for_estimate(config.model), native_resolution_of(config.model)
     profile = family.memory
     notes: list[str] = []
     if profile is None:
@@ -133,7 +135,7 @@ def estimate_memory(config: TrainConfig, family: type[Family] | Family | None = 
     if processes > 1 and not sharded:
         extra += (trainable + embeddings) * 4  # DDP's gradient buckets
 
-    resolution = config.resolution or native_resolution(family)
+    resolution = config.resolution or native or native_resolution(family)
     megapixels = resolution * resolution / 1e6
     factor = FULL_WEIGHTS_ACTIVATION if config.has(FULL_WEIGHTS) else 1.0
     mode = compile_mode if compile_mode is not None else planned_compile(config, family, processes, sharded)
@@ -168,6 +170,34 @@ def planned_compile(config: TrainConfig, family: type[Family] | Family, processe
     mode, _ = speed.compile_plan(config, family=instance, device_type="cuda", total_steps=total_steps,
                                  bucket_count=2 if config.bucketing else 1, sharded=sharded, processes=processes)
     return "none" if mode == "none" else speed.compile_scope(config, instance)
+
+
+@functools.lru_cache(maxsize=64)
+def native_resolution_of(model: str) -> int | None:
+    """The model's own resolution from its UNet and VAE configs, when they are on this machine (a folder, or
+    the Hugging Face cache): SD 2.1 is 768 px where its family's default says 512. None when unknown."""
+    import json
+    from pathlib import Path
+
+    from sdtune_ui.models.loading import resolve_model
+
+    source = resolve_model(model)
+    try:
+        folder = Path(source).expanduser()
+        if folder.is_dir():
+            configs = [folder / "unet" / "config.json", folder / "vae" / "config.json"]
+        else:
+            import huggingface_hub
+
+            cached = [huggingface_hub.try_to_load_from_cache(source, f"{part}/config.json") for part in ("unet", "vae")]
+            configs = [Path(path) if isinstance(path, str) else None for path in cached]
+        unet, vae = (json.loads(path.read_text()) if path is not None and path.exists() else None for path in configs)
+    except Exception:  # noqa: BLE001 - not a folder, not cached, not an id: the family's default applies
+        return None
+    if not unet or "sample_size" not in unet:
+        return None
+    scale = 2 ** (len(vae["block_out_channels"]) - 1) if vae and "block_out_channels" in vae else 8
+    return int(unet["sample_size"]) * scale
 
 
 @functools.lru_cache(maxsize=64)
