@@ -57,6 +57,8 @@ class Case:
             bits.append("GC")
         if self.compile_mode != "none":
             bits.append(f"compiled ({self.compile_mode})")
+        if r.get("cuda_graph"):
+            bits.append("CUDA-graph step")
         if self.processes > 1:
             bits.append(f"{self.processes} GPUs {'FSDP' if self.sharded else 'DDP'}")
         return " ".join(bits)

@@ -22,7 +22,7 @@ class SD1(Family):
         unet_params=859_520_964, text_encoder_params=(123_060_480,), vae_params=83_653_863,
         lora_params_per_rank={"attention": 199_296, "attention_ff": 423_936, "all": 996_416},
         text_encoder_lora_params_per_rank=73_728, token_embedding_params=(37_945_344,),
-        activation_gib_per_megapixel=4.15)
+        activation_gib_per_megapixel=4.04)
 
     @classmethod
     def matches_unet_config(cls, unet_config: dict) -> bool:

@@ -30,7 +30,7 @@ class SDXL(Family):
         unet_params=2_567_463_684, text_encoder_params=(123_060_480, 694_659_840), vae_params=83_653_863,
         lora_params_per_rank={"attention": 1_451_520, "attention_ff": 2_659_840, "all": 3_045_440},
         text_encoder_lora_params_per_rank=401_408, token_embedding_params=(37_945_344, 63_242_240),
-        activation_gib_per_megapixel=6.86, vae_in_fp32=True)
+        activation_gib_per_megapixel=6.81, vae_in_fp32=True)
 
     def __init__(self, prediction_type: str = "epsilon", native_resolution: int = 1024):
         super().__init__(prediction_type, native_resolution)

@@ -24,7 +24,7 @@ from typing import Any
 
 from sdtune_ui.config import TrainConfig, optimizer_available
 from sdtune_ui.families import Family, family_classes
-from sdtune_ui.methods import ADAPTER, FULL_WEIGHTS, TOKENS
+from sdtune_ui.methods import ADAPTER, FULL_WEIGHTS, TOKENS, adapters
 
 GIB = 2**30
 # Bytes of optimizer state per trainable parameter: AdamW two fp32 moments; 8-bit AdamW two uint8 moments;
@@ -33,7 +33,7 @@ OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "adafactor":
 # Fitted to the measured peaks (benchmarks/fit_memory.py prints the fit; docs/MEMORY.md holds the table).
 FULL_WEIGHTS_ACTIVATION = 0.53       # full fine-tuning keeps fewer activations than a LoRA step (no adapter inputs)
 CHECKPOINTING_ACTIVATION = 0.133     # gradient checkpointing keeps only block inputs
-COMPILED_ACTIVATION = {"whole": 0.63, "blocks": 0.80}  # torch.compile fuses intermediates away (no checkpointing)
+COMPILED_ACTIVATION = {"whole": 0.64, "blocks": 0.82}  # torch.compile fuses intermediates away (no checkpointing)
 CONSTANT_GIB = 0.04
 # The settings the estimate reads (the app refreshes its memory line when one of them changes).
 ESTIMATE_FIELDS = ("model", "method", "resolution", "train_batch_size", "rank", "lora_targets", "train_text_encoder",
@@ -98,7 +98,7 @@ def estimate_memory(config: TrainConfig, family: type[Family] | Family | None = 
         coefficient = next(cls.memory.activation_gib_per_megapixel for cls in reversed(family_classes())
                            if cls.memory and cls.memory.activation_gib_per_megapixel)
         notes.append(f"{family.label} was never measured: activations assume the SD1.x figure per megapixel.")
-    half = 2 if config.mixed_precision in ("fp16", "bf16") else 4
+    half = 4 if config.mixed_precision == "no" else 2  # "auto" is bf16 or fp16 on a GPU
     state_bytes = 4 + 4 + OPTIMIZER_STATE_BYTES.get(config.optimizer, 8)   # fp32 weight, gradient, optimizer
     encoders = sum(profile.text_encoder_params)
 
@@ -130,7 +130,7 @@ def estimate_memory(config: TrainConfig, family: type[Family] | Family | None = 
     if sharded and processes > 1:
         state /= processes
     extra = 0.0
-    if config.use_ema and config.has(FULL_WEIGHTS):
+    if config.use_ema:  # an fp32 copy of what trains (the UNet, or the adapters)
         extra += trainable * 4 / (processes if sharded else 1)
     if processes > 1 and not sharded:
         extra += (trainable + embeddings) * 4  # DDP's gradient buckets
@@ -150,6 +150,10 @@ def estimate_memory(config: TrainConfig, family: type[Family] | Family | None = 
     total = sum(parts.values())
     what = config.method_class.label
     if config.has(ADAPTER):
+        if config.adapter != adapters.DEFAULT_ADAPTER:
+            label = adapters.adapter_named(config.adapter).label
+            what += f" ({label})"
+            notes.append(f"{label} was not measured: counted as a LoRA of the same rank and targets.")
         what += f" rank {config.rank}"
     summary = (f"{family.label}, {what}, {resolution} px, batch {config.train_batch_size}"
                f"{', gradient checkpointing' if config.gradient_checkpointing else ''}"

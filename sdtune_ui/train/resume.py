@@ -26,8 +26,9 @@ MAY_CHANGE = frozenset({
     "num_train_epochs", "learning_rate", "ti_learning_rate", "scale_lr", "lr_scheduler", "lr_warmup_steps",
     "lr_num_cycles", "lr_power", "optimizer", "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon",
     "max_grad_norm", "mixed_precision", "ema_decay", "seed", "snr_gamma", "noise_offset", "lora_dropout",
-    # speed switches
+    # speed switches, and copies for other tools
     "cache_latents", "cache_text_embeddings", "offload_frozen_encoders", "compile_unet", "compile_scope",
+    "cuda_graph", "channels_last", "tool_files",
     # checkpoints, logging, validation
     "checkpointing_steps", "checkpoints_total_limit", "log_every", "validation_prompts", "validation_steps",
     "num_validation_images", "validation_guidance_scale", "validation_inference_steps", "validation_seed",
