@@ -1,4 +1,5 @@
-"""Resuming a run folder: which settings may change on resume, and carrying the new ones into the restored state.
+"""Resuming a run folder: which settings may change on resume, restoring the last checkpoint (the trainer's
+`Resumes` mixin), and carrying the new settings into the restored state.
 
 A checkpoint holds the trainable tensors (their shapes and meaning follow the model, the method, the
 adapter's rank/alpha/targets, the text-encoder switch and the new tokens), the optimizer's state, the
@@ -12,9 +13,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import torch
+
 from sdtune_ui.config import TrainConfig
 from sdtune_ui.errors import ConfigError
 from sdtune_ui.runs import RunDir
+from sdtune_ui.train import checkpoint as ckpt
+from sdtune_ui.train import sharding
 
 MAY_CHANGE = frozenset({
     # data and prompts (the checkpoint holds no data)
@@ -109,6 +114,54 @@ def follow_new_settings(optimizer: Any, lr_scheduler: Any, fresh_groups: list[di
         for group, rate in zip(optimizer.param_groups, rates):
             group["lr"] = rate
         lr_scheduler._last_lr = rates  # what get_last_lr() reports until the next step
+
+
+class Resumes:
+    """The trainer's resume from its folder's last checkpoint (a mixin of train/trainer.py's Trainer)."""
+
+    def _resume_if_possible(self) -> None:
+        latest = self.run.latest_checkpoint()
+        if latest is None:
+            return
+        fresh_groups = group_settings(self.optimizer)  # the new config's hyperparameters
+        saved = ckpt.load_checkpoint(latest, lr_scheduler=self.lr_scheduler)
+        trained_with = ckpt.checkpoint_settings(latest).get("optimizer", self.config.optimizer)
+        same_optimizer = trained_with == self.config.optimizer
+        try:
+            if self.sharded:  # each process copies its slices out of the whole tensors
+                weights = {name.removeprefix("unet."): value for name, value in saved["trainable"].items()}
+                sharding.load_model_state(self.unet, weights)
+                if same_optimizer:
+                    sharding.load_optimizer_state(self.unet, self.optimizer, saved["optimizer"])
+            else:
+                self.method.load_trainable_state(self.parts, saved["trainable"])
+                if same_optimizer:
+                    self.optimizer.load_state_dict(saved["optimizer"])
+            if self.ema is not None and saved["ema"] is not None:
+                check_ema_state(saved["ema"], self.ema_params)
+                self.ema.load_state_dict(saved["ema"])
+                self.ema.to(self.accelerator.device)   # the averages load where they were saved from
+        except (torch.OutOfMemoryError, getattr(torch.distributed, "DistError", torch.OutOfMemoryError)):
+            raise  # not a mismatch: the run's own out-of-memory advice / the process group's error apply
+        except (KeyError, ValueError, RuntimeError) as err:  # missing tensors, size mismatches
+            raise ConfigError({"method": f"Checkpoint {latest} does not match these settings ({err})."}) from err
+        if not same_optimizer:
+            self.log(f"The optimizer changed from {trained_with} to {self.config.optimizer}: its state (moments) "
+                     f"starts afresh from {latest.name}.")
+        follow_new_settings(self.optimizer, self.lr_scheduler, fresh_groups)
+        self.data_generator.set_state(saved["rng"]["data"])
+        self.noise_generator.set_state(saved["rng"]["noise"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        self.step = saved["step"]
+        self.log(f"Resumed from {latest.name} at step {self.step}")
+
+
+def check_ema_state(state: dict, params: list[torch.nn.Parameter]) -> None:
+    """A checkpoint's EMA averages must pair one to one with this run's averaged weights (EMAModel pairs by
+    position, silently, while shapes agree)."""
+    shadows = state.get("shadow_params") or []
+    if len(shadows) != len(params) or any(s.shape != p.shape for s, p in zip(shadows, params)):
+        raise ValueError(f"its EMA holds {len(shadows)} tensors for {len(params)} averaged weights")
 
 
 def group_settings(optimizer: Any) -> list[dict]:

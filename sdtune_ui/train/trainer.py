@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 
 from sdtune_ui.config import TrainConfig
-from sdtune_ui.errors import Cancelled, ConfigError, DiskFull, Interrupted, SdtuneError, TrainingStopped, is_disk_full
+from sdtune_ui.errors import Cancelled, DiskFull, Interrupted, SdtuneError, TrainingStopped, is_disk_full
 from sdtune_ui.methods import ADAPTER, Method, make_method
 from sdtune_ui.runs import EventLog, NullEventLog, RunDir
 from sdtune_ui.train import checkpoint as ckpt
-from sdtune_ui.train import compile_cache, graphed_step, resume, sharding, speed
+from sdtune_ui.train import compile_cache, graphed_step, sharding, speed
 from sdtune_ui.train.caches import Caches
 from sdtune_ui.train.data import TrainingData
+from sdtune_ui.train.resume import Resumes
 from sdtune_ui.train.setup import build_optimizer, load_training_inputs, resolve_mixed_precision, weight_dtype_for
 from sdtune_ui.train.step_speed import StepSpeed
 
@@ -44,7 +45,7 @@ class Batch:
     prompts: list[str]
 
 
-class Trainer(Caches, StepSpeed):
+class Trainer(Caches, StepSpeed, Resumes):
     def __init__(self, config: TrainConfig, run: RunDir, *, events: EventLog | None = None,
                  cancel: Callable[[], bool] | None = None, pipeline: object | None = None):
         self.config = config
@@ -476,42 +477,6 @@ class Trainer(Caches, StepSpeed):
         return {f"unet.{name}": tensor for name, tensor in sharding.gather_model_state(self.unet).items()
                 if name in trainable}
 
-    def _resume_if_possible(self) -> None:
-        latest = self.run.latest_checkpoint()
-        if latest is None:
-            return
-        fresh_groups = resume.group_settings(self.optimizer)  # the new config's hyperparameters
-        saved = ckpt.load_checkpoint(latest, lr_scheduler=self.lr_scheduler)
-        trained_with = ckpt.checkpoint_settings(latest).get("optimizer", self.config.optimizer)
-        same_optimizer = trained_with == self.config.optimizer
-        try:
-            if self.sharded:  # each process copies its slices out of the whole tensors
-                weights = {name.removeprefix("unet."): value for name, value in saved["trainable"].items()}
-                sharding.load_model_state(self.unet, weights)
-                if same_optimizer:
-                    sharding.load_optimizer_state(self.unet, self.optimizer, saved["optimizer"])
-            else:
-                self.method.load_trainable_state(self.parts, saved["trainable"])
-                if same_optimizer:
-                    self.optimizer.load_state_dict(saved["optimizer"])
-            if self.ema is not None and saved["ema"] is not None:
-                check_ema_state(saved["ema"], self.ema_params)
-                self.ema.load_state_dict(saved["ema"])
-                self.ema.to(self.accelerator.device)   # the averages load where they were saved from
-        except (torch.OutOfMemoryError, getattr(torch.distributed, "DistError", torch.OutOfMemoryError)):
-            raise  # not a mismatch: the run's own out-of-memory advice / the process group's error apply
-        except (KeyError, ValueError, RuntimeError) as err:  # missing tensors, size mismatches
-            raise ConfigError({"method": f"Checkpoint {latest} does not match these settings ({err})."}) from err
-        if not same_optimizer:
-            self.log(f"The optimizer changed from {trained_with} to {self.config.optimizer}: its state (moments) "
-                     f"starts afresh from {latest.name}.")
-        resume.follow_new_settings(self.optimizer, self.lr_scheduler, fresh_groups)
-        self.data_generator.set_state(saved["rng"]["data"])
-        self.noise_generator.set_state(saved["rng"]["noise"])
-        torch.set_rng_state(saved["rng"]["torch"])
-        self.step = saved["step"]
-        self.log(f"Resumed from {latest.name} at step {self.step}")
-
     def save_output(self) -> list[str]:
         acc = self.accelerator
         self.check_weights("the final output")
@@ -559,10 +524,3 @@ class Trainer(Caches, StepSpeed):
         if self.events is not None:
             self.emit("log", level=level, message=message)
 
-
-def check_ema_state(state: dict, params: list[torch.nn.Parameter]) -> None:
-    """A checkpoint's EMA averages must pair one to one with this run's averaged weights (EMAModel pairs by
-    position, silently, while shapes agree)."""
-    shadows = state.get("shadow_params") or []
-    if len(shadows) != len(params) or any(s.shape != p.shape for s, p in zip(shadows, params)):
-        raise ValueError(f"its EMA holds {len(shadows)} tensors for {len(params)} averaged weights")
