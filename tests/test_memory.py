@@ -126,3 +126,15 @@ def test_the_model_folder_gives_family_and_resolution(tmp_path):
     estimate = estimate_memory(TrainConfig(model=str(model), data="d", mixed_precision="bf16"))
     assert estimate.summary.startswith("Stable Diffusion 2.x, LoRA rank 4, 768 px, batch 1")
     assert "never measured" in " ".join(estimate.notes)
+
+
+def test_the_train_tabs_line_follows_the_form_values():
+    from sdtune_ui.app.ops import GpuInfo, memory_estimate
+
+    gpu = GpuInfo("RTX 3060", 12.0)
+    assert "demo model" in memory_estimate({"model": "tiny-sd1", "data": "x"}, gpu)
+    line = memory_estimate({"model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "method": "full", "data": "x",
+                            "mixed_precision": "bf16", "gradient_checkpointing": False}, gpu)
+    assert line.startswith("Estimated peak GPU memory: 1") and "RTX 3060 has 12 GiB: WILL NOT FIT" in line
+    assert memory_estimate({"train_batch_size": "two"}, gpu).startswith("No memory estimate yet: 'two' is not")
+    assert "no GPU detected" in memory_estimate({"model": "org/model", "data": "x"}, GpuInfo(None, 0.0))

@@ -184,7 +184,7 @@ def test_cli_train_prints_the_estimate_beside_the_gpu(tmp_path, monkeypatch, cap
     import sdtune_ui.train as core
     from sdtune_ui.app.ops import GpuInfo
 
-    monkeypatch.setattr(core, "train", lambda config, run_dir: "completed")
+    monkeypatch.setattr(core, "train", lambda config, run_dir, **kwargs: "completed")
     monkeypatch.setattr(app_ops, "detect_gpu", lambda: GpuInfo("Tiny GPU", 8.0))
     data = tmp_path / "data"
     shutil.copytree(__import__("sdtune_ui.examples", fromlist=["x"]).EXAMPLE_DATASET, data)

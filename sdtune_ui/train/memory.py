@@ -269,5 +269,5 @@ def memory_line(config: TrainConfig, gpu_name: str | None, gpu_gib: float | None
     if gpu_name and gpu_gib and not estimate.fits(gpu_gib):
         fallback = next_memory_saving(config)
         if fallback is not None:
-            text += f" Try: {fallback.description}."
+            text = f"{text.rstrip('.')}. Try: {fallback.description}."
     return text
