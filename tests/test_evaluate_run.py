@@ -149,7 +149,9 @@ def test_app_entry_points_run_through_the_job_queue(run):
             (source, step, metric) for source, step in (("base", 0), ("checkpoint", 3), ("output", 6))
             for metric in ("dino", "loss")}
         assert shown["best"]["reason"].startswith("highest subject fidelity")
-        assert use_checkpoint(runs_dir, run_id, 3) == ["pytorch_lora_weights.safetensors"]
+        # The promoted output has the diffusers weights plus the copies other tools load (kohya/A1111).
+        assert use_checkpoint(runs_dir, run_id, 3) == [
+            "README.txt", "lora-run.safetensors", "pytorch_lora_weights.safetensors"]
         assert run_metrics(runs_dir, run_id)["promoted_from_step"] == 3
         with pytest.raises(SdtuneError, match="not a run id"):
             run_metrics(runs_dir, "../elsewhere")
