@@ -26,12 +26,12 @@ def app(tmp_path_factory):
 
 def test_two_process_run_started_from_the_app(app):
     ctx, url = app
-    shutil.copytree(EXAMPLE_DATASET, ctx.datasets_dir / "toy_robot")
+    shutil.copytree(EXAMPLE_DATASET, ctx.datasets_dir / "toy_robot", dirs_exist_ok=True)  # a fresh app has it
     client = gradio_client.Client(url, verbose=False)
     config = dict(model="tiny-sd1", method="lora", data="toy_robot", max_train_steps=6, log_every=1,
                   checkpointing_steps=0, learning_rate=1e-3, train_batch_size=1)
     started = client.predict(config=config, num_processes=2, api_name="/start_run")
-    seen, deadline = [], time.monotonic() + 120
+    seen, deadline = [], time.monotonic() + 600  # generous: a loaded 2-core machine
     while time.monotonic() < deadline:
         status = client.predict(run_id=started["run_id"], api_name="/run_status")
         seen.append(status)

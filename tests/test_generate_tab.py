@@ -13,6 +13,7 @@ from generate_helpers import (
     trained_run,
 )
 
+from sdtune_ui.app.jobs import JobQueue
 from sdtune_ui.ui.context import AppContext
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -21,15 +22,16 @@ FAST = dict(negative_prompt="", scheduler="dpm++", steps=2, guidance=5.0, width=
             num_images=2, fuse_lora=False)
 
 
-class FakeJobs:
-    """The GPU queue contract: run_sync waits for its turn (here: none) and runs the function."""
+class RecordingJobs(JobQueue):
+    """The app's GPU queue, remembering what was queued."""
 
     def __init__(self) -> None:
+        super().__init__(lambda config, run_dir, cancel=None: "completed")
         self.labels: list[str] = []
 
-    def run_sync(self, label, fn):
+    def submit_job(self, label, target, **who):
         self.labels.append(label)
-        return fn()
+        return super().submit_job(label, target, **who)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def app(tmp_path_factory):
     (data / "exports").mkdir()
     run = data / "runs" / "robot-lora"
     shutil.copytree(trained_run("lora"), run)
-    ctx = AppContext(data_dir=data, jobs=FakeJobs())
+    ctx = AppContext(data_dir=data, jobs=RecordingJobs())
     with gr.Blocks() as demo:
         with gr.Tab("Generate"):
             generate_tab.build(ctx)
@@ -52,6 +54,7 @@ def app(tmp_path_factory):
         yield ctx, gradio_client.Client(url, verbose=False), run
     finally:
         demo.close()
+        ctx.jobs.close()
 
 
 def test_generate_and_compare_with_a_run_lora(app):
@@ -95,9 +98,25 @@ def test_public_app_refuses_server_paths(tmp_path):
     from sdtune_ui.errors import SdtuneError
     from sdtune_ui.ui.generate_tab import _Guard
 
-    guard = _Guard(AppContext(data_dir=tmp_path, jobs=FakeJobs(), is_space=True), allow_local=False)
+    guard = _Guard(AppContext(data_dir=tmp_path, jobs=None, is_space=True), allow_local=False)
     with pytest.raises(SdtuneError, match="public"):
         guard.model(str(tmp_path))
     with pytest.raises(SdtuneError, match="public"):
         guard.specs(f"{tmp_path}:0.5")
     assert guard.model("tiny-sd1") == "tiny-sd1" and guard.specs("someone/lora:0.5") == ["someone/lora:0.5"]
+
+
+def test_a_failed_export_leaves_no_empty_folder_in_the_app_or_the_cli(app, tmp_path):
+    import subprocess
+    import sys
+
+    ctx, client, run = app
+    with pytest.raises(Exception, match="single-file checkpoint needs a full fine-tune"):
+        client.predict(source="robot-lora", format_name="single-file", api_name="/export")
+    assert not (ctx.exports_dir / "robot-lora-final-single-file").exists()
+    out = tmp_path / "export"
+    result = subprocess.run([sys.executable, "-m", "sdtune_ui", "export", str(run), "--format", "single-file",
+                             "--out", str(out)], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 2 and "single-file checkpoint needs" in result.stderr
+    assert not out.exists() and "Traceback" not in result.stderr

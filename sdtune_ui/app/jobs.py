@@ -8,6 +8,10 @@ CANCEL file (which the trainer checks every step) plus an in-process flag.
 A job is just a callable with a label and, for training, a run folder. A later job kind (a multi-GPU
 `accelerate launch` subprocess) plugs in through `submit_subprocess_training`, watched through the same
 run folder and cancelled through the same CANCEL file.
+
+Every job says whose it is (the page that asked for it, the logged-in user) and how far it got (`report`), so
+the app can show one queue to everyone and let a job be cancelled from any page; a generation or grid asked
+for by a page that has been closed is cancelled (`cancel_page_jobs`): nobody is left to see its images.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sdtune_ui.config import TrainConfig
+from sdtune_ui.errors import Cancelled
 from sdtune_ui.runs import FINISHED, RunDir, interrupted_message
 
 log = logging.getLogger(__name__)
@@ -58,6 +63,13 @@ class Job:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     done_event: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.time)
+    owner: str = ""                # the page (browser session) that asked for it; "" for API callers
+    user: str = ""                 # the logged-in user, when the app has passwords
+    stops_with_page: bool = False  # generation and grids: cancelled when the page that asked is closed
+    started: float | None = None   # when it left the queue
+    done_count: int = 0            # progress reported by the job itself (`report`)
+    total_count: int = 0
+    unit: str = ""                 # what is counted: "image", "step"
 
     @property
     def cancelled(self) -> bool:
@@ -65,6 +77,22 @@ class Job:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.done_event.wait(timeout)
+
+    def report(self, done: int, total: int, unit: str = "image") -> None:
+        """Progress of a running call job ("image 3 of 12"), shown in the queue with an ETA."""
+        self.done_count, self.total_count, self.unit = int(done), int(total), unit
+
+    def check_cancelled(self) -> None:
+        """Raise Cancelled when someone cancelled this job (long jobs call it between units of work)."""
+        if self.cancelled:
+            raise Cancelled(f"{self.label}: cancelled.")
+
+    def eta_s(self, now: float | None = None) -> float | None:
+        """Seconds left, from the reported progress and the time spent so far (None before any progress)."""
+        if self.started is None or not self.done_count or not self.total_count:
+            return None
+        elapsed = (now or time.time()) - self.started
+        return elapsed / self.done_count * max(0, self.total_count - self.done_count)
 
 
 class JobQueue:
@@ -85,9 +113,16 @@ class JobQueue:
         self._worker.start()
 
     # ------------------------------------------------------------------ submitting
-    def submit(self, label: str, fn: Callable[[], Any]) -> Job:
+    def submit(self, label: str, fn: Callable[[], Any], *, owner: str = "", user: str = "",
+               stops_with_page: bool = False) -> Job:
         """Queue `fn` (no arguments); returns at once. Watch `position(job)`, wait with `job.wait()`."""
-        return self._enqueue(Job(label=label, target=lambda job: fn()))
+        return self.submit_job(label, lambda job: fn(), owner=owner, user=user, stops_with_page=stops_with_page)
+
+    def submit_job(self, label: str, target: Callable[[Job], Any], *, owner: str = "", user: str = "",
+                   stops_with_page: bool = False) -> Job:
+        """Queue `target(job)`: it may `job.report(k, n)` its progress and `job.check_cancelled()` between steps."""
+        return self._enqueue(Job(label=label, target=target, owner=owner, user=user,
+                                 stops_with_page=stops_with_page))
 
     def run_sync(self, label: str, fn: Callable[[], T]) -> T:
         """Wait for our turn, run `fn`, return its result; its exception is raised here."""
@@ -99,7 +134,8 @@ class JobQueue:
             raise job.error
         return job.result
 
-    def submit_training(self, config: TrainConfig, run_dir: str | Path, *, label: str | None = None) -> Job:
+    def submit_training(self, config: TrainConfig, run_dir: str | Path, *, label: str | None = None,
+                        owner: str = "", user: str = "") -> Job:
         """Queue a training run (new, or resumed: the core continues from the folder's last checkpoint)."""
         run = self._prepare_run(config, run_dir)
 
@@ -107,11 +143,11 @@ class JobQueue:
             return self._train_fn(config, run.path, cancel=job.cancel_event.is_set)
 
         return self._enqueue(Job(label=label or f"train {run.path.name}", target=target, run_dir=run.path,
-                                 kind="train"))
+                                 kind="train", owner=owner, user=user))
 
     def submit_subprocess_training(self, config: TrainConfig, run_dir: str | Path, num_processes: int = 1,
                                    *, mode: str = "ddp", command: list[str] | None = None,
-                                   poll_s: float = 0.5) -> Job:
+                                   poll_s: float = 0.5, owner: str = "", user: str = "") -> Job:
         """Queue a run in a child process (`accelerate launch` for several GPUs), watched via its run folder.
 
         `command` replaces the launcher (tests); by default it is `python -m sdtune_ui train` for one
@@ -127,7 +163,7 @@ class JobQueue:
             return _run_subprocess(argv, run, job, poll_s)
 
         return self._enqueue(Job(label=f"train {run.path.name} ({num_processes} process(es), {mode})", target=target,
-                                 run_dir=run.path, kind="subprocess"))
+                                 run_dir=run.path, kind="subprocess", owner=owner, user=user))
 
     # ------------------------------------------------------------------ watching
     def position(self, job: Job) -> int | None:
@@ -153,6 +189,10 @@ class JobQueue:
     def run_position(self, run_dir: str | Path) -> int | None:
         job = self.find(run_dir)
         return self.position(job) if job else None
+
+    def job(self, job_id: int) -> Job | None:
+        """The queued or running job with this id."""
+        return next((job for job in self.active() if job.id == job_id), None)
 
     # ------------------------------------------------------------------ cancelling
     def cancel(self, run_dir: str | Path) -> bool:
@@ -186,7 +226,19 @@ class JobQueue:
         if dropped:
             job.state = DONE
             job.result = "cancelled"
+            if job.kind == "call":
+                # Whoever waits for its result learns that there is none.
+                job.error = Cancelled(f"{job.label}: cancelled before it started.")
             job.done_event.set()
+
+    def cancel_page_jobs(self, owner: str) -> list[Job]:
+        """Cancel the generation jobs a closed page asked for (training and captioning carry on)."""
+        if not owner:
+            return []
+        mine = [job for job in self.active() if job.owner == owner and job.stops_with_page]
+        for job in mine:
+            self.cancel_job(job)
+        return mine
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Stop taking jobs, cancel the queued ones and the running one, and wait for the worker."""
@@ -247,6 +299,7 @@ class JobQueue:
                 job.done_event.set()
 
     def _run(self, job: Job) -> None:
+        job.started = time.time()
         run = RunDir(job.run_dir) if job.run_dir is not None else None
         if run is not None and (job.cancelled or run.cancel_requested()):
             # Cancelled between leaving the queue and starting; the core would clear the CANCEL file.
@@ -256,7 +309,11 @@ class JobQueue:
         try:
             if job.kind != "call" and self._before_training is not None:
                 self._before_training()
+            if job.kind == "call":
+                job.check_cancelled()  # cancelled in the instant between leaving the queue and starting
             job.result = job.target(job)
+        except Cancelled as err:
+            job.error = err
         except Exception as err:  # noqa: BLE001 - one job's bug must never stop the worker (and the queue)
             job.error = err
             log.exception("job %s failed", job.label)

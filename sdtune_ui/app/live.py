@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sdtune_ui.app.text import escape_markdown
 from sdtune_ui.runs import ACTIVE, FINISHED, RunDir, interrupted_message, list_runs
 
 MAX_PLOT_POINTS = 1000  # the browser draws every point: keep long runs light
@@ -30,6 +31,7 @@ class RunSnapshot:
     message: str = ""
     method: str = ""
     model: str = ""
+    data: str = ""
     step: int = 0
     total: int = 0
     it_s: float | None = None
@@ -83,7 +85,8 @@ def _read_cached(path: str, events_stamp: tuple[int, int], config_stamp: tuple[i
 def _read(run: RunDir) -> RunSnapshot:
     config = run.config()
     snap = RunSnapshot(run_id=run.path.name, path=run.path, method=str(config.get("method", "")),
-                       model=str(config.get("model", "")), total=int(config.get("max_train_steps") or 0))
+                       model=str(config.get("model", "")), total=int(config.get("max_train_steps") or 0),
+                       data=str(config.get("data", "")))
     events = run.read_events()
     snap.event_count = len(events)
     for event in events:
@@ -192,7 +195,7 @@ def progress_markdown(snap: RunSnapshot, position: int | None = None, now: float
     status = snap.status
     if status == "queued" and position:
         status = f"queued: {position} job(s) ahead"
-    parts = [f"**{snap.run_id}** · {status}"]
+    parts = [f"**{escape_markdown(snap.run_id)}** · {status}"]
     if snap.total:
         percent = 100 * snap.step / snap.total
         parts.append(f"step {snap.step}/{snap.total} ({percent:.0f}%)")
@@ -205,7 +208,7 @@ def progress_markdown(snap: RunSnapshot, position: int | None = None, now: float
         parts.append(f"last update {format_duration(now - snap.updated)} ago")
     text = " · ".join(parts)
     if snap.message:
-        text += f"\n\n{snap.message}"
+        text += f"\n\n{escape_markdown(snap.message)}"  # may quote the user's prompts or tokens
     return text
 
 
@@ -231,15 +234,30 @@ def output_files(snap: RunSnapshot) -> list[str]:
     return found
 
 
-RUN_COLUMNS = ["run", "status", "method", "model", "steps", "started"]
+RUN_COLUMNS = ["run", "status", "method", "model", "dataset", "steps", "final loss", "started"]
+
+
+def final_loss(snap: RunSnapshot) -> str:
+    """The smoothed loss at the last logged step (one step's raw loss is too noisy to compare runs by)."""
+    if not snap.losses:
+        return "-"
+    return f"{smooth([value for _, value in snap.losses])[-1]:.4g}"
+
+
+def dataset_name(data: str) -> str:
+    """A dataset folder by its name (the app's datasets all live in one folder), a Hub dataset by its id."""
+    path = Path(data).expanduser()
+    return path.name if data and (path.is_absolute() or path.exists()) else data
 
 
 def runs_table(root: str | Path) -> pd.DataFrame:
-    """Every run under `root`, newest first: run id, status, method, model, steps done/total, start time."""
+    """Every run under `root`, newest first: run id, status, method, model, dataset, steps done/total, the final
+    (smoothed) loss, start time."""
     rows = []
     for run in list_runs(Path(root)):
         snap = read_snapshot(run.path)
         started = snap.started or run.config_path.stat().st_mtime
-        rows.append([snap.run_id, snap.status, snap.method, snap.model, f"{snap.step}/{snap.total}",
+        rows.append([snap.run_id, snap.status, snap.method, snap.model, dataset_name(snap.data),
+                     f"{snap.step}/{snap.total}", final_loss(snap),
                      time.strftime("%Y-%m-%d %H:%M", time.localtime(started))])
     return pd.DataFrame(rows, columns=RUN_COLUMNS)

@@ -257,9 +257,11 @@ def _check_hub_model(repo_id: str) -> None:
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     if huggingface_hub.constants.HF_HUB_OFFLINE:
-        if not isinstance(huggingface_hub.try_to_load_from_cache(repo_id, "model_index.json"), str):
-            raise ConfigError({"model": f"{repo_id} is not in this machine's Hugging Face cache, and the Hub is "
-                                        "switched off (HF_HUB_OFFLINE): choose a model that is, or a demo model."})
+        from sdtune_ui.models.loading import unavailable_offline
+
+        problem = unavailable_offline(repo_id)  # says it needs the network once, or a local folder
+        if problem:
+            raise ConfigError({"model": problem})
         return
     try:
         huggingface_hub.model_info(repo_id, timeout=10)
@@ -307,8 +309,21 @@ def run_dir(runs_dir: Path, run_id: str) -> RunDir:
     return run
 
 
-def new_run_dir(runs_dir: Path, config: TrainConfig) -> Path:
-    return runs_dir / new_run_id(config.method)
+def new_run_dir(runs_dir: Path, config: TrainConfig, name: str = "") -> Path:
+    """A new run folder: `<name or method>-<time>-<random>`, so a run's name never clashes with another's."""
+    return runs_dir / new_run_id(safe_name(name, config.method) if name.strip() else config.method)
+
+
+def check_model_available(config: TrainConfig) -> None:
+    """Refuse, before a run folder exists, a Hub model that cannot load here (offline and never downloaded).
+
+    Local only (no network call), so the form's live validation and the CLI can ask it every time.
+    """
+    from sdtune_ui.models.loading import unavailable_offline
+
+    problem = unavailable_offline(config.model)
+    if problem:
+        raise ConfigError({"model": problem})
 
 
 def delete_run(jobs: Any, runs_dir: Path, run_id: str) -> None:
@@ -360,11 +375,13 @@ def interrupted_runs(runs_dir: Path) -> list[str]:
     return [run.path.name for run in list_runs(runs_dir) if run.status() == "interrupted"]
 
 
-def resume_run(jobs: Any, runs_dir: Path, run_id: str, *, memory_fallback: bool = False) -> Any:
+def resume_run(jobs: Any, runs_dir: Path, run_id: str, *, memory_fallback: bool = False, owner: str = "",
+               user: str = "") -> Any:
     """Queue a stopped run again; the core continues from its last complete checkpoint.
 
     A run whose process was killed (still "running" in its folder) is found interrupted and resumes at once.
     `memory_fallback`: with the next memory-saving setting (after running out of GPU memory), logged in the run.
+    `owner` / `user`: whose it is in the queue.
     """
     from sdtune_ui.train.memory import next_memory_saving
 
@@ -388,12 +405,15 @@ def resume_run(jobs: Any, runs_dir: Path, run_id: str, *, memory_fallback: bool 
                               "fine-tuning, or a GPU with more memory.")
         config = fallback.apply(config)
         run.events().emit("log", level="info", message=f"Memory fallback: {fallback.description}")
-    return jobs.submit_training(config, run.path)
+    return jobs.submit_training(config, run.path, owner=owner, user=user)
 
 
 def start_training(ctx: Any, values: dict[str, Any], *, public: bool, num_processes: int = 1,
-                   multi_gpu_mode: str = "ddp") -> Any:
+                   multi_gpu_mode: str = "ddp", name: str = "", owner: str = "", user: str = "") -> Any:
     """Queue a new run from widget (or API) values; `data` may name a dataset of the data folder.
+
+    `name` starts the run's id (the time and a random part keep it unique); `owner` / `user` say whose it
+    is in the queue.
 
     With `num_processes` > 1 the run is an `accelerate launch` child process (one process per GPU; on a
     machine without GPUs, CPU processes over gloo), watched through the same run folder. `multi_gpu_mode`
@@ -429,7 +449,24 @@ def start_training(ctx: Any, values: dict[str, Any], *, public: bool, num_proces
             raise ConfigError({"multi_gpu_mode": f"FSDP shards the model over GPUs and needs {num_processes} of "
                                                  f"them; {gpu_count()} visible. Use DDP, or fewer processes."})
         sharding.check_supported(config)
+    run_dir = new_run_dir(ctx.runs_dir, config, name)
     if num_processes > 1:
-        return ctx.jobs.submit_subprocess_training(config, new_run_dir(ctx.runs_dir, config), num_processes,
-                                                   mode=multi_gpu_mode)
-    return ctx.jobs.submit_training(config, new_run_dir(ctx.runs_dir, config))
+        return ctx.jobs.submit_subprocess_training(config, run_dir, num_processes, mode=multi_gpu_mode, owner=owner,
+                                                   user=user)
+    return ctx.jobs.submit_training(config, run_dir, owner=owner, user=user)
+
+
+# ---------------------------------------------------------------------------- exports
+def export_cleanly(run_dir: str | Path, format_name: str, out: str | Path, **kwargs: Any) -> list[Path]:
+    """`export_run`, but a failed export leaves no folder behind that it created (an empty folder looks like
+    an export that worked). Used by the app and the CLI."""
+    from sdtune_ui.export.formats import export_run
+
+    out = Path(out)
+    created = not out.exists()
+    try:
+        return export_run(run_dir, format_name, out, **kwargs)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise

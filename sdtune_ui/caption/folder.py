@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sdtune_ui.caption.captioners import Captioner, get_captioner
+from sdtune_ui.data.edit import save_captions
 from sdtune_ui.data.formats import compose_caption, existing_formats, list_images, read_captions, write_captions
 from sdtune_ui.data.images import load_image
 from sdtune_ui.data.ingest import CancelLike, is_cancelled
@@ -62,18 +63,18 @@ def caption_folder(
     Each caption is `prefix, <model caption>, suffix`, with the trigger word in front unless already in it.
     Without `overwrite`, images that already have a caption keep it (only the trigger is added if missing).
     Captions are written after every batch, so a cancelled run keeps what it finished (`report.cancelled`).
+    Datasets with sub-folders (kohya, concepts, imagefolder splits) are captioned image by image where
+    their reader looks (data/edit.save_captions); `formats` applies to a plain folder.
     """
     root = Path(folder)
     if not root.is_dir():
         raise DatasetError(f"The dataset folder {root} does not exist.")
-    names = list_images(root)
+    names, existing, write = _captioning_plan(root, formats)
     if not names:
-        raise DatasetError(f"No images to caption in {root}. Add images first (Dataset tab or `dataset ingest`).")
+        raise DatasetError(f"No images to caption in {root}. Add images first.")
     started = time.monotonic()
     model = captioner or get_captioner(captioner_name, device=device, task=task)
     report = CaptionReport(str(root), model.name)
-    targets = set(existing_formats(root)) | set(formats)
-    existing = read_captions(root)
     todo = names if overwrite else [n for n in names if not existing.get(n, "").strip()]
     kept = [n for n in names if n not in todo]
     report.kept = kept
@@ -81,7 +82,7 @@ def caption_folder(
         updated = {n: compose_caption(existing[n], trigger) for n in kept}
         updated = {n: c for n, c in updated.items() if c != existing[n]}
         if updated:
-            write_captions(root, updated, tuple(sorted(targets)))
+            write(updated)
     total = len(todo)
     size = max(1, batch_size or model.default_batch_size)
     done = 0
@@ -105,7 +106,7 @@ def caption_folder(
         pairs = zip(batch_names, raw, strict=True)
         new = {name: compose_caption(text, trigger, prefix, suffix) for name, text in pairs}
         if new:
-            write_captions(root, new, tuple(sorted(targets)))
+            write(new)
             report.captioned.update(new)
         for _ in todo[start:start + size]:
             done += 1
@@ -113,3 +114,17 @@ def caption_folder(
                 progress(done, total)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _captioning_plan(root: Path, formats: Iterable[str]) -> tuple[list[str], dict[str, str],
+                                                                   Callable[[dict[str, str]], Any]]:
+    """(image names relative to root, their own captions, how to write captions) for any dataset layout."""
+    from sdtune_ui.data.layouts import scan_dataset
+
+    scan = scan_dataset(root, strict=False)
+    if scan.layout == "folder" and all("/" not in f.name for f in scan.files):
+        targets = tuple(sorted(set(existing_formats(root)) | set(formats)))
+        return list_images(root), read_captions(root), lambda captions: write_captions(root, captions, targets)
+    existing = {f.name: f.caption for f in scan.files if f.caption is not None}
+    return ([f.name for f in scan.files], existing,
+            lambda captions: save_captions(root, captions, layout=scan.layout))

@@ -182,10 +182,10 @@ def run_grid(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from sdtune_ui.export.formats import export_run
+    from sdtune_ui.app.ops import export_cleanly  # a failed export leaves no empty folder behind
 
-    for path in export_run(args.run_dir, args.format, args.out, step=args.step, half=args.half,
-                           repo_id=args.repo_id):
+    for path in export_cleanly(args.run_dir, args.format, args.out, step=args.step, half=args.half,
+                               repo_id=args.repo_id):
         print(path)
     return 0
 

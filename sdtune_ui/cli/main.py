@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if not args.verbose:
+        from sdtune_ui import quiet
+
+        quiet.install()  # library notices nobody can act on
     try:
         return args.handler(args)
     except SdtuneError as err:

@@ -90,7 +90,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from sdtune_ui.app.ops import default_data_dir
+    from sdtune_ui.app.ops import check_model_available, default_data_dir
     from sdtune_ui.cli.progress import ProgressEventLog
     from sdtune_ui.runs import RunDir, is_main_process, new_run_id
     from sdtune_ui.train import train
@@ -99,6 +99,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume_with_memory_fallback:
         config = with_memory_fallback(config, args.output)
     config.validate()
+    check_model_available(config)  # offline and never downloaded: say so before a run folder exists
     run_dir = Path(args.output) if args.output else default_data_dir() / "runs" / new_run_id(config.method)
     shows_progress = is_main_process() and not args.quiet
     if is_main_process():

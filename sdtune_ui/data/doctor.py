@@ -352,7 +352,7 @@ def _check_captions(scan: DatasetScan, sizes: dict[str, tuple[int, int]], findin
     severity = "error" if usable and len(missing) + len(empty) == len(usable) else "warning"
     if missing:
         findings.append(Finding(severity, "missing_captions", f"{len(missing)} image(s) have no caption: caption "
-                                "them (`python -m sdtune_ui caption`) or give an instance prompt", missing))
+                                "them (auto-captioning) or give an instance prompt", missing))
     if empty:
         findings.append(Finding(severity, "empty_captions", f"{len(empty)} caption(s) are empty", empty))
     if folder_prompts:
@@ -365,7 +365,7 @@ def _check_captions(scan: DatasetScan, sizes: dict[str, tuple[int, int]], findin
         stats.without_trigger = len(without)
         if without:
             findings.append(Finding("warning", "missing_trigger", f"{len(without)} caption(s) lack the trigger word "
-                                    f"{trigger!r}: add it (caption --trigger, or find/replace)", without))
+                                    f"{trigger!r}: add it (auto-captioning's trigger word, or find/replace)", without))
     elif several:
         _check_concept_tokens(scan, usable, findings)
     long = sorted(n for n, count in lengths.items() if count > TEXT_ENCODER_TOKENS)

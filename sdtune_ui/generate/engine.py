@@ -12,7 +12,7 @@ import copy
 import hashlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,8 +284,13 @@ class GenerationEngine:
 
     # ------------------------------------------------------------------------------------ generation
     def generate(self, model: str, artifacts: Sequence[Artifact], options: GenerationOptions, *,
-                 allow_pickle: bool = False) -> GenerationResult:
-        """Images for one prompt; image i uses seed + i, so any single image can be reproduced alone."""
+                 allow_pickle: bool = False,
+                 step_callback: Callable[[int, int], None] | None = None) -> GenerationResult:
+        """Images for one prompt; image i uses seed + i, so any single image can be reproduced alone.
+
+        `step_callback(step, steps)` runs after every denoising step (progress; raising there, e.g.
+        Cancelled, stops the generation).
+        """
         options.validate()
         if not options.prompt.strip():
             raise SdtuneError("Write a prompt first.")
@@ -302,6 +307,11 @@ class GenerationEngine:
                 kwargs["width"] = options.width
             if options.height:
                 kwargs["height"] = options.height
+            if step_callback is not None:
+                def on_step(_pipe: Any, step: int, _timestep: Any, tensors: dict) -> dict:
+                    step_callback(step + 1, options.steps)
+                    return tensors
+                kwargs["callback_on_step_end"] = on_step
             try:
                 images = pipe(options.prompt, negative_prompt=options.negative_prompt or None,
                               num_inference_steps=options.steps, guidance_scale=options.guidance,

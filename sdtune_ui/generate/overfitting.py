@@ -9,11 +9,11 @@ both hold is the whole point of saving several.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sdtune_ui.errors import SdtuneError
+from sdtune_ui.errors import Cancelled, SdtuneError
 from sdtune_ui.generate.grid import make_grid
 from sdtune_ui.methods import ADAPTER, TOKENS, methods_with
 from sdtune_ui.methods.outputs import LORA
@@ -51,11 +51,14 @@ def default_grid_prompts(config: dict) -> list[str]:
 
 def overfitting_grid(run_dir: str | Path, steps: Sequence[int | None] | None = None,
                      prompts: Sequence[str] | None = None, scales: Sequence[float] | None = None, *,
-                     options: Any = None, engine: Any = None, max_checkpoints: int = 8) -> Any:
+                     options: Any = None, engine: Any = None, max_checkpoints: int = 8,
+                     progress: Callable[[int, int], None] | None = None,
+                     cancel: Callable[[], bool] | None = None) -> Any:
     """Prompts (columns) x checkpoints (x LoRA scales) (rows), same seed in every cell, as one image.
 
     `steps`: checkpoint steps, None meaning the final output; default: every checkpoint (the last
-    `max_checkpoints`) plus the final output when there is one.
+    `max_checkpoints`) plus the final output when there is one. `progress(done, total)` is called after each
+    image; `cancel()` returning True stops the grid (raises Cancelled) between images and denoising steps.
     """
     from sdtune_ui.generate.artifacts import artifacts_in_folder, checkpoint_steps, run_artifacts
     from sdtune_ui.generate.engine import default_engine
@@ -76,9 +79,15 @@ def overfitting_grid(run_dir: str | Path, steps: Sequence[int | None] | None = N
     prompts = list(prompts or default_grid_prompts(config))
     scales = list(scales) if scales and config.get("method") in methods_with(ADAPTER) else [1.0]
     base_options = options or GenerationOptions(prompt=prompts[0], steps=20)
+    total, done = len(steps) * len(scales) * len(prompts), 0
+
+    def check(*_: Any) -> None:
+        if cancel is not None and cancel():
+            raise Cancelled(f"Grid cancelled after {done} of {total} image(s).")
 
     rows, labels = [], []
     for step in steps:
+        check()
         found = run_artifacts(run.path, step)
         for scale in scales:
             for artifact in found.artifacts:
@@ -86,9 +95,14 @@ def overfitting_grid(run_dir: str | Path, steps: Sequence[int | None] | None = N
                     artifact.scale = scale
             row = []
             for prompt in prompts:
+                check()
                 opts = base_options.replace(prompt=prompt, num_images=1)
+                watch = {"step_callback": check} if cancel is not None else {}
                 row.append(engine.generate(found.base_model, found.artifacts, opts,
-                                           allow_pickle=bool(config.get("allow_pickle"))).images[0])
+                                           allow_pickle=bool(config.get("allow_pickle")), **watch).images[0])
+                done += 1
+                if progress is not None:
+                    progress(done, total)
             rows.append(row)
             name = "final" if step is None else f"step {step}"
             labels.append(f"{name} · scale {scale:g}" if len(scales) > 1 else name)

@@ -84,7 +84,7 @@ def load_pipeline(name: str, *, dtype: torch.dtype | dict[str, torch.dtype] = to
             pipeline_class = _pipeline_class_for_single_file(path)
             extra = {"config": resolve_model(single_file_config)} if single_file_config else {}
             single_dtype = torch.float32 if isinstance(dtype, dict) else dtype
-            pipe = pipeline_class.from_single_file(str(path), torch_dtype=single_dtype, **extra)
+            pipe = pipeline_class.from_single_file(str(path), dtype=single_dtype, **extra)
         else:
             pipe = _from_pretrained(DiffusionPipeline, source, path, dtype, allow_pickle)
     except ModelLoadError:
@@ -94,6 +94,9 @@ def load_pipeline(name: str, *, dtype: torch.dtype | dict[str, torch.dtype] = to
             raise UnreadableFile(source, err) from err
         if not isinstance(err, (OSError, ValueError)):
             raise
+        missing = unavailable_offline(name)
+        if missing:
+            raise ModelLoadError(missing) from None
         raise ModelLoadError(
             f"Could not load the model {name!r}: {err}. Give a Hub id (e.g. stable-diffusion-v1-5/"
             "stable-diffusion-v1-5), a local diffusers folder, a .safetensors file, or a demo model "
@@ -109,7 +112,7 @@ def _from_pretrained(pipeline_class, source: str, path: Path, dtype: torch.dtype
     if path.is_dir() and not (path / "model_index.json").exists():
         raise ModelLoadError(f"{path} is a folder but not a diffusers pipeline (no model_index.json).")
     try:
-        return pipeline_class.from_pretrained(source, torch_dtype=dtype, use_safetensors=True)
+        return pipeline_class.from_pretrained(source, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as err:
         if "safetensors" not in str(err).lower():
             raise
@@ -118,4 +121,23 @@ def _from_pretrained(pipeline_class, source: str, path: Path, dtype: torch.dtype
                 f"{source} has no safetensors weights, only pickle files, which can run arbitrary code "
                 "when loaded. Allow pickle explicitly (--allow-pickle) if you trust its source."
             ) from err
-        return pipeline_class.from_pretrained(source, torch_dtype=dtype, use_safetensors=False)
+        return pipeline_class.from_pretrained(source, dtype=dtype, use_safetensors=False)
+
+
+def unavailable_offline(name: str) -> str | None:
+    """Why a Hub model cannot load here (the Hub is off and it was never downloaded), or None when it may load.
+
+    Checked before a run or a generation starts, so a model that cannot load leaves no failed run behind.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    name = (name or "").strip()
+    if not name or name in TINY_MODELS or Path(name).expanduser().exists() or not constants.HF_HUB_OFFLINE:
+        return None
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        return None  # not a Hub id: loading says what is wrong with the path
+    if isinstance(try_to_load_from_cache(name, "model_index.json"), str):
+        return None
+    return (f"{name} is not downloaded yet, and the Hugging Face Hub is switched off here (HF_HUB_OFFLINE=1). "
+            "It needs the network once: start without HF_HUB_OFFLINE to download it (it is cached for later), "
+            f"or give a local diffusers folder or .safetensors file, or a demo model ({', '.join(TINY_MODELS)}).")

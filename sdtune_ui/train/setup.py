@@ -69,7 +69,7 @@ def check_captions(config: TrainConfig, examples: list[Example]) -> None:
     missing = [ex.name for ex in examples if not ex.caption.strip()]
     if len(missing) == len(examples):
         raise DatasetError(
-            "No image has a caption. Caption the dataset (Dataset tab or `python -m sdtune_ui caption`) or "
+            "No image has a caption. Caption the dataset (auto-captioning) or "
             "give an instance prompt such as 'a photo of sks dog'.")
     if config.has(TOKENS):
         without = [ex.name for ex in examples if config.placeholder_token not in ex.caption]

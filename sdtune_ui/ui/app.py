@@ -8,11 +8,20 @@ from typing import Any
 
 import gradio as gr
 
+from sdtune_ui.app import ops as app_ops
 from sdtune_ui.app.ops import GpuInfo, detect_gpu
-from sdtune_ui.ui import api, dataset_tab, generate_tab, runs_tab, train_tab
+from sdtune_ui.ui import api, dataset_tab, generate_tab, queue_panel, runs_tab, train_tab
 from sdtune_ui.ui.context import AppContext
+from sdtune_ui.ui.form import MIN_WIDTH, SWITCH
+from sdtune_ui.ui.train_form import INVALID
 
 TITLE = "sdtune_ui: fine-tune Stable Diffusion"
+CSS = f"""
+.{INVALID} {{ outline: 2px solid var(--color-red-500, #ef4444); outline-offset: 2px; border-radius: 6px; }}
+.{SWITCH} {{ min-width: min({MIN_WIDTH}px, 100%) !important; }}
+#queue-panel {{ padding: 4px 8px; }}
+#queue-table table {{ font-size: 0.9em; }}
+"""
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,8 @@ def build_app(ctx: AppContext, options: AppOptions | None = None) -> gr.Blocks:
     ctx.data_dir.mkdir(parents=True, exist_ok=True)
     for folder in (ctx.runs_dir, ctx.datasets_dir, ctx.exports_dir):
         folder.mkdir(parents=True, exist_ok=True)
+    if not app_ops.list_datasets(ctx.datasets_dir):
+        app_ops.load_example(ctx.datasets_dir)  # a fresh install can train at once, on the example
     with gr.Blocks(title=TITLE) as demo:
         with gr.Row():
             gr.Markdown(f"# {TITLE}")
@@ -63,6 +74,7 @@ def build_app(ctx: AppContext, options: AppOptions | None = None) -> gr.Blocks:
                 gr.DuplicateButton(elem_id="duplicate")
         for note in space_notices(options):
             gr.Markdown(f"> **Note:** {note}", elem_classes=["space-notice"])
+        queue_panel.build(ctx, options)
         with gr.Tabs():
             with gr.Tab("Dataset", id="dataset"):
                 data = dataset_tab.build(ctx, options)
@@ -70,8 +82,10 @@ def build_app(ctx: AppContext, options: AppOptions | None = None) -> gr.Blocks:
                 train = train_tab.build(ctx, options)
             with gr.Tab("Runs", id="runs"):
                 runs_tab.build(ctx, options, train.watched)
-            _generate_tab(ctx, options)
+            with gr.Tab("Generate", id="generate"):
+                generate = generate_tab.build(ctx, options)
         api.register(ctx, options)
+        queue_panel.register_page_close(demo, ctx)
 
         def follow_dataset(name: str) -> Any:
             # Picking or making a dataset makes it the one to train on.
@@ -85,12 +99,8 @@ def build_app(ctx: AppContext, options: AppOptions | None = None) -> gr.Blocks:
             event.success(**follow)
         # A (re)loaded page shows the selected dataset and re-attaches to the watched or running run at once.
         demo.load(data.on_load, data.dataset, [data.dataset, *data.shown], show_progress="hidden",
-                  api_visibility="private").then(**follow)
+                  api_visibility="private").then(**follow).then(**train.form_events["follow"]).then(
+                      **train.form_events["validate"])  # the form's notes (bucketing) and verdict at once
         demo.load(**train.tick, api_visibility="private")
+        demo.load(**generate.refresh)  # runs finished since the app started are listed at once
     return demo
-
-
-def _generate_tab(ctx: AppContext, options: AppOptions) -> None:
-    """The Generate tab gets the same options as the others (public app: no local paths)."""
-    with gr.Tab("Generate", id="generate"):
-        generate_tab.build(ctx, options)

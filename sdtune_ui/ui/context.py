@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
+
+from sdtune_ui.app.generation import SpeedLog
 
 T = TypeVar("T")
 
@@ -23,6 +25,7 @@ class AppContext:
     data_dir: Path          # everything the app writes lives below this folder
     jobs: Any               # sdtune_ui.app.jobs.JobQueue (implements GpuQueue and training runs)
     is_space: bool = False
+    speed: SpeedLog = field(default_factory=SpeedLog)  # measured generation speed, for grid estimates
 
     @property
     def runs_dir(self) -> Path:

@@ -1,5 +1,6 @@
-"""Dataset tab: add images (uploads, a zip, a local folder, the example), the dataset doctor, auto-captioning,
-caption editing (table, find/replace), and export (zip download, Hub push). The data package does the work."""
+"""Dataset tab: add images (uploads, a zip, a local folder, the example, a Hub dataset), the dataset doctor,
+auto-captioning, the images of every concept with their masks, caption editing (table, find/replace), deleting,
+cropping and masking images, and export (zip download, Hub push). The data package does the work."""
 
 from __future__ import annotations
 
@@ -10,19 +11,24 @@ from typing import Any
 import gradio as gr
 
 from sdtune_ui.app import ops as app_ops
-from sdtune_ui.data.formats import edit_captions, existing_formats, list_images, read_captions, write_captions
-from sdtune_ui.errors import DatasetError
+from sdtune_ui.app.datasets import dataset_images, import_hub_dataset
+from sdtune_ui.app.text import escape_markdown
+from sdtune_ui.data.edit import crop_square, delete_images, save_captions, save_mask
+from sdtune_ui.data.formats import edit_captions
+from sdtune_ui.errors import DatasetError, SdtuneError
 from sdtune_ui.methods import DEFAULT_METHOD, method_classes
-from sdtune_ui.ui.common import user_errors, wait_in_queue
+from sdtune_ui.ui import dataset_doctor
+from sdtune_ui.ui.common import keep_on_failure, user_errors, wait_in_queue
 
 UPLOAD_TYPES = ["image", ".zip", ".txt", ".jsonl", ".csv", ".json"]
 MAX_THUMBNAILS = 200  # every thumbnail is a full image sent to the browser; the caption table lists all
+COLUMNS = ["file", "caption", "mask"]
 
 
 @dataclass
 class DatasetTab:
     dataset: gr.Dropdown            # the selected dataset's name (a folder of the data dir)
-    shown: list[gr.components.Component]  # thumbnails and caption table of the selected dataset
+    shown: list[gr.components.Component]  # layout line, thumbnails and caption table of the selected dataset
     on_load: Callable[[str], list[Any]]  # fills `dataset` and `shown` when a page loads
     made: list[Any]                   # events after which the dataset exists (the Train tab follows them)
 
@@ -47,15 +53,15 @@ def build(ctx: Any, options: Any) -> DatasetTab:
             folder = gr.Textbox(label="...or a folder on this computer", visible=options.allow_local_paths,
                                 placeholder="/path/to/images")
             add = gr.Button("Add to dataset", variant="primary", elem_id="add-images")
-    report = gr.Textbox(label="Report", lines=6, elem_id="dataset-report")
-
-    with gr.Accordion("Dataset doctor", open=False):
+    report = gr.Textbox(label="Report (pictures already in the dataset are skipped and listed)", lines=6,
+                        elem_id="dataset-report")
+    with gr.Accordion("Import a Hugging Face dataset", open=False, elem_id="hub-import-fold"):
         with gr.Row():
-            doc_method = gr.Dropdown([(cls.label, cls.name) for cls in method_classes()], value=DEFAULT_METHOD,
-                                     label="Method")
-            doc_resolution = gr.Number(512, precision=0, label="Resolution")
-            doc_trigger = gr.Textbox(label="Trigger word (optional)")
-            doctor = gr.Button("Check the dataset")
+            hub_repo = gr.Textbox(label="Dataset id", placeholder="user/dataset-name", elem_id="hub-dataset")
+            hub_split = gr.Textbox("train", label="Split")
+            hub_max = gr.Number(100, precision=0, minimum=1, label="At most this many images")
+            hub_go = gr.Button("Import into this dataset", elem_id="hub-import")
+    doctor = dataset_doctor.build(ctx, dataset, [(cls.label, cls.name) for cls in method_classes()], DEFAULT_METHOD)
 
     captioner_choices, default_captioner = _captioners()
     with gr.Accordion("Auto-captioning", open=False, visible=bool(captioner_choices)):
@@ -69,15 +75,25 @@ def build(ctx: Any, options: Any) -> DatasetTab:
         caption_btn = gr.Button("Caption the images", elem_id="caption-images")
 
     gr.Markdown("### Images and captions")
-    thumbs = gr.Gallery(label="Images", columns=8, height=220, elem_id="dataset-gallery")
-    table = gr.Dataframe(headers=["file", "caption"], datatype=["str", "str"], interactive=True,
-                         column_count=2, label="Captions (edit, then save)", elem_id="caption-table")
+    layout = gr.Markdown("", elem_id="dataset-layout")
+    thumbs = gr.Gallery(label="Images (masks beside their image)", columns=8, height=220, elem_id="dataset-gallery")
+    table = gr.Dataframe(headers=COLUMNS, datatype=["str", "str", "str"], interactive=True, column_count=3,
+                         static_columns=[0, 2], label="Captions: edit the caption column, then save; click a row to "
+                         "pick its image", elem_id="caption-table", wrap=True, column_widths=["30%", "55%", "15%"])
     with gr.Row():
-        save = gr.Button("Save captions")
+        save = gr.Button("Save captions", elem_id="save-captions")
         find = gr.Textbox(label="Find")
         replace = gr.Textbox(label="Replace with")
         regex = gr.Checkbox(False, label="Regular expression")
         apply_replace = gr.Button("Replace in all captions")
+    with gr.Row(equal_height=True):
+        picked = gr.Textbox(label="Picked image", interactive=False, elem_id="picked-image", scale=3)
+        delete = gr.Button("Delete it", variant="stop", elem_id="delete-image", scale=1)
+        crop = gr.Button("Crop it to a centred square", elem_id="crop-image", scale=1)
+    with gr.Accordion("Paint a mask for the picked image (masked training looks only where you paint)", open=False):
+        painter = gr.ImageEditor(type="pil", label="Paint over what matters", elem_id="mask-painter", height=360,
+                                 brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
+        save_mask_btn = gr.Button("Save the mask", elem_id="save-mask")
 
     with gr.Accordion("Export", open=False):
         with gr.Row():
@@ -94,15 +110,19 @@ def build(ctx: Any, options: Any) -> DatasetTab:
         return app_ops.dataset_path(ctx.datasets_dir, name)
 
     def show(name: str) -> list[Any]:
-        """Thumbnails and the caption table of dataset `name` (empty when it does not exist yet)."""
+        """Layout line, thumbnails (each mask beside its image) and the caption table."""
         try:
-            root = folder_of(name)
+            images, description = dataset_images(folder_of(name))
         except DatasetError:
-            return [[], [["", ""]]]
-        captions = read_captions(root)
-        files = list_images(root)
-        rows = [[file, captions.get(file, "")] for file in files] or [["", ""]]
-        return [[(str(root / file), file) for file in files[:MAX_THUMBNAILS]], rows]
+            return ["", [], [["", "", ""]]]
+        items: list[tuple[str, str]] = []
+        for image in images[:MAX_THUMBNAILS]:
+            items.append((str(image.path), image.name))
+            if image.mask is not None:
+                items.append((str(image.mask), f"mask of {image.name}"))
+        rows = [[image.name, image.caption, image.mask_name] for image in images]
+        line = f"Layout: {escape_markdown(description)}" if description else ""
+        return [line, items, rows or [["", "", ""]]]
 
     def listing(name: str) -> Any:
         return gr.update(choices=app_ops.list_datasets(ctx.datasets_dir), value=app_ops.safe_name(name))
@@ -117,8 +137,9 @@ def build(ctx: Any, options: Any) -> DatasetTab:
     @user_errors
     def on_example() -> list[Any]:
         root = app_ops.load_example(ctx.datasets_dir)
-        text = f"Example dataset ready: {len(list_images(root))} images with captions in {root.name}."
-        return [listing(root.name), text, *show(root.name)]
+        count = len(dataset_images(root)[0])
+        return [listing(root.name), f"Example dataset ready: {count} images with captions in {root.name}.",
+                *show(root.name)]
 
     @user_errors
     def on_add(name: str, files: list[str] | None, local: str) -> list[Any]:
@@ -127,45 +148,82 @@ def build(ctx: Any, options: Any) -> DatasetTab:
         return [listing(root.name), result.to_text(), *show(root.name)]
 
     @user_errors
-    def on_doctor(name: str, method: str, resolution: float, trigger_word: str) -> str:
-        from sdtune_ui.data.doctor import diagnose
-
-        return diagnose(folder_of(name), method=method, resolution=int(resolution or 512),
-                        trigger=trigger_word.strip() or None).to_text()
+    def on_hub(name: str, repo_id: str, split: str, most: float) -> list[Any]:
+        root = app_ops.dataset_path(ctx.datasets_dir, name, create=True)
+        result = import_hub_dataset(root, repo_id or "", split=split or "train", max_images=int(most or 0) or None,
+                                    public=options.public)
+        return [listing(root.name), result.to_text(), *show(root.name)]
 
     @user_errors
-    def on_caption(name: str, model: str, trigger_word: str, pre: str, post: str, redo: bool) -> Any:
+    def on_caption(name: str, model: str, trigger_word: str, pre: str, post: str, redo: bool,
+                   request: gr.Request = None) -> Any:
         from sdtune_ui.caption import caption_folder, unload_captioners
 
         root = folder_of(name)
 
-        def work() -> Any:
+        def work(job: Any) -> Any:
             app_ops.release_generation_memory()
             try:
                 return caption_folder(root, model, trigger=trigger_word.strip() or None, prefix=pre, suffix=post,
-                                      overwrite=redo)
+                                      overwrite=redo, progress=lambda k, n: job.report(k, n, "image"),
+                                      cancel=lambda: job.cancelled)
             finally:
                 unload_captioners()  # give the GPU memory back before the next training run
 
-        for item in wait_in_queue(ctx.jobs, f"Captioning {root.name}", work):
+        for item in wait_in_queue(ctx.jobs, f"Captioning {root.name}", work, request=request, takes_job=True):
             if isinstance(item, tuple):
                 yield [item[1].to_text(), *show(name)]
             else:
-                yield [item, gr.skip(), gr.skip()]
+                yield [item, *[gr.skip()] * len(shown)]
 
     @user_errors
     def on_save(name: str, rows: Any) -> list[Any]:
         root = folder_of(name)
-        known = set(list_images(root))
         values = rows.values.tolist() if hasattr(rows, "values") else rows
-        captions = {str(file): str(text or "") for file, text in values if file in known}
-        write_captions(root, captions, existing_formats(root) or ("txt", "jsonl"))
-        return [f"Saved {len(captions)} caption(s).", *show(name)]
+        images, _ = dataset_images(root)
+        was = {image.name: image.caption for image in images}
+        # Only what differs from the folder is written: a kohya image showing its folder's prompt gets no file.
+        edits = {str(row[0]): str(row[1] or "") for row in values if row and row[0] in was and row[1] != was[row[0]]}
+        save_captions(root, edits, layout=_layout(root))
+        return [f"Saved {len(edits)} changed caption(s).", *show(name)]
 
     @user_errors
     def on_replace(name: str, old: str, new: str, is_regex: bool) -> list[Any]:
         changed = edit_captions(folder_of(name), find=old, replace=new, regex=is_regex)
         return [f"Changed {len(changed)} caption(s).", *show(name)]
+
+    def on_pick(name: str, rows: Any, event: gr.SelectData) -> list[Any]:
+        row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+        values = rows.values.tolist() if hasattr(rows, "values") else rows
+        if row is None or row >= len(values) or not values[row][0]:
+            return [gr.skip(), gr.skip()]
+        file = str(values[row][0])
+        try:
+            return [file, str(folder_of(name) / file)]  # the painter starts from the picked image
+        except DatasetError:
+            return [file, gr.skip()]
+
+    @user_errors
+    def on_delete(name: str, file: str) -> list[Any]:
+        if not file:
+            raise SdtuneError("Click a row of the table first to pick the image to delete.")
+        delete_images(folder_of(name), [file])
+        return [f"Deleted {file} (with its caption files and mask).", "", *show(name)]
+
+    @user_errors
+    def on_crop(name: str, file: str) -> list[Any]:
+        if not file:
+            raise SdtuneError("Click a row of the table first to pick the image to crop.")
+        width, height = crop_square(folder_of(name), file)
+        return [f"Cropped {file} to {width}x{height}.", *show(name)]
+
+    @user_errors
+    def on_mask(name: str, file: str, painted: dict | None) -> list[Any]:
+        if not file:
+            raise SdtuneError("Click a row of the table first to pick the image to mask.")
+        layers = (painted or {}).get("layers") or []
+        target = save_mask(folder_of(name), file, layers[0] if layers else None)
+        return [f"Saved the mask {target.name} beside {file}.", *show(name)]
 
     @user_errors
     def on_zip(name: str) -> str:
@@ -176,21 +234,40 @@ def build(ctx: Any, options: Any) -> DatasetTab:
         from sdtune_ui.data.hub import push_dataset_to_hub
 
         if not hf_token.strip():
-            raise gr.Error("Paste a Hugging Face token with write access to push.")
+            raise SdtuneError("Paste a Hugging Face token with write access to push.")
         url = push_dataset_to_hub(folder_of(name), repo_id.strip(), token=hf_token.strip(), private=is_private)
         return f"Pushed to {url}"
 
     # ---------------------------------------------------------------- wiring
-    shown = [thumbs, table]
-    loaded = example.click(on_example, None, [dataset, report, *shown], api_name="load_example")
-    added = add.click(on_add, [dataset, uploads, folder], [dataset, report, *shown], api_name="add_images")
-    added.then(lambda: None, None, uploads, api_visibility="private")
+    shown = [layout, thumbs, table]
+    made_out = [dataset, report, *shown]
+    loaded = example.click(on_example, None, made_out, api_name="load_example")
+    added = add.click(on_add, [dataset, uploads, folder], made_out, api_name="add_images")
+    keep_on_failure(added, made_out)
+    added.success(lambda: None, None, uploads, api_visibility="private")
+    imported = hub_go.click(on_hub, [dataset, hub_repo, hub_split, hub_max], made_out, api_name="import_hub_dataset")
+    keep_on_failure(imported, made_out)
     dataset.change(show, dataset, shown, show_progress="hidden", api_visibility="private")
-    doctor.click(on_doctor, [dataset, doc_method, doc_resolution, doc_trigger], report, api_name="doctor")
-    caption_btn.click(on_caption, [dataset, captioner, trigger, prefix, suffix, overwrite], [report, *shown],
-                      api_name="caption", concurrency_limit=None)
-    save.click(on_save, [dataset, table], [report, *shown], api_name="save_captions")
-    apply_replace.click(on_replace, [dataset, find, replace, regex], [report, *shown], api_name="replace")
-    export_zip.click(on_zip, dataset, export_file, api_name="export_zip")
-    push.click(on_push, [dataset, repo, token, private], report, api_visibility="private")
-    return DatasetTab(dataset, shown, on_page_load, [loaded, added])
+    doctor.wire(shown)
+    keep_on_failure(caption_btn.click(on_caption, [dataset, captioner, trigger, prefix, suffix, overwrite],
+                                      [report, *shown], api_name="caption", concurrency_limit=None), [report, *shown])
+    keep_on_failure(save.click(on_save, [dataset, table], [report, *shown], api_name="save_captions"),
+                    [report, *shown])
+    keep_on_failure(apply_replace.click(on_replace, [dataset, find, replace, regex], [report, *shown],
+                                        api_name="replace"), [report, *shown])
+    table.select(on_pick, [dataset, table], [picked, painter], api_visibility="private")
+    keep_on_failure(delete.click(on_delete, [dataset, picked], [report, picked, *shown], api_name="delete_image"),
+                    [report, picked, *shown])
+    keep_on_failure(crop.click(on_crop, [dataset, picked], [report, *shown], api_visibility="private"),
+                    [report, *shown])
+    keep_on_failure(save_mask_btn.click(on_mask, [dataset, picked, painter], [report, *shown],
+                                        api_visibility="private"), [report, *shown])
+    keep_on_failure(export_zip.click(on_zip, dataset, export_file, api_name="export_zip"), [export_file])
+    keep_on_failure(push.click(on_push, [dataset, repo, token, private], report, api_visibility="private"), [report])
+    return DatasetTab(dataset, shown, on_page_load, [loaded, added, imported])
+
+
+def _layout(root: Any) -> str:
+    from sdtune_ui.data.layouts import scan_dataset
+
+    return scan_dataset(root, strict=False).layout

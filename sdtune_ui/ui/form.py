@@ -15,10 +15,12 @@ from typing import Any
 import gradio as gr
 
 from sdtune_ui.config import TrainConfig, field_info, setting_applies
+from sdtune_ui.methods import method_named
 from sdtune_ui.models import KNOWN_MODELS, TINY_MODELS
 from sdtune_ui.ui.common import humanize
 
 MIN_WIDTH = 300  # px: three settings per line on a laptop screen, one on a phone
+SWITCH = "cfg-switch"
 
 
 @dataclass
@@ -64,14 +66,18 @@ def _widget(f: dataclasses.Field, value: Any, *, visible: bool, datasets: list[t
         return gr.Dropdown(choices=model_choices(), value=value, allow_custom_value=True,
                            **{**common, "info": info + " Type any Hub id (user/name) too."})
     if f.name == "method":
-        return gr.Radio(choices=list(f.metadata["choices"]), value=value, **common)
+        # The registry's labels ("Textual inversion"); the value stays the method's name.
+        return gr.Radio(choices=[(method_named(name).label, name) for name in f.metadata["choices"]], value=value,
+                        **common)
     if f.name == "data":
         # Local runs may point at any folder or Hub dataset; a public app only offers its own datasets.
         return gr.Dropdown(choices=datasets, value=value or None, allow_custom_value=allow_local_paths, **common)
     if f.metadata.get("choices"):
         return gr.Dropdown(choices=list(f.metadata["choices"]), value=value, **common)
     if isinstance(value, bool):
-        return gr.Checkbox(value=value, **common)
+        # Gradio drops a checkbox's min_width: the "switch" class gives it the others' width (ui/app.py CSS),
+        # so its label is not cut off between wider widgets.
+        return gr.Checkbox(value=value, elem_classes=[SWITCH], **common)
     if isinstance(value, int):
         return gr.Number(value=value, precision=0, **common)
     if isinstance(value, float):

@@ -1,62 +1,58 @@
 """Generate tab: try a run's result (or any LoRA / embedding) against its base model, compare, find the
-checkpoint that learned without forgetting (grid), then export or push it (Share panel).
+checkpoint that learned without forgetting (grid: generate_grid.py), then export or push it (generate_share.py).
 
 Only widgets and glue live here: generation is sdtune_ui.generate.engine / grid, exports sdtune_ui.export.
-Every GPU call waits its turn in the app's one GPU queue (ctx.jobs).
+Every GPU call waits its turn in the app's one GPU queue (ctx.jobs) and shows up in the queue panel; a
+generation asked for by a page that is closed stops with it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from sdtune_ui.app.generation import NONE, StepTimer, method_traits, source_choices, trigger_words
+from sdtune_ui.app.text import code, escape_html, escape_markdown
 from sdtune_ui.errors import SdtuneError
-from sdtune_ui.export.formats import FORMATS, export_run, push_run, zip_export
-from sdtune_ui.generate.artifacts import (
-    Artifact,
-    artifact_from_spec,
-    base_model_from_card,
-    checkpoint_steps,
-    list_choices,
-    parse_choice,
-    run_artifacts,
-)
+from sdtune_ui.generate.artifacts import Artifact, artifact_from_spec, base_model_from_card, parse_choice, run_artifacts
 from sdtune_ui.generate.engine import default_engine
 from sdtune_ui.generate.options import GenerationOptions, option_fields
-from sdtune_ui.generate.overfitting import default_grid_prompts, overfitting_grid
 from sdtune_ui.methods.outputs import LORA
 from sdtune_ui.models import KNOWN_MODELS, TINY_MODELS
 from sdtune_ui.runs import RunDir
-from sdtune_ui.ui.common import user_errors, wait_in_queue
+from sdtune_ui.ui import generate_grid, generate_share
+from sdtune_ui.ui.common import keep_on_failure, user_errors, wait_in_queue
 
-NONE = ""   # "no trained result": the base model alone
+REFRESH_S = 3.0
 
 
-def _on_gpu(ctx: Any, label: str, fn: Callable[[], Any], outputs: int) -> Generator[tuple, None, Any]:
-    """Run `fn` in the GPU queue and return its result (`result = yield from _on_gpu(...)`).
+def on_gpu(ctx: Any, label: str, fn: Callable[[Any], Any], outputs: int, status: int, request: Any = None,
+           ) -> Generator[tuple, None, Any]:
+    """Run `fn(job)` in the GPU queue and return its result (`result = yield from on_gpu(...)`).
 
-    While it waits, yields rows for a handler with `outputs` outputs: the last one shows the queue position,
-    the others are left as they are.
+    While it waits or runs, yields rows for a handler with `outputs` outputs: the one at `status` shows the
+    queue position or the progress, the others are left as they are. The job stops with its page.
     """
-    jobs = ctx.jobs
-    if not (hasattr(jobs, "submit") and hasattr(jobs, "position")):
-        return jobs.run_sync(label, fn)
-    for item in wait_in_queue(jobs, label, fn):
+    for item in wait_in_queue(ctx.jobs, label, fn, request=request, stops_with_page=True, takes_job=True):
         if isinstance(item, tuple) and len(item) == 2 and item[0] == "done":
             return item[1]
-        yield (*[gr.skip()] * (outputs - 1), str(item))
+        row: list[Any] = [gr.skip()] * outputs
+        row[status] = escape_markdown(item)
+        yield tuple(row)
 
 
-def _source_choices(ctx: Any) -> list[tuple[str, str]]:
-    """Runs by id (`run-id`, `run-id@step-N`): the same short values work for API callers."""
-    choices = [("(none: base model only)", NONE)]
-    for choice in list_choices(ctx.runs_dir):
-        name = Path(choice.run_dir).name
-        choices.append((choice.label, name if choice.step is None else f"{name}@step-{choice.step}"))
-    return choices
+def progress_of(job: Any, timer: StepTimer | None = None, unit: str = "step") -> Callable[[int, int], None]:
+    """A step callback that reports progress to the queue, times the steps and stops when the job is cancelled."""
+    def report(done: int, total: int) -> None:
+        job.check_cancelled()
+        job.report(done, total, unit)
+        if timer is not None:
+            timer.tick()
+    return report
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -67,7 +63,7 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-class _Guard:
+class Guard:
     """What a caller of this tab (page or API) may point at: runs under runs_dir; local files only when
     the app is not public (a Space or share link must not read the host's files)."""
 
@@ -79,7 +75,7 @@ class _Guard:
         name, step = parse_choice(source)
         run_dir = Path(self.ctx.runs_dir) / name
         if not _inside(run_dir, Path(self.ctx.runs_dir)) or not RunDir(run_dir).config_path.exists():
-            raise SdtuneError("Pick a run from the list (press Refresh if it is new).")
+            raise SdtuneError("Pick a run from the list.")
         return str(run_dir), step
 
     def model(self, model: str) -> str:
@@ -99,11 +95,14 @@ class _Guard:
         return specs
 
 
-def _option_widget(name: str, **extra: Any) -> Any:
+_Guard = Guard  # the name the tests import
+
+
+def option_widget(name: str, **extra: Any) -> Any:
     """The widget of one GenerationOptions field: its label, default and range come from the field."""
     f = next(f for f in option_fields() if f.name == name)
     meta, default = f.metadata, f.default
-    common = dict(value=default, label=meta["label"], **extra)
+    common = dict(value=default, label=meta["label"], elem_id=f"gen-{name.replace('_', '-')}", **extra)
     if meta["choices"]:
         return gr.Dropdown(list(meta["choices"]), **common)
     if isinstance(default, bool):
@@ -115,23 +114,47 @@ def _option_widget(name: str, **extra: Any) -> Any:
     return gr.Number(precision=0 if isinstance(default, int) else None, minimum=meta["minimum"], **common)
 
 
-def build(ctx: Any, options: Any = None) -> None:
+def options_from(text: str, neg: str, sched: str, n_steps: float, cfg: float, w: float, h: float, s: float,
+                 n: float, fused: bool) -> GenerationOptions:
+    """Widget values back to the fields' types (sliders send floats, an emptied number box None)."""
+    return GenerationOptions(prompt=text or "", negative_prompt=neg or "", scheduler=sched, steps=int(n_steps),
+                             guidance=float(cfg), width=int(w or 0), height=int(h or 0), seed=int(s or 0),
+                             num_images=int(n), fuse_lora=bool(fused)).validate()
+
+
+@dataclass
+class GenerateTab:
+    source: gr.Dropdown
+    refresh: dict[str, Any]   # the run list's refresh (fn, inputs, outputs): also run when a page loads
+
+
+def trigger_line(config: dict) -> str:
+    words = trigger_words(config)
+    if not words:
+        return ""
+    line = "Trigger words: " + ", ".join(code(w) for w in words)
+    instance = str(config.get("instance_prompt") or "").strip()
+    return line + (f" (instance prompt {code(instance)})" if instance else "")
+
+
+def build(ctx: Any, options: Any = None) -> GenerateTab:
     """The Generate tab's content (called inside `gr.Tab`); `options.allow_local_paths` (if given) gates paths."""
     allow_local = bool(getattr(options, "allow_local_paths", not getattr(ctx, "is_space", False)))
-    guard = _Guard(ctx, allow_local)
+    guard = Guard(ctx, allow_local)
     models = list(TINY_MODELS) + list(KNOWN_MODELS)
 
     with gr.Row():
+        # Custom values allowed: API callers name runs directly; the guard checks every value against runs_dir.
+        source = gr.Dropdown(source_choices(ctx.runs_dir), value=NONE, allow_custom_value=True, scale=6,
+                             label="Trained result (run output or checkpoint; new runs appear by themselves)",
+                             elem_id="gen-source")
+        refresh = gr.Button("Refresh", size="sm", scale=0, min_width=100, elem_id="gen-refresh")
+    with gr.Row():
         with gr.Column(scale=1, min_width=320):
-            with gr.Row():
-                # Custom values allowed: runs started after the page loaded (or by API callers) are valid too;
-                # the guard checks every value against runs_dir.
-                source = gr.Dropdown(_source_choices(ctx), value=NONE, allow_custom_value=True, scale=4,
-                                     label="Trained result (run output or checkpoint)", elem_id="gen-source")
-                refresh = gr.Button("Refresh", size="sm", scale=1)
             base_model = gr.Dropdown(models, value="tiny-sd1", allow_custom_value=True, label="Base model",
                                      info="A run picks its own base model; any Hub id works.", elem_id="gen-model")
-            lora_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="LoRA scale (0 = base model)")
+            lora_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="LoRA scale (0 = base model)",
+                                   visible=False, elem_id="gen-lora-scale")
             triggers = gr.Markdown("", elem_id="gen-triggers")
             with gr.Accordion("More LoRAs / embeddings", open=False):
                 uploads = gr.File(label="LoRA or embedding files (.safetensors; diffusers, kohya or A1111)",
@@ -143,41 +166,29 @@ def build(ctx: Any, options: Any = None) -> None:
                 card_base = gr.Button("Use the base model from the first repo's model card", size="sm")
         with gr.Column(scale=2):
             # The option widgets come from GenerationOptions' fields (labels, ranges, defaults in one place).
-            prompt = _option_widget("prompt", lines=2, elem_id="gen-prompt")
-            negative = _option_widget("negative_prompt", lines=1)
+            prompt = option_widget("prompt", lines=2)
+            negative = option_widget("negative_prompt", lines=1)
             with gr.Row():
-                scheduler, steps, guidance = (_option_widget(name) for name in ("scheduler", "steps", "guidance"))
+                scheduler, steps, guidance = (option_widget(name, min_width=200)
+                                              for name in ("scheduler", "steps", "guidance"))
             with gr.Row():
-                width, height, seed, num_images, fuse = (
-                    _option_widget(name) for name in ("width", "height", "seed", "num_images", "fuse_lora"))
+                # Sizes get a row of their own: squeezed, the slider's 2048 end is cut off.
+                width, height = (option_widget(name, min_width=260) for name in ("width", "height"))
+            with gr.Row():
+                seed, num_images, fuse = (option_widget(name, min_width=160)
+                                          for name in ("seed", "num_images", "fuse_lora"))
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="gen-generate")
                 compare = gr.Button("Compare with base", elem_id="gen-compare")
             status = gr.Markdown("", elem_id="gen-status")
-            gallery = gr.Gallery(label="Images", columns=4, height="auto", elem_id="gen-gallery")
-    with gr.Accordion("Overfitting grid: prompts x checkpoints (x LoRA scales)", open=False):
-        with gr.Row():
-            grid_prompts = gr.Textbox(label="Prompts, one per line (empty: built from the run's tokens)", lines=4)
-            # A dropdown that accepts any value: its choices change per run, and API callers name steps directly.
-            grid_steps = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
-                                     label="Checkpoints (none: all, plus the final output)")
-            grid_scales = gr.Textbox("1.0", label="LoRA scales, comma separated (e.g. 0.5, 1.0)")
-        grid_go = gr.Button("Make grid", elem_id="gen-grid")
-        picture = gr.Image(label="Grid / comparison", type="pil", interactive=False, elem_id="gen-picture")
-    with gr.Accordion("Share: export and push to the Hub", open=False):
-        gr.Markdown("Exports the selected run (or checkpoint) with a model card. **kohya** and **a1111** files "
-                    "load in AUTOMATIC1111 / ComfyUI; **single-file** is for full fine-tunes.")
-        with gr.Row():
-            fmt = gr.Radio(list(FORMATS), value="diffusers", label="Format")
-            export_go = gr.Button("Export", elem_id="gen-export")
-        files = gr.File(label="Download", file_count="multiple", interactive=False)
-        with gr.Row():
-            repo_id = gr.Textbox(label="Hub repo id", placeholder="your-name/my-model")
-            private = gr.Checkbox(True, label="Private repo")
-            token = gr.Textbox(label="Hub token (write access; used for this push only, never stored)",
-                               type="password")
-            push_go = gr.Button("Push to Hub", elem_id="gen-push")
-        share_status = gr.Markdown("")
+            gallery = gr.Gallery(label="Images", columns=4, height=420, preview=False, object_fit="contain",
+                                 elem_id="gen-gallery")
+            side_by_side = gr.Image(label="Base vs tuned: same prompt and seeds", type="pil", interactive=False,
+                                    visible=False, elem_id="gen-compare-image")
+
+    option_inputs = [prompt, negative, scheduler, steps, guidance, width, height, seed, num_images, fuse]
+    generate_grid.build(ctx, guard, source, option_inputs)
+    generate_share.build(ctx, guard, source)
 
     # ------------------------------------------------------------------------------------ glue
     def artifacts_for(source: str, scale: float, upload_paths: list | None, path_text: str,
@@ -196,121 +207,94 @@ def build(ctx: Any, options: Any = None) -> None:
             found.append(artifact_from_spec(spec, allow_pickle=bool(pickle_ok)))
         return base, found
 
-    def options_from(text: str, neg: str, sched: str, n_steps: float, cfg: float, w: float, h: float, s: float,
-                     n: float, fused: bool) -> GenerationOptions:
-        # Widgets send floats (sliders, numbers) and None (an emptied number box): back to the fields' types.
-        return GenerationOptions(prompt=text or "", negative_prompt=neg or "", scheduler=sched, steps=int(n_steps),
-                                 guidance=float(cfg), width=int(w or 0), height=int(h or 0), seed=int(s or 0),
-                                 num_images=int(n), fuse_lora=bool(fused)).validate()
-
-    option_inputs = [prompt, negative, scheduler, steps, guidance, width, height, seed, num_images, fuse]
     artifact_inputs = [source, base_model, lora_scale, uploads, paths, allow_pickle]
 
     # Handlers spell out every parameter: their names are the API's keyword arguments (gradio_client).
-    @user_errors
+    @user_errors(status=(1, 2))
     def on_generate(source: str, base_model: str, lora_scale: float, uploads: list | None, paths: str,
                     allow_pickle: bool, prompt: str, negative_prompt: str, scheduler: str, steps: float,
                     guidance: float, width: float, height: float, seed: float, num_images: float,
-                    fuse_lora: bool) -> Iterator[tuple]:
+                    fuse_lora: bool, request: gr.Request = None) -> Iterator[tuple]:
         run_base, found = artifacts_for(source, lora_scale, uploads, paths, allow_pickle)
         model = guard.model(run_base or base_model)
         options = options_from(prompt, negative_prompt, scheduler, steps, guidance, width, height, seed, num_images,
                                fuse_lora)
-        result = yield from _on_gpu(ctx, "Generating", lambda: default_engine().generate(
-            model, found, options, allow_pickle=bool(allow_pickle)), outputs=2)
+        timer = StepTimer()
+        result = yield from on_gpu(ctx, "Generating", lambda job: default_engine().generate(
+            model, found, options, allow_pickle=bool(allow_pickle), step_callback=progress_of(job, timer)),
+            outputs=2, status=1, request=request)
+        step_s = timer.seconds_per_step()
+        if step_s:  # remembered for grid estimates (one step of the whole batch, per image)
+            ctx.speed.record(model, step_s / max(1, len(result.images)))
         images = list(zip(result.images, result.captions(), strict=True))
-        words = f" · trigger words: {', '.join(result.tokens)}" if result.tokens else ""
-        yield images, f"{len(images)} image(s) in {result.seconds:.1f} s on {model}{words}"
+        words = f" · trigger words: {', '.join(code(t) for t in result.tokens)}" if result.tokens else ""
+        yield images, f"{len(images)} image(s) in {result.seconds:.1f} s on {escape_markdown(model)}{words}"
 
-    @user_errors
+    @user_errors(status=(2, 3))
     def on_compare(source: str, base_model: str, lora_scale: float, uploads: list | None, paths: str,
                    allow_pickle: bool, prompt: str, negative_prompt: str, scheduler: str, steps: float,
                    guidance: float, width: float, height: float, seed: float, num_images: float,
-                   fuse_lora: bool) -> Iterator[tuple]:
+                   fuse_lora: bool, request: gr.Request = None) -> Iterator[tuple]:
         run_base, found = artifacts_for(source, lora_scale, uploads, paths, allow_pickle)
         if not found:
             raise SdtuneError("Pick a trained result (or add a LoRA / embedding) to compare with the base model.")
         model = guard.model(run_base or base_model)
         options = options_from(prompt, negative_prompt, scheduler, steps, guidance, width, height, seed, num_images,
                                fuse_lora)
-        result = yield from _on_gpu(ctx, "Comparing", lambda: default_engine().compare(
-            model, found, options, allow_pickle=bool(allow_pickle)), outputs=3)
-        yield result.pairs(), result.image, f"Base {model} vs tuned, same prompt and seeds."
 
-    @user_errors
-    def on_grid(source: str, grid_prompts: str, checkpoints: list[str] | None, lora_scales: str, prompt: str,
-                negative_prompt: str, scheduler: str, steps: float, guidance: float, width: float, height: float,
-                seed: float, num_images: float, fuse_lora: bool) -> Iterator[tuple]:
-        if not source:
-            raise SdtuneError("Pick a run first: the grid compares its checkpoints.")
-        run_dir, _ = guard.run(source)
-        prompts_text, ticked, scales_text = grid_prompts, checkpoints, lora_scales
-        try:
-            scales = [float(x) for x in (scales_text or "").replace(";", ",").split(",") if x.strip()]
-        except ValueError as err:
-            raise SdtuneError("LoRA scales: numbers separated by commas, e.g. 0.5, 1.0.") from err
-        prompts = [line.strip() for line in (prompts_text or "").splitlines() if line.strip()] or None
-        chosen = [None if s == "final" else int(s) for s in (ticked or [])] or None
-        options = options_from("grid", negative_prompt, scheduler, steps, guidance, width, height, seed, 1, fuse_lora)
-        image: Any = None
-        image = yield from _on_gpu(ctx, "Grid", lambda: overfitting_grid(
-            run_dir, steps=chosen, prompts=prompts, scales=scales or None, options=options,
-            engine=default_engine()), outputs=2)
-        yield image, "Rows: checkpoints (and scales); columns: prompts; same seed everywhere."
+        def work(job: Any) -> Any:
+            job.report(0, 2, "set")
+            return default_engine().compare(model, found, options, allow_pickle=bool(allow_pickle))
+
+        result = yield from on_gpu(ctx, "Comparing", work, outputs=3, status=2, request=request)
+        yield (result.pairs(), result.image,
+               f"Base {escape_markdown(model)} vs tuned, same prompt and seeds (side by side below).")
 
     def on_source(src: str, current_prompt: str) -> tuple:
         if not src:
-            return gr.skip(), "", gr.skip(), "", gr.update(choices=[], value=[])
+            return gr.skip(), "", gr.update(visible=False), gr.skip()
         try:
             run_dir, _ = guard.run(src)
         except SdtuneError as err:
-            return gr.skip(), str(err), gr.skip(), "", gr.update(choices=[], value=[])
+            return gr.skip(), escape_markdown(err), gr.update(visible=False), gr.skip()
         config = RunDir(Path(run_dir)).config()
-        grid_defaults = default_grid_prompts(config)
-        words = [w for w in (config.get("placeholder_token"), config.get("instance_prompt")) if w]
-        text = f"Trigger: {', '.join(f'`{w}`' for w in dict.fromkeys(words))}" if words else ""
-        suggestion = current_prompt or grid_defaults[0]
-        step_choices = [str(s) for s in checkpoint_steps(run_dir)] + ["final"]
-        return (config.get("model") or gr.skip(), text, suggestion, "\n".join(grid_defaults),
-                gr.update(choices=step_choices, value=[]))
+        adapters, _ = method_traits(config)
+        words = trigger_words(config)
+        suggestion = current_prompt or str(config.get("instance_prompt") or "") or (
+            f"a photo of {words[0]}" if words else "")
+        return (config.get("model") or gr.skip(), trigger_line(config), gr.update(visible=adapters),
+                suggestion or gr.skip())
 
     @user_errors
     def on_card_base(specs: str, current: str) -> str:
         for spec in guard.specs(specs):
             found = base_model_from_card(artifact_from_spec(spec).path)
             if found:
-                gr.Info(f"Base model from the model card: {found}")
+                gr.Info(f"Base model from the model card: {escape_html(found)}")
                 return found
         raise SdtuneError("No base_model found on those model cards.")
 
-    @user_errors
-    def on_export(source: str, format_name: str) -> tuple[list[str], str]:
-        if not source:
-            raise SdtuneError("Pick a run (or checkpoint) to export.")
-        run_dir, step = guard.run(source)
-        name = f"{Path(run_dir).name}-{'final' if step is None else f'step-{step}'}-{format_name}"
-        out = Path(ctx.exports_dir) / name
-        written = export_run(run_dir, format_name, out, step=step)
-        archive = zip_export(written, Path(ctx.exports_dir) / f"{name}.zip")
-        singles = [str(p) for p in written if p.is_file()]
-        return [str(archive), *singles], f"Exported to {out} ({len(written)} item(s)); the .zip holds everything."
+    def on_refresh(current: str | None, last: Any) -> list[Any]:
+        choices = source_choices(ctx.runs_dir)
+        if choices == last:
+            return [gr.skip(), last]
+        values = [value for _, value in choices]
+        return [gr.update(choices=choices, value=current if current in values else NONE), choices]
 
-    @user_errors
-    def on_push(src: str, repo: str, is_private: bool, secret: str) -> tuple[str, str]:
-        if not src:
-            raise SdtuneError("Pick a run (or checkpoint) to push.")
-        run_dir, step = guard.run(src)
-        url = push_run(run_dir, (repo or "").strip(), token=secret or "", private=bool(is_private), step=step)
-        return "", f"Pushed to [{url}]({url}) ({'private' if is_private else 'public'})."
-
-    refresh.click(lambda: gr.update(choices=_source_choices(ctx)), None, source, api_visibility="private")
-    source.change(on_source, [source, prompt], [base_model, triggers, prompt, grid_prompts, grid_steps],
-                  api_visibility="private")
-    card_base.click(on_card_base, [paths, base_model], base_model, api_visibility="private")
-    go.click(on_generate, [*artifact_inputs, *option_inputs], [gallery, status], api_name="generate")
-    compare.click(on_compare, [*artifact_inputs, *option_inputs], [gallery, picture, status], api_name="compare")
-    grid_go.click(on_grid, [source, grid_prompts, grid_steps, grid_scales, *option_inputs], [picture, status],
-                  api_name="grid")
-    export_go.click(on_export, [source, fmt], [files, share_status], api_name="export")
-    # The token is an input of this event only: never echoed, and the box is emptied after every push.
-    push_go.click(on_push, [source, repo_id, private, token], [token, share_status], api_visibility="private")
+    shown = gr.State(None)
+    timer = gr.Timer(REFRESH_S)
+    refresh_io = dict(fn=on_refresh, inputs=[source, shown], outputs=[source, shown], show_progress="hidden",
+                      api_visibility="private")
+    refresh.click(**refresh_io)
+    timer.tick(**refresh_io, concurrency_limit=None)
+    source.change(on_source, [source, prompt], [base_model, triggers, lora_scale, prompt], api_visibility="private")
+    keep_on_failure(card_base.click(on_card_base, [paths, base_model], base_model, api_visibility="private"),
+                    [base_model])
+    keep_on_failure(go.click(on_generate, [*artifact_inputs, *option_inputs], [gallery, status],
+                             api_name="generate"), [gallery, status])
+    compared = compare.click(on_compare, [*artifact_inputs, *option_inputs], [gallery, side_by_side, status],
+                             api_name="compare")
+    keep_on_failure(compared, [gallery, side_by_side, status])
+    # Shown once there is something to show, under the images, where the user looks.
+    compared.success(lambda: gr.update(visible=True), None, side_by_side, api_visibility="private")
+    return GenerateTab(source, refresh_io)

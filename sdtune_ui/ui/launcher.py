@@ -120,19 +120,48 @@ def stop_runs_on_sigterm(jobs: Any) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a port another program holds, with the flag to use instead (before anything is built)."""
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind((host if host not in ("", "0.0.0.0") else "0.0.0.0", port))
+        except OSError:
+            raise LaunchError(f"Port {port} is in use (is the app already running?). Start it on another port, "
+                              f"e.g. python app.py --port {port + 1}.") from None
+
+
 def launch(argv: list[str] | None = None, *, prevent_thread_lock: bool = False, **launch_kwargs: Any) -> tuple:
     """Parse, check, build and launch; returns (ctx, demo, local_url). Raises LaunchError for refused flags."""
     args = build_parser().parse_args(argv)
     credentials = check_args(args)
+    check_port(args.host, args.port)
+    from sdtune_ui import quiet
+    from sdtune_ui.ui.app import CSS
+
+    quiet.install()
     ctx, demo = create(args)
     if not prevent_thread_lock:
         stop_runs_on_sigterm(ctx.jobs)
     demo.queue(default_concurrency_limit=4)
-    _, local_url, _ = demo.launch(
-        server_name=args.host, server_port=args.port, share=args.share, auth=credentials,
-        # Only the app's own folder is served; Gradio's upload/cache folder is served by Gradio itself.
-        allowed_paths=[str(ctx.data_dir)], max_file_size=args.max_file_size,
-        prevent_thread_lock=prevent_thread_lock, **launch_kwargs)
+    silent = launch_kwargs.pop("quiet", False)
+    try:
+        _, local_url, share_url = demo.launch(
+            server_name=args.host, server_port=args.port, share=args.share, auth=credentials,
+            # Only the app's own folder is served; Gradio's upload/cache folder is served by Gradio itself.
+            allowed_paths=[str(ctx.data_dir)], max_file_size=args.max_file_size, css=CSS,
+            # Gradio's own start-up lines suggest `share=True` in code; we print ours (the flag is --share).
+            quiet=True, prevent_thread_lock=True, **launch_kwargs)
+    except OSError as err:  # the port was taken between the check and the launch
+        ctx.jobs.close(timeout=5)
+        raise LaunchError(f"Cannot listen on {args.host}:{args.port} ({err}). Try another --port.") from None
+    if not silent:
+        print(f"sdtune_ui is running at {local_url} (data in {ctx.data_dir})")
+        print(f"Public link: {share_url}" if share_url else
+              "Local only; --share --auth user:password opens a public link. Ctrl+C stops the app.")
+    if not prevent_thread_lock:
+        demo.block_thread()  # until Ctrl+C
     return ctx, demo, local_url
 
 

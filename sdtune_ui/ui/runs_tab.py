@@ -9,8 +9,10 @@ import gradio as gr
 
 from sdtune_ui.app import live
 from sdtune_ui.app import ops as app_ops
+from sdtune_ui.app.text import escape_html
+from sdtune_ui.errors import SdtuneError
 from sdtune_ui.ui import run_view
-from sdtune_ui.ui.common import user_errors
+from sdtune_ui.ui.common import keep_on_failure, page_of, user_errors
 
 PLACEHOLDER = "Pick a run in the list to see its curves, samples and outputs."
 REFRESH_S = 3.0
@@ -53,9 +55,10 @@ def build(ctx: Any, options: Any, watched: gr.BrowserState) -> None:
         return [signature, *updates]
 
     @user_errors
-    def on_resume(run_id: str | None) -> str:
-        job = app_ops.resume_run(ctx.jobs, ctx.runs_dir, run_id or "")
-        gr.Info(f"Run {run_id} queued to resume; the Train tab shows it live.")
+    def on_resume(run_id: str | None, request: gr.Request = None) -> str:
+        owner, user = page_of(request)
+        job = app_ops.resume_run(ctx.jobs, ctx.runs_dir, run_id or "", owner=owner, user=user)
+        gr.Info(f"Run {escape_html(run_id)} queued to resume; the Train tab shows it live.")
         return job.run_dir.name
 
     @user_errors
@@ -66,12 +69,13 @@ def build(ctx: Any, options: Any, watched: gr.BrowserState) -> None:
     @user_errors
     def on_delete(run_id: str | None) -> list[Any]:
         app_ops.delete_run(ctx.jobs, ctx.runs_dir, run_id or "")
-        gr.Info(f"Deleted {run_id}.")
+        gr.Info(f"Deleted {escape_html(run_id)}.")
         return [gr.update(visible=False), *listing()]
 
+    @user_errors
     def ask(run_id: str | None) -> Any:
         if not run_id:
-            raise gr.Error("Pick a run first.")
+            raise SdtuneError("Pick a run first.")
         return gr.update(visible=True)
 
     view_io = dict(fn=on_view, inputs=[selected, last], outputs=[last, *view.outputs], show_progress="hidden")
@@ -87,8 +91,9 @@ def build(ctx: Any, options: Any, watched: gr.BrowserState) -> None:
 
     timer.tick(on_tick, [selected, last, shown], [table, selected, shown, last, *view.outputs],
                show_progress="hidden", concurrency_limit=None, api_visibility="private")
-    resume.click(on_resume, selected, watched, api_name="resume_run")
+    keep_on_failure(resume.click(on_resume, selected, watched, api_name="resume_run"), [watched])
     cancel.click(on_cancel, selected, None, api_name="cancel_run")
-    delete.click(ask, selected, confirm_row, api_visibility="private")
+    keep_on_failure(delete.click(ask, selected, confirm_row, api_visibility="private"), [confirm_row])
     keep.click(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private")
-    confirm.click(on_delete, selected, [confirm_row, table, selected], api_name="delete_run")
+    keep_on_failure(confirm.click(on_delete, selected, [confirm_row, table, selected], api_name="delete_run"),
+                    [confirm_row, table, selected])

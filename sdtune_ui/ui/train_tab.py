@@ -1,5 +1,9 @@
 """Train tab: model, method and settings (generated from TrainConfig), presets, config save/load,
-Start / Cancel / Resume, and the live view of the run this browser watches."""
+Start / Cancel / Resume, and the live view of the run this browser watches (with that run's own settings).
+
+The form stays valid by itself (train_form.py): switching method or dataset derives what the new choice
+needs, and the validation result is shown before Start.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,16 @@ import gradio as gr
 
 from sdtune_ui.app import live
 from sdtune_ui.app import ops as app_ops
+from sdtune_ui.app.text import escape_html
 from sdtune_ui.config import VRAM_PRESETS, TrainConfig, preset_values
+from sdtune_ui.errors import SdtuneError
+from sdtune_ui.examples import EXAMPLE_DATASET
 from sdtune_ui.methods import DEFAULT_METHOD
 from sdtune_ui.models import KNOWN_MODELS
 from sdtune_ui.runs import list_runs
 from sdtune_ui.train.memory import ESTIMATE_FIELDS
-from sdtune_ui.ui import run_view
-from sdtune_ui.ui.common import user_errors
+from sdtune_ui.ui import run_view, train_form
+from sdtune_ui.ui.common import keep_on_failure, page_of, user_errors
 from sdtune_ui.ui.form import Form, build_form
 
 PLACEHOLDER = "No run yet: pick a dataset and press **Start training**."
@@ -31,19 +38,28 @@ class TrainTab:
     watched: gr.BrowserState
     view: run_view.RunView
     tick: dict[str, Any]  # the live refresh (fn, inputs, outputs), also run when a page loads
+    form_events: dict[str, dict[str, Any]]  # "validate": the live validation (also run when a page loads)
 
 
-def default_config(cpu: bool, vram: str) -> TrainConfig:
+def default_config(cpu: bool, vram: str, data: str = "") -> TrainConfig:
     """What the form shows first: on a CPU the one-minute demo, on a GPU SD 1.5 with the LoRA preset for its
-    memory (the tiny demo models stay one click away in the model list)."""
+    memory (the tiny demo models stay one click away in the model list); `data` the dataset to train on."""
     values = dict(app_ops.DEMO_SETTINGS) if cpu else {"model": next(iter(KNOWN_MODELS)),
                                                        **preset_values(DEFAULT_METHOD)}
     values.update(preset_values(vram=vram))
+    values["data"] = data
     return app_ops.config_from_values(values)
 
 
 def dataset_choices(ctx: Any) -> list[tuple[str, str]]:
     return [(name, str(ctx.datasets_dir / name)) for name in app_ops.list_datasets(ctx.datasets_dir)]
+
+
+def default_dataset(ctx: Any) -> str:
+    """The example dataset when the app has it (a fresh install copies it in), else the first dataset."""
+    names = app_ops.list_datasets(ctx.datasets_dir)
+    name = EXAMPLE_DATASET.name if EXAMPLE_DATASET.name in names else (names[0] if names else "")
+    return str(ctx.datasets_dir / name) if name else ""
 
 
 def active_run(ctx: Any) -> Path | None:
@@ -59,15 +75,17 @@ def active_run(ctx: Any) -> Path | None:
 
 def build(ctx: Any, options: Any) -> TrainTab:
     gpu = options.gpu
-    defaults = default_config(gpu.name is None, gpu.vram_preset)
+    defaults = default_config(gpu.name is None, gpu.vram_preset, default_dataset(ctx))
     gr.Markdown(gpu.describe(), elem_id="gpu-info")
     with gr.Row():
         vram = gr.Dropdown(list(VRAM_PRESETS), value=gpu.vram_preset, label="Memory preset",
                            info="Precision, batch size and memory savers for your GPU (detected by default).")
         use_method_presets = gr.Checkbox(True, label="Apply the method's recommended settings when switching method "
-                                         "or adapter type")
-        demo = gr.Button("Quick CPU demo settings (tiny-sd1, ~1 min)", size="sm")
+                                         "or adapter type", elem_id="use-method-presets")
+        demo = gr.Button("Quick CPU demo settings (tiny-sd1, example dataset, ~1 min)", size="sm",
+                         elem_id="demo-settings")
     form = build_form(defaults, datasets=dataset_choices(ctx), allow_local_paths=options.allow_local_paths)
+    notes = gr.Markdown("", elem_id="form-notes")
     memory_line = gr.Markdown(app_ops.memory_estimate(defaults.to_dict(), gpu), elem_id="memory-estimate")
     gpus = app_ops.gpu_count()
     processes = gr.Dropdown([str(n) for n in range(1, max(gpus, 1) + 1)], value="1", label="Processes (GPUs)",
@@ -76,6 +94,10 @@ def build(ctx: Any, options: Any) -> TrainTab:
     multi_gpu_mode = gr.Radio([("DDP: a whole model per GPU (fastest when it fits)", "ddp"),
                                ("FSDP: shard weights and optimizer (full fine-tuning of SDXL)", "fsdp")],
                               value="ddp", label="Multi-GPU mode", visible=gpus > 1, elem_id="multi-gpu-mode")
+    with gr.Row(equal_height=True):
+        run_name = gr.Textbox(label="Run name (optional)", placeholder="e.g. robot-lora", scale=1, min_width=240,
+                              info="Starts the run's id; the time is added so it stays unique.", elem_id="run-name")
+        validation = gr.Markdown("", elem_id="form-validation")
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="start-training")
         cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-training")
@@ -88,52 +110,50 @@ def build(ctx: Any, options: Any) -> TrainTab:
     last = gr.State(None)
     gr.Markdown("### Live view")
     view = run_view.build_run_view("live", PLACEHOLDER)
+    with gr.Accordion("Settings of this run (read-only)", open=False, visible=False,
+                      elem_id="run-settings-fold") as settings_fold:
+        run_settings = gr.Dataframe(headers=["setting", "value"], interactive=False, wrap=True,
+                                    elem_id="run-settings")
+        edit_copy = gr.Button("Edit a copy in the form above", size="sm", elem_id="edit-copy")
+    settings_of = gr.State("")  # the run whose settings are shown
     timer = gr.Timer(REFRESH_S)
     fields = form.components
 
     # ---------------------------------------------------------------- handlers
     @user_errors
-    def on_start(num_processes: str, mode: str, *args: Any) -> str:
+    def on_start(request: gr.Request, num_processes: str, mode: str, name: str, *args: Any) -> str:
+        owner, user = page_of(request)
         job = app_ops.start_training(ctx, form.values(args), public=options.public,
-                                     num_processes=int(num_processes or 1), multi_gpu_mode=mode)
+                                     num_processes=int(num_processes or 1), multi_gpu_mode=mode, name=name or "",
+                                     owner=owner, user=user)
         ahead = ctx.jobs.position(job)
-        name = job.run_dir.name
-        gr.Info(f"Run {name} queued behind {ahead} job(s)." if ahead else f"Run {name} started.")
-        return name
+        run_id = escape_html(job.run_dir.name)
+        gr.Info(f"Run {run_id} queued behind {ahead} job(s)." if ahead else f"Run {run_id} started.")
+        return job.run_dir.name
 
     @user_errors
     def on_cancel(run_id: str) -> None:
         if not run_id:
-            raise gr.Error("No run to cancel.")
+            raise SdtuneError("No run to cancel.")
         app_ops.cancel_run(ctx.jobs, ctx.runs_dir, run_id)
         gr.Info("Cancelling: the run stops after the current step and keeps a checkpoint to resume from.")
 
     @user_errors
-    def on_resume(run_id: str) -> str:
-        job = app_ops.resume_run(ctx.jobs, ctx.runs_dir, run_id)
-        gr.Info(f"Run {run_id} queued to resume from its last checkpoint.")
+    def on_resume(run_id: str, request: gr.Request = None) -> str:
+        owner, user = page_of(request)
+        job = app_ops.resume_run(ctx.jobs, ctx.runs_dir, run_id, owner=owner, user=user)
+        gr.Info(f"Run {escape_html(run_id)} queued to resume from its last checkpoint.")
         return job.run_dir.name
 
     @user_errors
-    def on_resume_less_memory(run_id: str) -> str:
-        job = app_ops.resume_run(ctx.jobs, ctx.runs_dir, run_id, memory_fallback=True)
-        gr.Info(f"Run {run_id} queued to resume with less memory (its log says what changed).")
+    def on_resume_less_memory(run_id: str, request: gr.Request = None) -> str:
+        owner, user = page_of(request)
+        job = app_ops.resume_run(ctx.jobs, ctx.runs_dir, run_id, memory_fallback=True, owner=owner, user=user)
+        gr.Info(f"Run {escape_html(run_id)} queued to resume with less memory (its log says what changed).")
         return job.run_dir.name
 
     def on_estimate(*args: Any) -> str:
         return app_ops.memory_estimate(form.values(args), gpu)
-
-    def on_method(method: str, adapter: str, apply_presets: bool, memory: str) -> list[Any]:
-        # The memory preset is applied after the method's (and its adapter type's), so memory-saving settings win.
-        values = preset_values(method, memory, adapter) if apply_presets else {}
-        return form.updates(app_ops.widget_values(values), method, adapter)
-
-    def on_vram(memory: str) -> list[Any]:
-        return form.updates(app_ops.widget_values(preset_values(vram=memory)))
-
-    def on_demo() -> list[Any]:
-        values = {**app_ops.DEMO_SETTINGS, **preset_values(vram="CPU")}
-        return form.updates(app_ops.widget_values(values), values["method"], values.get("adapter")) + ["CPU"]
 
     @user_errors
     def on_save(*args: Any) -> Any:
@@ -144,39 +164,39 @@ def build(ctx: Any, options: Any) -> TrainTab:
         config.save(path)
         return gr.update(value=str(path), visible=True)
 
-    @user_errors
-    def on_load(file: str) -> list[Any]:
-        config = TrainConfig.load(file)
-        return form.updates(app_ops.widget_values(config.to_dict()), config.method, config.adapter)
-
-    def on_tick(run_id: str, previous: Any) -> list[Any]:
+    def on_tick(run_id: str, previous: Any, shown_settings: str) -> list[Any]:
         attach = gr.skip()
         if not run_id:
             found = active_run(ctx)
             if found is not None:
                 run_id = attach = found.name
-        updates, signature = run_view.render(ctx.jobs, app_ops.run_path(ctx.runs_dir, run_id), previous, PLACEHOLDER)
-        return [attach, signature, *updates]
+        path = app_ops.run_path(ctx.runs_dir, run_id)
+        updates, signature = run_view.render(ctx.jobs, path, previous, PLACEHOLDER)
+        settings = [gr.skip(), gr.skip(), gr.skip()]
+        if (run_id or "") != shown_settings:
+            rows = train_form.settings_rows(path) if path is not None else []
+            settings = [gr.update(visible=bool(rows)), rows or [["", ""]], run_id or ""]
+        return [attach, signature, *updates, *settings]
 
     # ---------------------------------------------------------------- wiring
-    start.click(on_start, [processes, multi_gpu_mode, *fields], watched, api_name="start_training").then(
-        on_tick, [watched, gr.State(None)], [watched, last, *view.outputs], show_progress="hidden")
+    tick_outputs = [watched, last, *view.outputs, settings_fold, run_settings, settings_of]
+    tick_args = dict(fn=on_tick, inputs=[watched, last, settings_of], outputs=tick_outputs,
+                     show_progress="hidden", concurrency_limit=None)
+    started = start.click(on_start, [processes, multi_gpu_mode, run_name, *fields], watched, api_name="start_training")
+    started.then(**{**tick_args, "inputs": [watched, gr.State(None), gr.State("")]})
+    keep_on_failure(started, [watched])
     cancel.click(on_cancel, watched, None, api_name="cancel_training")
-    resume.click(on_resume, watched, watched, api_name="resume_training")
-    resume_less.click(on_resume_less_memory, watched, watched, api_name="resume_with_less_memory")
+    keep_on_failure(resume.click(on_resume, watched, watched, api_name="resume_training"), [watched])
+    keep_on_failure(resume_less.click(on_resume_less_memory, watched, watched, api_name="resume_with_less_memory"),
+                    [watched])
     gr.on([form.widgets[name].change for name in ESTIMATE_FIELDS if name in form.widgets], on_estimate, fields,
           memory_line, show_progress="hidden", api_visibility="private")
-    method_inputs = [form.widgets["method"], form.widgets["adapter"], use_method_presets, vram]
-    form.widgets["method"].input(on_method, method_inputs, fields, show_progress="hidden")
-    form.widgets["adapter"].input(on_method, method_inputs, fields, show_progress="hidden")
-    vram.input(on_vram, vram, fields, show_progress="hidden")
-    demo.click(on_demo, None, [*fields, vram], show_progress="hidden")
-    save.click(on_save, fields, config_file)
-    load.upload(on_load, load, fields)
-    tick_args = dict(fn=on_tick, inputs=[watched, last], outputs=[watched, last, *view.outputs],
-                     show_progress="hidden", concurrency_limit=None)
+    keep_on_failure(save.click(on_save, fields, config_file), [config_file])
     timer.tick(**tick_args, api_visibility="private")
-    return TrainTab(form, watched, view, tick_args)
+    form_events = train_form.wire(ctx, options, form, notes=notes, validation=validation, vram=vram,
+                                  use_presets=use_method_presets, demo=demo, load=load, edit_copy=edit_copy,
+                                  watched=watched)
+    return TrainTab(form, watched, view, tick_args, form_events)
 
 
 def refresh_datasets(ctx: Any, selected: str | None = None) -> Any:
@@ -185,4 +205,3 @@ def refresh_datasets(ctx: Any, selected: str | None = None) -> Any:
     if selected:
         return gr.update(choices=choices, value=str(ctx.datasets_dir / selected))
     return gr.update(choices=choices)
-

@@ -1,0 +1,173 @@
+"""The Train tab's form behaviour: a method or dataset switch settles the form into settings that validate
+(sdtune_ui.app.form_rules), the validation result is shown live before Start with the fields to change
+highlighted, presets, the CPU demo (with the example dataset), loading a config or a copy of a run's settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from sdtune_ui.app import ops as app_ops
+from sdtune_ui.app.form_rules import dataset_hints, settle, validation_report
+from sdtune_ui.app.text import code, error_markdown, escape_html, escape_markdown
+from sdtune_ui.config import TrainConfig, preset_values
+from sdtune_ui.errors import ConfigError
+from sdtune_ui.methods import method_named, method_names
+from sdtune_ui.runs import RunDir
+from sdtune_ui.ui.common import user_errors
+from sdtune_ui.ui.form import Form
+
+INVALID = "field-invalid"  # CSS class of a widget whose value does not validate (ui/app.py styles it)
+USER_CHOSE = "user"        # `filled` marker: the values came from the user (a loaded config), keep them
+
+
+def settings_rows(run_path: Path) -> list[list[str]]:
+    """A run's settings for people: what it trains and on what, then everything not at its default."""
+    config = RunDir(run_path).config()
+    if not config:
+        return []
+    defaults = dataclasses.asdict(TrainConfig())
+    first = ("model", "method", "data")
+    rows = [[name, _shown(config.get(name))] for name in first if name in config]
+    for name, value in config.items():
+        if name in first or name not in defaults or value == defaults[name]:
+            continue
+        rows.append([name, _shown(value)])
+    return rows
+
+
+def _shown(value: Any) -> str:
+    return "\n".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _label(method: str) -> str:
+    return method_named(method).label if method in method_names() else method
+
+
+def ready_text(config: TrainConfig) -> str:
+    data = Path(config.data).name or config.data
+    return (f"**Ready to start:** {escape_markdown(_label(config.method))} on {code(config.model)}, "
+            f"{config.max_train_steps or f'{config.num_train_epochs} epoch(s)'} steps, dataset {code(data)}.")
+
+
+def problems_text(errors: dict[str, str], method: str) -> str:
+    count = len(errors)
+    return (f"**{escape_markdown(_label(method))}: {count} setting{'s' if count > 1 else ''} to change before "
+            "Start** (highlighted):\n\n" + error_markdown(ConfigError(errors)))
+
+
+def wire(ctx: Any, options: Any, form: Form, *, notes: gr.Markdown, validation: gr.Markdown, vram: gr.Dropdown,
+         use_presets: gr.Checkbox, demo: gr.Button, load: gr.UploadButton, edit_copy: gr.Button,
+         watched: Any) -> dict[str, Any]:
+    """Connect the form's events; returns the dataset-follow event's arguments (the Dataset tab triggers it)."""
+    fields = form.components
+    data_widget = form.widgets["data"]
+    filled = gr.State({})     # what the form derived by itself (may be derived again)
+    method_now = gr.State(form.widgets["method"].value)
+    invalid = gr.State([])    # fields highlighted now
+    public_check = (lambda config: app_ops.check_public_config(config, ctx.data_dir)) if options.public else None
+
+    def check(config: TrainConfig) -> None:
+        if public_check is not None:
+            public_check(config)
+        app_ops.check_model_available(config)
+
+    def changed(values: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+        return {name: value for name, value in values.items() if current.get(name) != value}
+
+    def notes_for(settled_notes: list[str], values: dict[str, Any], hints: Any) -> str:
+        lines = [escape_markdown(note) for note in settled_notes]
+        try:
+            bucketing = bool(app_ops.config_from_values(values).bucketing)
+        except ConfigError:
+            bucketing = hints.bucketing
+        if hints.images and bucketing == hints.bucketing:
+            lines.append(escape_markdown(hints.bucketing_note()))
+        elif hints.images:
+            lines.append(f"Aspect bucketing is {'on' if bucketing else 'off'} as you chose (the dataset doctor "
+                         f"recommends {'on' if hints.bucketing else 'off'} for this dataset).")
+        return "\n\n".join(lines)
+
+    def on_method(method: str, adapter: str, apply_presets: bool, memory: str, previous: str, done: dict,
+                  *args: Any) -> list[Any]:
+        current = form.values(args)
+        # The memory preset is applied after the method's (and its adapter type's), so memory-saving settings win.
+        presets = preset_values(method, memory, adapter) if apply_presets else {}
+        values = {**current, **app_ops.widget_values(presets), "method": method, "adapter": adapter}
+        hints = dataset_hints(str(values.get("data") or ""))
+        settled = settle(values, hints, previous_method=previous, filled=done)
+        update = changed(settled.values, current)
+        return [*form.updates(update, method, settled.values.get("adapter")), method, settled.filled,
+                notes_for(settled.notes, settled.values, hints)]
+
+    def on_data(done: dict, *args: Any) -> list[Any]:
+        current = form.values(args)
+        hints = dataset_hints(str(current.get("data") or ""))
+        if done.get("bucketing") == USER_CHOSE:
+            return [*[gr.skip()] * len(fields), {}, notes_for([], current, hints)]
+        settled = settle(current, hints, filled=done, refill=True)
+        update = {k: v for k, v in changed(settled.values, current).items() if k != "data"}
+        return [*form.updates(update), settled.filled, notes_for(settled.notes, settled.values, hints)]
+
+    def on_vram(memory: str) -> list[Any]:
+        return form.updates(app_ops.widget_values(preset_values(vram=memory)))
+
+    @user_errors
+    def on_demo(previous: str, done: dict, *args: Any) -> list[Any]:
+        current = form.values(args)
+        example = app_ops.load_example(ctx.datasets_dir)
+        values = {**current, **app_ops.widget_values({**app_ops.DEMO_SETTINGS, **preset_values(vram="CPU")}),
+                  "data": str(example)}
+        hints = dataset_hints(str(example))
+        settled = settle(values, hints, previous_method=previous, filled=done, refill=True)
+        method = settled.values["method"]
+        updates = form.updates(changed(settled.values, current), method, settled.values.get("adapter"))
+        choices = [(name, str(ctx.datasets_dir / name)) for name in app_ops.list_datasets(ctx.datasets_dir)]
+        updates[form.names.index("data")] = gr.update(choices=choices, value=str(example))
+        gr.Info(f"CPU demo settings: tiny-sd1, {escape_html(_label(method))}, the example dataset "
+                f"{escape_html(example.name)}.")
+        return [*updates, "CPU", method, settled.filled, notes_for(settled.notes, settled.values, hints)]
+
+    def copy_of(config: TrainConfig) -> list[Any]:
+        values = app_ops.widget_values(config.to_dict())
+        return [*form.updates(values, config.method, config.adapter), config.method, {"bucketing": USER_CHOSE}]
+
+    @user_errors
+    def on_load(file: str) -> list[Any]:
+        return copy_of(TrainConfig.load(file))
+
+    @user_errors
+    def on_edit_copy(run_id: str) -> list[Any]:
+        run = app_ops.run_dir(ctx.runs_dir, run_id or "")
+        gr.Info(f"The form now holds a copy of {escape_html(run_id)}'s settings; Start makes a new run.")
+        return copy_of(TrainConfig.from_dict(run.config()))
+
+    def on_validate(shown: list[str], *args: Any) -> list[Any]:
+        values = form.values(args)
+        errors, config = validation_report(values, check=check)
+        text = problems_text(errors, str(values.get("method", ""))) if errors else ready_text(config)
+        bad = sorted(name for name in errors if name in form.widgets)
+        updates = [gr.skip()] * len(fields)
+        for index, name in enumerate(form.names):
+            if (name in bad) != (name in shown):
+                updates[index] = gr.update(elem_classes=[INVALID] if name in bad else [])
+        return [text, bad, *updates]
+
+    state_out = [method_now, filled, notes]
+    method_inputs = [form.widgets["method"], form.widgets["adapter"], use_presets, vram, method_now, filled, *fields]
+    for switch in (form.widgets["method"], form.widgets["adapter"]):
+        switch.input(on_method, method_inputs, [*fields, *state_out], show_progress="hidden")
+    vram.input(on_vram, vram, fields, show_progress="hidden")
+    demo.click(on_demo, [method_now, filled, *fields], [*fields, vram, *state_out], show_progress="hidden")
+    load.upload(on_load, load, [*fields, method_now, filled])
+    edit_copy.click(on_edit_copy, watched, [*fields, method_now, filled], api_visibility="private")
+    follow = dict(fn=on_data, inputs=[filled, *fields], outputs=[*fields, filled, notes], show_progress="hidden",
+                  api_visibility="private")
+    data_widget.change(**follow)
+    validate = dict(fn=on_validate, inputs=[invalid, *fields], outputs=[validation, invalid, *fields],
+                    show_progress="hidden", api_visibility="private")
+    gr.on([w.change for w in fields], trigger_mode="always_last", **validate)
+    return {"follow": follow, "validate": validate}
