@@ -375,6 +375,16 @@ def preset_values(method: str | None = None, vram: str | None = None, adapter: s
     return values
 
 
+def preset_switch_values(previous: str | None, method: str, vram: str | None = None,
+                         adapter: str | None = None) -> dict[str, Any]:
+    """The values a method switch with presets applies: the new method's preset, and the defaults back for what
+    only the previous method's preset set (full's EMA must not follow the user into LoRA)."""
+    defaults = dataclasses.asdict(TrainConfig())
+    left_over = methods.method_named(previous).preset if previous in methods.method_names() else {}
+    return {**{name: defaults[name] for name in left_over if name in defaults},
+            **preset_values(method, vram, adapter)}
+
+
 def preset(method: str, vram: str | None = None, **overrides: Any) -> TrainConfig:
     """A config with the method's (and its adapter type's) recommended defaults, optionally a memory preset, then
     overrides."""

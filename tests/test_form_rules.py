@@ -12,7 +12,7 @@ from PIL import Image
 
 from sdtune_ui.app import ops
 from sdtune_ui.app.form_rules import dataset_hints, settle, validation_report
-from sdtune_ui.config import VRAM_PRESETS, TrainConfig, preset_values
+from sdtune_ui.config import VRAM_PRESETS, TrainConfig, preset_switch_values
 from sdtune_ui.examples import EXAMPLE_DATASET
 from sdtune_ui.methods import method_names
 
@@ -24,7 +24,7 @@ def form_values(**changes) -> dict:
 
 
 def switch(values: dict, method: str, hints, previous: str, filled: dict, *, presets: bool, vram: str):
-    applied = ops.widget_values(preset_values(method, vram)) if presets else {}
+    applied = ops.widget_values(preset_switch_values(previous, method, vram)) if presets else {}
     return settle({**values, **applied, "method": method}, hints, previous_method=previous, filled=filled)
 
 

@@ -13,7 +13,7 @@ import gradio as gr
 from sdtune_ui.app import ops as app_ops
 from sdtune_ui.app.form_rules import dataset_hints, settle, validation_report
 from sdtune_ui.app.text import code, error_markdown, escape_html, escape_markdown
-from sdtune_ui.config import TrainConfig, preset_values
+from sdtune_ui.config import TrainConfig, preset_switch_values, preset_values
 from sdtune_ui.errors import ConfigError
 from sdtune_ui.methods import method_named, method_names
 from sdtune_ui.runs import RunDir
@@ -95,7 +95,7 @@ def wire(ctx: Any, options: Any, form: Form, *, notes: gr.Markdown, validation: 
                   *args: Any) -> list[Any]:
         current = form.values(args)
         # The memory preset is applied after the method's (and its adapter type's), so memory-saving settings win.
-        presets = preset_values(method, memory, adapter) if apply_presets else {}
+        presets = preset_switch_values(previous, method, memory, adapter) if apply_presets else {}
         values = {**current, **app_ops.widget_values(presets), "method": method, "adapter": adapter}
         hints = dataset_hints(str(values.get("data") or ""))
         settled = settle(values, hints, previous_method=previous, filled=done)
