@@ -28,6 +28,7 @@ MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 CUDA_GRAPH = ("auto", "off")
 LORA_TARGETS = ("attention", "attention_ff", "all")
 TI_PROPERTIES = ("object", "style", "captions")
+SAMPLING_CHOICES = ("auto", "repeats", "balanced")
 
 
 def _field(default: Any, help: str, *, choices: tuple | None = None, advanced: bool = False,
@@ -64,6 +65,15 @@ class TrainConfig:
     bucketing: bool = _field(False, "Aspect-ratio bucketing for datasets of mixed sizes.", advanced=True)
     caption_dropout: float = _field(0.1, "Fraction of steps trained with an empty prompt, so classifier-free "
                                     "guidance keeps working after fine-tuning.")
+    sampling: str = _field("auto", "How an epoch visits several concepts: 'repeats' (each image its repeats "
+                           "times, kohya's rule), 'balanced' (every concept the same share, however many images "
+                           "it has), or 'auto' (repeats when the dataset names any, else balanced).",
+                           choices=SAMPLING_CHOICES, advanced=True)
+    init_from: str = _field("", "Start from an earlier run's output, to teach subjects one after another: a run "
+                            "folder, RUN@step-N, or a LoRA / embedding file or a pipeline folder. LoRA weights "
+                            "continue in this run's adapter (same rank, alpha and targets), embeddings start the "
+                            "tokens of the same name, a fine-tuned pipeline becomes the base of full fine-tuning.",
+                            advanced=True)
 
     # DreamBooth prior preservation
     with_prior_preservation: bool = _field(False, "Also train on class images so the class is not forgotten.")
@@ -78,6 +88,10 @@ class TrainConfig:
     initializer_token: str = _field("dog", "Word whose embedding starts the new token (e.g. its class).",
                                     needs=(TOKENS,))
     num_vectors: int = _field(1, "Number of embedding vectors for the new token.", needs=(TOKENS,))
+    concept_tokens: list[str] = _field(None, "With several concepts: one new token per concept, in the dataset's "
+                                       "order, as TOKEN or TOKEN=INITIALIZER. Empty: each concept's token from the "
+                                       "dataset (or <concept name>), started from its class word.",
+                                       advanced=True, needs=(TOKENS,), factory=list)
     learnable_property: str = _field("object", "Prompt templates: object, style, or the dataset's captions.",
                                      choices=TI_PROPERTIES, needs=(TOKENS,))
     ti_learning_rate: float = _field(0.0, "Learning rate of the token embeddings in pivotal tuning "
@@ -246,7 +260,7 @@ class TrainConfig:
         if not 0 <= self.lora_dropout < 1:
             errors["lora_dropout"] = "Must be between 0 and 1."
         if self.with_prior_preservation:
-            if not self.class_prompt.strip():
+            if not self.class_prompt.strip() and not self.concepts_give("class_prompt"):
                 errors["class_prompt"] = "Prior preservation needs a class prompt, e.g. 'a photo of a dog'."
             if self.num_class_images < 1:
                 errors["num_class_images"] = "Prior preservation needs at least 1 class image."
@@ -256,6 +270,12 @@ class TrainConfig:
             errors["checkpointing_steps"] = "Step intervals cannot be negative (log_every at least 1)."
         if not 0 < self.ema_decay < 1:
             errors["ema_decay"] = "Must be between 0 and 1 (0.9999 for full fine-tuning, 0.999 for LoRA)."
+        if self.init_from.strip():
+            from sdtune_ui.train.init_from import missing_source
+
+            problem = missing_source(self.init_from)
+            if problem:
+                errors["init_from"] = problem
         if self.method in methods.method_names():
             self._check_switches_apply(errors)
             self.method_class.check_settings(self, errors)
@@ -264,6 +284,14 @@ class TrainConfig:
         if errors:
             raise ConfigError(errors)
         return self
+
+    def concepts_give(self, setting: str) -> bool:
+        """Whether the dataset has several concepts and each names this prompt itself (`instance_prompt`,
+        `class_prompt`), so the run-wide setting is only a fallback (the dataset's layout is read, no image)."""
+        from sdtune_ui.train.data import several_concepts
+
+        scan = several_concepts(self.data, self.caption_column) if self.data.strip() else None
+        return scan is not None and all(getattr(concept, setting).strip() for concept in scan.concepts)
 
     def _check_switches_apply(self, errors: dict[str, str]) -> None:
         """A switch turned on that the method ignores is a mistake worth saying (e.g. EMA for textual inversion)."""

@@ -79,7 +79,8 @@ def export_run(run_dir: str | Path, format: str, out_dir: str | Path, *, step: i
     found = run_artifacts(run_dir, step)
     config = found.config
     family = family_of(config)
-    by_kind = {a.kind: a for a in found.artifacts}
+    by_kind = {a.kind: a for a in reversed(found.artifacts)}  # the first of each kind
+    embeddings = [a for a in found.artifacts if a.kind == EMBEDDING]  # one per token (several concepts)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = _safe_name(Path(run_dir).name)
@@ -101,10 +102,10 @@ def export_run(run_dir: str | Path, format: str, out_dir: str | Path, *, step: i
                 written.append(out / source.name)
                 roles["lora_file"] = source.name
                 notes.append(f"`{source.name}` is the same {adapter.label} for {adapter.diffusers_hint()}.")
-        if EMBEDDING in by_kind:
-            path, note = files.a1111_embedding(by_kind[EMBEDDING])
+        for artifact in embeddings:  # one file per token, named after it (A1111 takes the word from the name)
+            path, note = files.a1111_embedding(artifact)
             written.append(path)
-            roles["embedding_file"] = path.name
+            roles.setdefault("embedding_file", path.name)
             notes.append(f"`{path.name}` is {note}.")
 
     def single_file() -> None:
@@ -124,7 +125,7 @@ def export_run(run_dir: str | Path, format: str, out_dir: str | Path, *, step: i
             else:
                 shutil.copy2(source, out / source.name)
                 written.append(out / source.name)
-                roles[f"{artifact.kind}_file"] = source.name
+                roles.setdefault(f"{artifact.kind}_file", source.name)
     elif format == "kohya":
         if LORA not in by_kind:
             raise SdtuneError("The kohya format is for LoRA runs; this run has no LoRA "
@@ -166,9 +167,10 @@ class ToolFiles:
                  unet_config: Callable[[], dict] | dict):
         self.config, self.family, self.out = config, family, out
         self._unet_config = unet_config
-        token = config.get("placeholder_token")
-        self.embedding_name = a1111_embedding_name(token) if token else None
-        self.lora_name = run_name if run_name != self.embedding_name else f"{run_name}_lora"
+        tokens = [config.get("placeholder_token")] + [entry.partition("=")[0]
+                                                      for entry in config.get("concept_tokens") or []]
+        embedding_names = {a1111_embedding_name(token) for token in tokens if token}
+        self.lora_name = run_name if run_name not in embedding_names else f"{run_name}_lora"
 
     def kohya_lora(self, artifact: Artifact) -> tuple[Path, str]:
         """The run's adapter file in kohya/LyCORIS keys; returns (path, which tools read it)."""
@@ -187,9 +189,10 @@ class ToolFiles:
     def a1111_embedding(self, artifact: Artifact) -> tuple[Path, str]:
         from sdtune_ui.export.kohya import save_a1111_embedding
 
-        path, word = save_a1111_embedding(artifact.path, self.out, token=self.config.get("placeholder_token"))
+        token = artifact.token or self.config.get("placeholder_token")  # one file per token (several concepts)
+        path, word = save_a1111_embedding(artifact.path, self.out, token=token)
         return path, (f"the embedding for AUTOMATIC1111 / ComfyUI: write `{word}` in the prompt there "
-                      f"(diffusers uses `{self.config.get('placeholder_token', word)}`)")
+                      f"(diffusers uses `{token or word}`)")
 
 
 def write_tool_files(run_dir: str | Path, config: dict, *, family: Any = None,

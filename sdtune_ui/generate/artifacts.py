@@ -21,7 +21,15 @@ import torch
 
 from sdtune_ui.errors import ModelLoadError, SdtuneError
 from sdtune_ui.methods import adapters
-from sdtune_ui.methods.outputs import EMBEDDING, EMBEDDINGS_FILE, KINDS, LORA, PIPELINE, PIPELINE_MARKER
+from sdtune_ui.methods.outputs import (
+    EMBEDDING,
+    EMBEDDINGS_FILE,
+    EMBEDDINGS_GLOB,
+    KINDS,
+    LORA,
+    PIPELINE,
+    PIPELINE_MARKER,
+)
 from sdtune_ui.models.loading import read_state_dict
 from sdtune_ui.runs import RunDir
 
@@ -83,9 +91,13 @@ def artifacts_in_folder(folder: str | Path, config: dict | None = None) -> list[
         if (folder / name).exists():
             found.append(Artifact(LORA, str(folder / name), label=adapters.adapter_for_file(folder / name).label,
                                   alpha_factor=_lora_alpha_factor(folder / name, config)))
-    if (folder / EMBEDDINGS_FILE).exists():
-        token = config.get("placeholder_token") or embedding_token(folder / EMBEDDINGS_FILE)
-        found.append(Artifact(EMBEDDING, str(folder / EMBEDDINGS_FILE), label=f"embedding {token}", token=token))
+    # One file per token (methods/textual_inversion.py): learned_embeds.safetensors holds the first token (the
+    # run's placeholder_token), learned_embeds-<token>.safetensors the others, each naming its token inside.
+    for path in sorted(folder.glob(EMBEDDINGS_GLOB), key=lambda p: (p.name != EMBEDDINGS_FILE, p.name)):
+        token = embedding_token(path)
+        if path.name == EMBEDDINGS_FILE and config.get("placeholder_token") and token == path.stem:
+            token = config["placeholder_token"]  # an older file without the token in its metadata
+        found.append(Artifact(EMBEDDING, str(path), label=f"embedding {token}", token=token))
     return found
 
 

@@ -141,7 +141,8 @@ class Method(ABC):
         the whole UNet for full fine-tuning; adapter methods average their adapter weights only."""
         return list(parts.unet.parameters())
 
-    def prompt(self, caption: str, generator: torch.Generator) -> str:
+    def prompt(self, caption: str, generator: torch.Generator, token: str = "") -> str:
+        """The prompt an image trains with this step; `token`: its concept's new token (several concepts)."""
         return caption
 
     def expand_prompt(self, prompt: str) -> str:

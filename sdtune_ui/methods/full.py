@@ -82,7 +82,8 @@ class DreamBooth(FullFineTune):
 
     @classmethod
     def check_settings(cls, config: TrainConfig, errors: dict[str, str]) -> None:
-        if not config.instance_prompt.strip():
+        # With several concepts each naming its own instance prompt, the run's is only a fallback.
+        if not config.instance_prompt.strip() and not config.concepts_give("instance_prompt"):
             errors["instance_prompt"] = ("DreamBooth needs an instance prompt with a rare token, "
                                          "e.g. 'a photo of sks dog'.")
 

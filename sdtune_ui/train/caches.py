@@ -21,12 +21,8 @@ class Caches:
         return [self._encode_latents(torch.stack(item.pixels)) for item in items]
 
     def _all_prompts(self) -> set[str]:
-        prompts = {""}
-        for item in self.data.items:
-            prompts.add(self.config.instance_prompt or item.caption)
-        if self.data.class_items:
-            prompts.add(self.config.class_prompt)
-        return prompts
+        # Items carry the prompts they train with (train/setup.py: per concept; class items their set's).
+        return {""} | {item.caption for item in self.data.items + self.data.class_items}
 
     @torch.no_grad()
     def _encode_all_prompts(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:

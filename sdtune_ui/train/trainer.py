@@ -94,7 +94,8 @@ class Trainer(Caches, StepSpeed, Resumes):
         self.parts, self.resolution = inputs.parts, inputs.resolution
         self.data = TrainingData(inputs.examples, inputs.class_examples, resolution=self.resolution,
                                  bucketing=cfg.bucketing, center_crop=cfg.center_crop or cfg.cache_latents,
-                                 random_flip=cfg.random_flip, seed=cfg.seed)
+                                 random_flip=cfg.random_flip, seed=cfg.seed, sampling=inputs.sampling,
+                                 tokens=inputs.tokens, class_of=inputs.class_of)
 
         # Method: freeze, add adapters / tokens. Frozen weights go to half precision, trainable stay fp32.
         self.method: Method = make_method(cfg)
@@ -110,6 +111,10 @@ class Trainer(Caches, StepSpeed, Resumes):
         if parts.vae.config.get("force_upcast"):
             parts.vae.to(dtype=torch.float32)  # SDXL's VAE overflows in fp16
         self.method.prepare(parts)
+        if cfg.init_from:  # an earlier run's weights / embeddings, before any cache or optimizer sees them
+            from sdtune_ui.train.init_from import start_from
+
+            start_from(cfg, self.method, parts, self.log, self.emit)
 
         # Caches: the VAE is always frozen; the text encoders are frozen unless the method trains them. They
         # are built before the UNet comes to the GPU: encoding 1024px images is the setup's memory peak.
@@ -191,11 +196,11 @@ class Trainer(Caches, StepSpeed, Resumes):
     def _batch(self, micro_step: int) -> Batch:
         """The global batch for this micro-step, sliced to this process; randomness drawn for all of it."""
         cfg, acc, data = self.config, self.accelerator, self.data
-        epoch, position = divmod(micro_step, self.batches_per_epoch)
+        epoch, position = data.locate(micro_step, self.global_batch)
         indices = data.epoch_batches(epoch, self.global_batch)[position]
         num_class = len(indices) if data.class_items else 0
         all_items = [data.items[i] for i in indices]
-        all_items += [data.class_items[i] for i in data.class_indices(micro_step, num_class)]
+        all_items += [data.class_items[i] for i in data.class_indices(micro_step, indices)]
         # Host-side choices for the whole global batch, so every process draws the same numbers.
         flips = torch.randint(len(all_items[0].pixels), (len(all_items),), generator=self.data_generator).tolist()
         drops = (torch.rand(len(all_items), generator=self.data_generator) < cfg.caption_dropout).tolist()
@@ -204,9 +209,9 @@ class Trainer(Caches, StepSpeed, Resumes):
             if drop:
                 prompts.append("")
             elif item.is_class:
-                prompts.append(cfg.class_prompt)
-            else:
-                prompts.append(self.method.prompt(cfg.instance_prompt or item.caption, self.data_generator))
+                prompts.append(item.caption)  # its class set's prompt
+            else:  # the prompt setup chose for it (train/setup.py: training_prompts), through the method
+                prompts.append(self.method.prompt(item.caption, self.data_generator, token=item.token))
         width, height = all_items[0].bucket
         latent_shape = (len(all_items), self.parts.vae.config.latent_channels, height // self._vae_scale,
                         width // self._vae_scale)
