@@ -15,6 +15,7 @@ from sdtune_ui.methods.outputs import EMBEDDING
 from sdtune_ui.methods.textual_inversion import check_token_settings
 from sdtune_ui.models import load_pipeline
 from tests.concept_helpers import two_subjects
+from tests.generate_helpers import one_torch_thread  # noqa: F401 - autouse: one torch thread
 from tests.train_helpers import generate_latents, quick_config, run_training
 
 

@@ -20,6 +20,7 @@ from sdtune_ui.train.data import TrainingData
 from sdtune_ui.train.setup import apply_dataset_info, training_prompts
 from sdtune_ui.train.trainer import Trainer
 from tests.concept_helpers import ROBOT_PROMPT, SQUARE_PROMPT, draw_squares, kohya_two_subjects, two_subjects
+from tests.generate_helpers import one_torch_thread  # noqa: F401 - autouse: one torch thread
 from tests.train_helpers import losses, quick_config, run_training
 
 
@@ -148,7 +149,8 @@ def test_class_images_per_concept_given_or_generated(tmp_path):
 def test_resumed_multi_concept_run_equals_an_uninterrupted_one(tmp_path):
     root = kohya_two_subjects(tmp_path / "kohya")  # repeats 2 and 1, a reg folder per concept
     config = quick_config(root, max_train_steps=6, checkpointing_steps=3, caption_dropout=0.3, random_flip=True,
-                          with_prior_preservation=True, train_batch_size=2, learning_rate=1e-2)
+                          with_prior_preservation=True, train_batch_size=2, learning_rate=1e-2,
+                          validation_inference_steps=2)
     straight = run_training(config, tmp_path / "straight")
     assert train(config, tmp_path / "resumed",
                  cancel=lambda: any(e["kind"] == "step" and e["step"] >= 3

@@ -17,6 +17,7 @@ from sdtune_ui.train.init_from import earlier_subjects
 from sdtune_ui.train.setup import apply_dataset_info
 from sdtune_ui.train.trainer import Trainer
 from tests.concept_helpers import draw_squares, two_subjects
+from tests.generate_helpers import one_torch_thread  # noqa: F401 - autouse: one torch thread
 from tests.train_helpers import INSTANCE_PROMPT, losses, quick_config, run_training
 
 
@@ -50,7 +51,7 @@ def test_a_lora_run_continues_from_an_earlier_lora(robot_lora, toy_dataset, tmp_
     (dict(lora_targets="attention"), ["lora_targets all", "lora_targets attention"]),
 ])
 def test_a_mismatched_adapter_is_refused_with_what_to_change(robot_lora, toy_dataset, tmp_path, settings, words):
-    config = quick_config(toy_dataset, lora_targets="all", init_from=str(robot_lora.path), **settings)
+    config = quick_config(toy_dataset, **{"lora_targets": "all", **settings}, init_from=str(robot_lora.path))
     assert train(config, tmp_path / "run") == "failed"
     message = [e for e in RunDir(tmp_path / "run").read_events() if e["kind"] == "status"][-1]["message"]
     assert "init_from" in message and "same adapter" in message
@@ -85,7 +86,8 @@ def test_embeddings_start_their_tokens_and_earlier_tokens_ride_along(tmp_path):
     trainer.fit()
     trainer.save_output()
     output = trainer.run.output_dir
-    assert {p.name for p in output.iterdir()} == {"learned_embeds.safetensors", "learned_embeds-robot.safetensors"}
+    assert {p.name for p in output.glob("learned_embeds*")} == {"learned_embeds.safetensors",
+                                                               "learned_embeds-robot.safetensors"}
     assert torch.equal(load_file(output / "learned_embeds-robot.safetensors")["<robot>"], earlier["<robot>"])
     assert not torch.equal(load_file(output / "learned_embeds.safetensors")["<square>"], earlier["<square>"])
     assert earlier_subjects(trainer.run.path) == [("a photo of <robot>", str((two / "robot").resolve())),

@@ -145,14 +145,14 @@ def start_from(config: TrainConfig, method: Method, parts: Any, log: Callable[[s
 
 
 def adapter_settings(config: TrainConfig) -> dict[str, Any]:
-    """The settings that shape an adapter's weights: rank, alpha (as applied), targets, which models carry it,
-    and any setting of adapter methods other than dropout and learning rates (e.g. a LoRA variant)."""
-    values = {"rank": config.rank, "lora_alpha": config.effective_lora_alpha, "lora_targets": config.lora_targets,
-              "train_text_encoder": config.train_text_encoder}
+    """The settings that shape an adapter's weights: its type, rank, alpha (as applied), targets, which models
+    carry it, and its type's own settings (e.g. LoKr's factor); not dropout or learning rates."""
+    values: dict[str, Any] = {"train_text_encoder": config.train_text_encoder}
     for f in field_info():
         needs = f.metadata.get("needs") or ()
-        if ADAPTER in needs and TOKENS not in needs and not re.search(r"dropout|learning_rate", f.name):
-            values.setdefault(f.name, getattr(config, f.name))
+        if (ADAPTER in needs and TOKENS not in needs and not re.search(r"dropout|learning_rate", f.name)
+                and config.applies(f.name)):
+            values[f.name] = getattr(config, f.name)
     values["lora_alpha"] = config.effective_lora_alpha
     return values
 
@@ -174,15 +174,22 @@ def check_adapter_settings(config: TrainConfig, source: InitSource) -> None:
 
 
 def load_lora(parts: Any, path: str, spec: str) -> None:
-    """Copy a diffusers/peft LoRA file's tensors into the adapters prepared on the UNet (and text encoders)."""
+    """Copy a diffusers-format adapter file's tensors (LoRA or a variant, as methods/adapters saves them) into
+    the adapters prepared on the UNet (and text encoders), after checking that every tensor fits."""
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-    from safetensors.torch import load_file
 
-    state = load_file(path)
-    models = {"unet": parts.unet, **{p: e for p, e in zip(_TEXT_ENCODER_PREFIXES, parts.text_encoders)}}
-    unused = set(state)
+    from sdtune_ui.methods.adapters.base import native_keys, read_adapter_file, split_components
+
+    try:
+        components = split_components(read_adapter_file(path)[0])
+    except ValueError as err:
+        raise _refuse(f"Cannot continue from {spec}: {err}.") from err
+    models = {"unet": parts.unet, **dict(zip(_TEXT_ENCODER_PREFIXES, parts.text_encoders))}
+    unknown = sorted(set(components) - set(models))
+    if unknown:
+        raise _refuse(f"{spec} has {unknown[0]} weights but this model has no {unknown[0]}.")
     for prefix, model in models.items():
-        theirs = {key[len(prefix) + 1:]: value for key, value in state.items() if key.startswith(prefix + ".")}
+        theirs = native_keys(model, components.get(prefix, {}))
         ours = get_peft_model_state_dict(model) if getattr(model, "peft_config", None) else {}
         if not theirs and not ours:
             continue
@@ -191,11 +198,7 @@ def load_lora(parts: Any, path: str, spec: str) -> None:
         set_peft_model_state_dict(model, theirs, adapter_name="default")
         reloaded = get_peft_model_state_dict(model)
         if any(not torch.equal(reloaded[k].cpu(), theirs[k].to(reloaded[k].dtype)) for k in theirs):
-            raise _refuse(f"{spec}: the {prefix} LoRA weights did not load into this run's adapter.")
-        unused -= {f"{prefix}.{key}" for key in theirs}
-    if unused:
-        raise _refuse(f"{spec} has LoRA weights this run has no adapter for (e.g. {sorted(unused)[0]}): "
-                      "train the same models (train_text_encoder) as the earlier run.")
+            raise _refuse(f"{spec}: the {prefix} adapter weights did not load into this run's adapter.")
 
 
 def _mismatch(spec: str, prefix: str, theirs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> str:
