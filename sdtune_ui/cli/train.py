@@ -94,11 +94,12 @@ def run_train(args: argparse.Namespace) -> int:
     from sdtune_ui.cli.progress import ProgressEventLog
     from sdtune_ui.runs import RunDir, is_main_process, new_run_id
     from sdtune_ui.train import train
+    from sdtune_ui.train.setup import apply_dataset_info
 
     config = config_from_args(args)
     if args.resume_with_memory_fallback:
         config = with_memory_fallback(config, args.output)
-    config.validate()
+    apply_dataset_info(config).validate()  # as train() will see it: the dataset may supply prompts and tokens
     check_model_available(config)  # offline and never downloaded: say so before a run folder exists
     run_dir = Path(args.output) if args.output else default_data_dir() / "runs" / new_run_id(config.method)
     shows_progress = is_main_process() and not args.quiet

@@ -129,6 +129,10 @@ def start_from(config: TrainConfig, method: Method, parts: Any, log: Callable[[s
         else:
             raise _refuse(f"Full fine-tuning continues from a fine-tuned pipeline; {source.spec} holds "
                           f"{source.kinds}.")
+    unused = [kind for kind, trait in ((LORA, ADAPTER), (EMBEDDING, TOKENS)) if source.of_kind(kind)
+              and not config.has(trait)]
+    if unused and loaded:
+        log(f"Not used from {source.spec}: its {' and '.join(unused)} (this method does not train one).")
     if not loaded:
         wanted = " and ".join(what for trait, what in ((ADAPTER, "a LoRA"), (TOKENS, "embeddings"))
                               if config.has(trait)) or "a pipeline"
