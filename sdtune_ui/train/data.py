@@ -84,7 +84,7 @@ class TrainingData:
         # visits varies); then micro-steps are located through the epochs' cumulative lengths.
         self._same_length_epochs = (sampling == "repeats" or len({i.concept for i in self.items}) <= 1
                                     or len({i.bucket for i in self.items}) <= 1)
-        self._epoch_starts: list[int] = [0]
+        self._epoch_starts: dict[int, list[int]] = {}  # global batch -> first micro-step of each epoch seen
 
     def _item(self, example: Example, buckets: list[tuple[int, int]], is_class: bool, rng: random.Random,
               token: str = "") -> Item:
@@ -114,7 +114,7 @@ class TrainingData:
         """(epoch, batch position in it) of a micro-step; a pure function of the step, for exact resume."""
         if self._same_length_epochs:
             return divmod(micro_step, len(self.epoch_batches(0, global_batch)))
-        starts = self._epoch_starts
+        starts = self._epoch_starts.setdefault(global_batch, [0])
         while starts[-1] <= micro_step:  # lengths of epochs not seen yet (once each: batch lists are cheap)
             starts.append(starts[-1] + len(self._shuffle_epoch(len(starts) - 1, global_batch)))
         epoch = bisect.bisect_right(starts, micro_step) - 1
