@@ -4,6 +4,7 @@ with a readable message what cannot continue."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -59,7 +60,8 @@ def test_a_mismatched_adapter_is_refused_with_what_to_change(robot_lora, toy_dat
 
 
 def test_a_bare_lora_file_of_another_shape_is_refused(robot_lora, toy_dataset, tmp_path):
-    lora_file = robot_lora.output_dir / "pytorch_lora_weights.safetensors"
+    lora_file = tmp_path / "downloaded.safetensors"  # a file on its own: no run settings to compare, only tensors
+    shutil.copy(robot_lora.output_dir / "pytorch_lora_weights.safetensors", lora_file)
     config = quick_config(toy_dataset, lora_targets="attention", init_from=str(lora_file))
     assert train(config, tmp_path / "run") == "failed"
     message = [e for e in RunDir(tmp_path / "run").read_events() if e["kind"] == "status"][-1]["message"]
@@ -111,3 +113,20 @@ def test_full_fine_tuning_continues_from_an_earlier_pipeline_only(tmp_path, toy_
         apply_dataset_info(TrainConfig(method="dreambooth", data=str(toy_dataset), init_from=str(lora_only.path)))
     with pytest.raises(ConfigError, match="was not found"):
         TrainConfig(data=str(toy_dataset), init_from=str(tmp_path / "nothing")).validate()
+
+
+def test_earlier_subjects_follow_a_chain_of_runs_without_loading_a_model(tmp_path, toy_dataset):
+    squares = draw_squares(tmp_path / "squares", 2)
+
+    def run_folder(name: str, **settings) -> RunDir:
+        run = RunDir(tmp_path / name).create()
+        TrainConfig(method="lora", **settings).save(run.config_path)
+        return run
+
+    first = run_folder("first", data=str(toy_dataset), instance_prompt=INSTANCE_PROMPT)
+    second = run_folder("second", data=str(squares), instance_prompt="a photo of zwx square",
+                        init_from=f"{first.path}@step-3")
+    third = run_folder("third", data=str(toy_dataset), init_from=str(second.path / "output"))
+    assert earlier_subjects(third.path) == [(INSTANCE_PROMPT, str(toy_dataset.resolve())),
+                                            ("a photo of zwx square", str(squares.resolve()))]
+    assert earlier_subjects(first.path) == []

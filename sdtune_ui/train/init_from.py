@@ -70,7 +70,7 @@ def resolve_source(spec: str) -> InitSource:
         raise _refuse(problem)
     path_text, step = parse_choice(spec.strip())
     path = Path(path_text).expanduser().resolve()
-    run_dir = _run_folder(path)
+    run_dir = _run_folder(path if path.is_dir() else path.parent)  # a file in a run's output/ belongs to it
     try:
         if run_dir == path:
             found = run_artifacts(path, step)
@@ -239,29 +239,38 @@ def read_embedding(artifact: Artifact) -> dict[str, list[torch.Tensor]]:
 def earlier_subjects(run_dir: str | Path, _depth: int = 0) -> list[tuple[str, str]]:
     """(prompt, folder of its training images) for each subject the runs before this one learned (the run it
     started from, and the runs that one started from), oldest first: what an evaluation re-measures to show
-    whether a run forgot them. [] for a run that did not start from another. Gradio-free, loads no model."""
+    whether a run forgot them. [] for a run that did not start from another. Gradio-free; loads no model
+    (the `init_from` event's record, else the earlier runs' configs and dataset layouts)."""
     run = RunDir(Path(run_dir))
     recorded = [e for e in run.read_events() if e.get("kind") == EVENT]
     if recorded:
         return [(str(prompt), str(folder)) for prompt, folder in recorded[-1].get("subjects") or []]
     spec = run.config().get("init_from")
-    if not spec or _depth > 20:  # a chain that loops back on itself ends somewhere
+    earlier = _run_named(spec) if spec else None
+    if earlier is None or _depth > 20:  # (a chain that loops back on itself ends somewhere)
         return []
-    try:
-        return subjects_before(resolve_source(spec), _depth + 1)
-    except SdtuneError:
-        return []
+    return _subjects_up_to(earlier, _depth + 1)
 
 
-def subjects_before(source: InitSource, _depth: int = 0) -> list[tuple[str, str]]:
+def subjects_before(source: InitSource) -> list[tuple[str, str]]:
     """The subjects learned up to and including the earlier run a source belongs to."""
-    if source.run_dir is None:
-        return []
-    subjects = earlier_subjects(source.run_dir, _depth)
-    for subject in run_subjects(source.config):
+    return _subjects_up_to(source.run_dir, 0) if source.run_dir is not None else []
+
+
+def _subjects_up_to(run_dir: Path, depth: int) -> list[tuple[str, str]]:
+    subjects = earlier_subjects(run_dir, depth)
+    for subject in run_subjects(RunDir(run_dir).config()):
         if subject not in subjects:
             subjects.append(subject)
     return subjects
+
+
+def _run_named(spec: str) -> Path | None:
+    """The run folder an init_from value belongs to (RUN, RUN@step-N, RUN/output, a file in it), if any."""
+    path = Path(parse_choice(spec.strip())[0]).expanduser().resolve()
+    if path.is_file():
+        path = path.parent
+    return _run_folder(path) if path.exists() else None
 
 
 def run_subjects(config_values: dict) -> list[tuple[str, str]]:
