@@ -105,6 +105,7 @@ def _table(records: list[dict]) -> str:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from sdtune_ui.evaluate.evaluation import evaluate_run
+    from sdtune_ui.evaluate.subjects import subject_table
 
     def progress(message: str, fraction: float) -> None:
         if not args.json:
@@ -115,6 +116,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
     print(_table(result.scores))
+    per_subject = subject_table(result.scores)
+    if per_subject:
+        print("\nPer subject (other = the closest other subject's training images):\n" + per_subject)
     caveat = next((r["fid_kid"]["caveat"] for r in result.scores if r.get("fid_kid")), "")
     if caveat:
         print(f"\nNote: {caveat}")

@@ -5,6 +5,10 @@ with the same seeds through the generation engine, on the checkpoint's artifact 
 materialises it; the base model is generated once (cached on disk, so sweeps over one base share it).
 The scores go to `metrics.jsonl` in the run folder (one line per checkpoint, rewritten on re-evaluation)
 and, as `metric` events, to events.jsonl. `best_checkpoint` (selection.py) picks one with a reason.
+
+A run of several subjects, or one that continued an earlier run (`init_from`), is also scored per subject
+(evaluate/subjects.py): each record then has `subjects`, its subject fidelity is the mean over the run's own
+subjects, and the earlier output it started from is scored too (source `start`), so forgetting shows.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import torch
 
 from sdtune_ui.errors import Cancelled, SdtuneError
 from sdtune_ui.evaluate.features import DEFAULT_CLIP, DEFAULT_DINO, FeatureExtractor, FeatureModels, feature_models
-from sdtune_ui.evaluate.prompts import EvalPrompts, eval_prompts
+from sdtune_ui.evaluate.prompts import eval_prompts
+from sdtune_ui.evaluate.subjects import SubjectScores, mean_of_own, run_subject_list, start_artifacts
 from sdtune_ui.paths import cache_dir
 from sdtune_ui.runs import RunDir
 
@@ -82,12 +87,12 @@ class EvalSettings:
 class Target:
     """One thing to score: the base model, a checkpoint, or the run's final output."""
 
-    source: str                      # base | checkpoint | output
+    source: str                      # base | start (what init_from loaded) | checkpoint | output
     step: int
 
     @property
     def label(self) -> str:
-        return {"base": "base", "output": "final"}.get(self.source, f"step-{self.step}")
+        return {"base": "base", "start": "start", "output": "final"}.get(self.source, f"step-{self.step}")
 
 
 @dataclass
@@ -165,20 +170,20 @@ def _model_stamp(model: str) -> int:
     return marker.stat().st_mtime_ns if marker.exists() else 0
 
 
-def _base_images(engine: Any, model: str, prompts: EvalPrompts, settings: EvalSettings,
+def _base_images(engine: Any, model: str, prompts: Sequence[str], settings: EvalSettings,
                  allow_pickle: bool) -> list[list[Any]]:
     """The base model's images, cached on disk per (model, prompts, generation settings, device)."""
     from PIL import Image
 
-    key = json.dumps({"model": model, "stamp": _model_stamp(model), "prompts": prompts.all(),
+    key = json.dumps({"model": model, "stamp": _model_stamp(model), "prompts": list(prompts),
                       **settings.generation_key(), "device": engine.device, "dtype": str(engine.dtype)},
                      sort_keys=True)
     folder = cache_dir("eval_base") / hashlib.sha256(key.encode()).hexdigest()[:16]
     names = [[f"p{p}-seed-{settings.seed + i}.png" for i in range(settings.num_images)]
-             for p in range(len(prompts.all()))]
+             for p in range(len(prompts))]
     if (folder / "key.json").exists():
         return [[Image.open(folder / name).convert("RGB") for name in row] for row in names]
-    images = _generate(engine, model, [], prompts.all(), settings, allow_pickle)
+    images = _generate(engine, model, [], prompts, settings, allow_pickle)
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     partial.mkdir(parents=True, exist_ok=True)
     for row, row_names in zip(images, names, strict=True):
@@ -231,6 +236,14 @@ class _Scorer:
         self.dino = models.get("dino", settings.dino_model) if wanted & {"dino", "drift"} else None
         self.clip = models.get("clip", settings.clip_model) if wanted & {"clip-i", "clip-t"} else None
         self.fid_features = self._fid_features() if wanted & {"fid", "kid"} else None
+        self.subjects = SubjectScores(
+            run_subject_list(run.path, self.config), limit=settings.max_reference_images, features=self.features,
+            encode=self._encode, seed=settings.seed, timesteps_per_image=settings.loss_timesteps,
+            num_train_timesteps=lambda: self._base_pipe().scheduler.config.num_train_timesteps)
+        # Every target generates the run-wide prompts, then any subject prompt not among them.
+        self.generated = [*self.prompts.all(),
+                          *(p for p in self.subjects.prompts if p not in self.prompts.all())]
+        self.start = start_artifacts(self.config) if self.subjects.subjects else None
 
     def _fid_features(self) -> FeatureExtractor | str:
         from sdtune_ui.evaluate.metrics import inception_available
@@ -243,6 +256,7 @@ class _Scorer:
         return self.models.get(choice, self.settings.dino_model if choice == "dino" else self.settings.clip_model)
 
     def features(self, extractor: FeatureExtractor, name: str, images: Sequence[Any]) -> torch.Tensor:
+        """`images`' features, computed once per (extractor, name): "training", "base-class", a subject's name."""
         key = (extractor.label, name)
         if key not in self._features:
             self._features[key] = extractor.image_features(list(images))
@@ -250,7 +264,7 @@ class _Scorer:
 
     def base_images(self) -> list[list[Any]]:
         if self._base is None:
-            self._base = _base_images(self.engine, self.model, self.prompts, self.settings, self.allow_pickle)
+            self._base = _base_images(self.engine, self.model, self.generated, self.settings, self.allow_pickle)
         return self._base
 
     def heldout(self) -> Any:
@@ -259,25 +273,36 @@ class _Scorer:
             self._held = self._build_heldout()
         return self._held
 
-    def _build_heldout(self) -> Any:
-        from sdtune_ui.config import TrainConfig
-        from sdtune_ui.evaluate.heldout import build_heldout_set, encode_pixels, loss_prompt
-        from sdtune_ui.methods import make_method
+    def _base_pipe(self) -> Any:
+        return self.engine.prepare(self.model, [], allow_pickle=self.allow_pickle)
+
+    def _resolution(self) -> int:
         from sdtune_ui.models import detect_family
+
+        return int(self.config.get("resolution") or 0) or detect_family(self._base_pipe()).native_resolution
+
+    def _encode(self, images: Sequence[Any]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Latents of images center-cropped to the run's resolution (the base model's VAE), and that size."""
+        from sdtune_ui.evaluate.heldout import encode_pixels
         from sdtune_ui.train.data import prepare_image
 
-        pipe = self.engine.prepare(self.model, [], allow_pickle=self.allow_pickle)
-        resolution = int(self.config.get("resolution") or 0) or detect_family(pipe).native_resolution
+        resolution, rng = self._resolution(), random.Random(0)
+        pixels = torch.stack([prepare_image(image, (resolution, resolution), True, rng)[0] for image in images])
+        return encode_pixels(self._base_pipe().vae, pixels), (resolution, resolution)
+
+    def _build_heldout(self) -> Any:
+        from sdtune_ui.config import TrainConfig
+        from sdtune_ui.evaluate.heldout import build_heldout_set, loss_prompt
+        from sdtune_ui.methods import make_method
+
         method = make_method(TrainConfig.from_dict(self.config))
         images = [(ex.image, loss_prompt(method, self.config, ex.caption, i), False)
                   for i, ex in enumerate(self.examples)]
-        images += [(image, self.config["class_prompt"], True) for image in self._class_images(resolution)]
-        rng = random.Random(0)
-        pixels = torch.stack([prepare_image(image, (resolution, resolution), True, rng)[0] for image, _, _ in images])
-        latents = encode_pixels(pipe.vae, pixels)
+        images += [(image, self.config["class_prompt"], True) for image in self._class_images(self._resolution())]
+        latents, size = self._encode([image for image, _, _ in images])
         return build_heldout_set(latents, [p for _, p, _ in images], [c for _, _, c in images],
-                                 num_train_timesteps=pipe.scheduler.config.num_train_timesteps,
-                                 pixel_size=(resolution, resolution), seed=self.settings.seed,
+                                 num_train_timesteps=self._base_pipe().scheduler.config.num_train_timesteps,
+                                 pixel_size=size, seed=self.settings.seed,
                                  timesteps_per_image=self.settings.loss_timesteps)
 
     def _class_images(self, resolution: int) -> list[Any]:
@@ -295,20 +320,20 @@ class _Scorer:
     # ------------------------------------------------------------------ one target
     def score(self, target: Target) -> dict:
         from sdtune_ui.evaluate import metrics as m
-        from sdtune_ui.generate.artifacts import run_artifacts
 
         started = time.perf_counter()
         settings, wanted, prompts = self.settings, set(self.settings.metrics), self.prompts
         if target.source == "base":
-            images = self.base_images()
+            generated = self.base_images()
             artifacts: list = []
         else:
-            artifacts = run_artifacts(self.run.path, None if target.source == "output" else target.step).artifacts
-            images = _generate(self.engine, self.model, artifacts, prompts.all(), settings, self.allow_pickle)
-        _save_images(self.run.path / "eval" / target.label, prompts.all(), images, settings.seed)
+            artifacts = self._artifacts(target)
+            generated = _generate(self.engine, self.model, artifacts, self.generated, settings, self.allow_pickle)
+        _save_images(self.run.path / "eval" / target.label, self.generated, generated, settings.seed)
+        images = generated[: len(prompts.all())]
         subject = [image for row in images[:-1] for image in row]
         subject_texts = [text for text, row in zip(prompts.clip_text, images[:-1]) for _ in row]
-        class_images, base_class = images[-1], self.base_images()[-1]
+        class_images, base_class = images[-1], self.base_images()[len(images) - 1]
         scores: dict[str, float | None] = {}
         extra: dict[str, Any] = {}
         if self.dino is not None:
@@ -338,6 +363,11 @@ class _Scorer:
             extra["fid_kid"] = {k: v for k, v in distance.to_dict().items() if k not in ("fid", "kid", "kid_std")}
         if "loss" in wanted:
             scores.update(self._loss(artifacts))
+        if self.subjects.subjects:
+            extra["subjects"] = self._subject_scores(dict(zip(self.generated, generated, strict=True)), artifacts)
+            for key in ("dino", "clip_i", "clip_t"):  # a run of several subjects is as good as their mean
+                if key in scores and len([e for e in extra["subjects"] if not e["earlier"]]) > 1:
+                    scores[key] = mean_of_own(extra["subjects"], key)
         return {"step": target.step, "source": target.source, "label": target.label,
                 "metrics": {k: (round(v, 6) if v is not None else None) for k, v in scores.items()},
                 "images": {"subject": len(subject), "class": len(class_images), "training": len(self.training),
@@ -349,6 +379,31 @@ class _Scorer:
                              "clip": self.clip.label if self.clip else None},
                 "settings": settings.to_dict(), "seconds": round(time.perf_counter() - started, 3),
                 "t": round(time.time(), 3)}
+
+    def _artifacts(self, target: Target) -> list:
+        from sdtune_ui.generate.artifacts import run_artifacts
+
+        if target.source == "start":
+            return list(self.start or [])
+        return run_artifacts(self.run.path, None if target.source == "output" else target.step).artifacts
+
+    def _subject_scores(self, images: dict[str, list[Any]], artifacts: list) -> list[dict]:
+        from sdtune_ui.evaluate.heldout import heldout_loss
+        from sdtune_ui.evaluate.subjects import clip_text
+        from sdtune_ui.models import model_parts
+
+        pipe = self.engine.prepare(self.model, artifacts, allow_pickle=self.allow_pickle)
+        parts = model_parts(pipe)
+        expand = getattr(pipe, "maybe_convert_prompt", None)  # multi-vector tokens of loaded embeddings
+
+        def loss_of(held: Any) -> float:
+            if expand is not None:
+                held = dataclasses.replace(held, prompts=[expand(p, pipe.tokenizer) for p in held.prompts])
+            return heldout_loss(parts, held)["loss"]
+
+        return self.subjects.score(images, dino=self.dino, clip=self.clip,
+                                   clip_text=lambda prompt: clip_text(prompt, self.config),
+                                   wanted=set(self.settings.metrics), loss_of=loss_of)
 
     def _loss(self, artifacts: list) -> dict[str, float]:
         from sdtune_ui.evaluate.heldout import heldout_loss
@@ -415,10 +470,10 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: str | Sequence[int] = "all
     settings = (settings or EvalSettings()).validate()
     run = RunDir(Path(run_dir))
     targets = select_targets(run, checkpoints)
-    if include_base:
-        targets = [Target("base", 0), *targets]
     started = time.perf_counter()
     scorer = _Scorer(run, settings, engine or default_engine(), models or feature_models())
+    if include_base:
+        targets = [Target("base", 0), *([Target("start", 0)] if scorer.start else []), *targets]
     events = run.events()
     records = []
     for index, target in enumerate(targets):

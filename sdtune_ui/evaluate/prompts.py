@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sdtune_ui.generate.overfitting import default_grid_prompts
 from sdtune_ui.methods import TOKENS, methods_with
 
-_COMMON = {"a", "an", "the", "of", "photo", "picture", "painting", "on", "in", "at", "with", "and"}
+COMMON_WORDS = {"a", "an", "the", "of", "photo", "picture", "painting", "on", "in", "at", "with", "and"}
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def identifier_words(subject: str, config: dict, noun: str) -> set[str]:
     token = (config.get("placeholder_token") or "").strip()
     if config.get("method") in methods_with(TOKENS) and token:
         return {token}
-    return {word for word in subject.split() if word not in _COMMON and word != noun and word not in noun.split()}
+    return {word for word in subject.split() if word not in COMMON_WORDS and word != noun and word not in noun.split()}
 
 
 def for_clip(prompt: str, identifiers: set[str], noun: str) -> str:

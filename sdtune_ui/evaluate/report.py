@@ -48,7 +48,29 @@ def card_section(run_dir: str | Path, step: int | None = None) -> str | None:
              + ", ".join(f"`{p}`" for p in [*prompts.get("subject", []), prompts.get("class", "")] if p)
              + f", compared with {images.get('training', '?')} training images"
              + (f" ({features})." if features else "."), "", *rows]
+    lines += _subject_rows(target, next((r for r in records if r["source"] == "start"), None))
     caveat = (target.get("fid_kid") or {}).get("caveat")
     if caveat:
         lines += ["", caveat]
     return "\n".join(lines)
+
+
+def _subject_rows(target: dict, start: dict | None) -> list[str]:
+    """Per subject: its fidelity, and for subjects of earlier runs the same at this run's start (forgetting)."""
+    entries = target.get("subjects") or []
+    if not entries:
+        return []
+    at_start = {e["name"]: e["metrics"] for e in (start or {}).get("subjects") or []}
+    keys = [k for k in ("dino", "clip_i", "clip_t", "loss") if any(k in e["metrics"] for e in entries)]
+    rows = ["", "Per subject (its own prompt against its own training images; earlier = learned by the run this one "
+            "continued, with its score at this run's start):", "",
+            "| subject | prompt | " + " | ".join(LABELS[k] for k in keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for entry in entries:
+        cells = []
+        for key in keys:
+            value, before = entry["metrics"].get(key), at_start.get(entry["name"], {}).get(key)
+            text = "-" if value is None else f"{value:.4f}"
+            cells.append(text + (f" (start {before:.4f})" if entry["earlier"] and before is not None else ""))
+        name = entry["name"] + (" (earlier)" if entry["earlier"] else "")
+        rows.append(f"| {name} | `{entry['prompt']}` | " + " | ".join(cells) + " |")
+    return rows

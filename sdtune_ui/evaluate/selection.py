@@ -28,6 +28,8 @@ PHRASES = {"dino": "subject fidelity (DINO {:.3f})", "clip_i": "subject fidelity
 NAMES = {"dino": "dino", "clip-i": "clip_i", "clip-t": "clip_t", "drift": "class_drift", "kid": "kid",
          "fid": "fid", "loss": "loss"}
 PREFERENCE = ("dino", "clip-i", "clip-t", "kid", "fid", "loss")
+# Scored for comparison, never chosen: the base model, and the earlier output an init_from run started from.
+REFERENCES = ("base", "start")
 PROMOTED_FILE = "PROMOTED.json"
 REPLACED_OUTPUT = "output-final"
 
@@ -70,7 +72,7 @@ def choose_best(records: Sequence[dict], metric: str = "dino", *,
     """(the best record, why) among scored records (as in metrics.jsonl), or None when none has the metric."""
     key = metric_key(metric)
     higher = HIGHER_IS_BETTER[key]
-    candidates = [r for r in records if r.get("source") != "base" and r["metrics"].get(key) is not None]
+    candidates = [r for r in records if r.get("source") not in REFERENCES and r["metrics"].get(key) is not None]
     if not candidates:
         return None
 
