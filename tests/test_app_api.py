@@ -12,6 +12,7 @@ import pytest
 from apphelpers import running_app, wait_for
 
 from sdtune_ui.data.formats import read_captions
+from sdtune_ui.runs import RunDir
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -111,6 +112,30 @@ def test_two_clients_share_the_queue(app):
     events = {s["run_id"]: (ctx.runs_dir / s["run_id"] / "events.jsonl").read_text() for s in (first, second)}
     assert '"status": "queued"' in events[second["run_id"]]
     wait_for(lambda: not ctx.jobs.active(), 10, what="an empty queue")
+
+
+def test_several_subjects_in_one_run_then_a_run_that_continues_it(app):
+    from tests.concept_helpers import two_subjects
+
+    ctx, url = app
+    client = gradio_client.Client(url, verbose=False)
+    two_subjects(ctx.datasets_dir / "two")  # concepts.json: robot (sks) and square (zwx), prompts per concept
+    quick = {**FAST, "data": "two", "resolution": 32, "validation_inference_steps": 2}
+    first = client.predict(config={**quick, "max_train_steps": 4}, api_name="/start_run")
+    final = poll(client, first["run_id"])[-1]
+    assert final["status"] == "completed", final["message"] + final["log"]
+    messages = [e.get("message", "") for e in RunDir(ctx.runs_dir / first["run_id"]).read_events()]
+    assert any("2 concepts" in m and "sampling balanced" in m for m in messages), messages
+    assert any(m.startswith("Concept square: 8 images") for m in messages)
+
+    # A second run starts from the first (named by its run id, as the Train tab's picker or the API gives it).
+    more = client.predict(config={**quick, "max_train_steps": 2, "init_from": first["run_id"]}, api_name="/start_run")
+    final = poll(client, more["run_id"])[-1]
+    assert final["status"] == "completed", final["message"] + final["log"]
+    event = next(e for e in RunDir(ctx.runs_dir / more["run_id"]).read_events() if e["kind"] == "init_from")
+    assert event["run"] == str((ctx.runs_dir / first["run_id"]).resolve())
+    assert event["loaded"] == ["LoRA pytorch_lora_weights.safetensors"]
+    assert [prompt for prompt, _ in event["subjects"]] == ["a photo of sks robot", "a photo of zwx square"]
 
 
 def test_errors_are_readable_messages(app):

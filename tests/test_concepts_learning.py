@@ -1,16 +1,21 @@
 """Two subjects with two tokens in one LoRA run: each token learns its own subject, not a mix of both.
 
-On the random `tiny-sd1` (what this checkout has) sampling draws coloured noise and the UNet barely listens to
-its prompt, so generated images cannot show two subjects apart (measured: tiny-dino and tiny-clip put the
-images of both tokens on the same side). What it can show is the training objective on unseen noise
-(tests/learning_probe.py): under each token's prompt the tuned model denoises its own subject's training
-images better than under the other token's prompt, and far better than the base model does. Measured at
-32 px, 300 steps: about 1-3 % apart between the prompts, a factor of ~4 against the base.
+TWO_SUBJECT_MODEL picks the model, and with it the measure:
 
-On the pre-trained `demo-sd1` (issue 11 part 1; skipped until it is in the checkout) the issue's own measure
-applies: each token's generated images are closer in DINO features to its own subject's training images than
-to the other's. Measured with the demo model's work-in-progress weights (200 steps, guidance 7.5, tiny-dino):
-robot 0.54 vs 0.47, square 0.69 vs 0.35.
+- `demo-sd1`, the pre-trained demo model of issue 11 part 1 (it draws what a prompt says): the issue's own
+  measure, through `evaluate`'s per-subject report: each token's generated images are closer in DINO and
+  CLIP-I features to its own subject's training images than to the other's, and (DINO) closer than the base
+  model's images for the same prompt were. Measured with the demo model's work-in-progress weights (branch
+  demo-model; 200 steps at 64 px, 10 denoising steps, guidance 7.5, tiny-dino / tiny-clip): DINO robot 0.502
+  own vs 0.362 other (base 0.351), square 0.705 vs 0.427 (base 0.456); CLIP-I robot 0.435 vs 0.223 (base
+  0.403), square 0.572 vs 0.417 (base 0.248).
+- `tiny-sd1` (random weights; what main has until the demo model lands): sampling draws coloured noise and
+  the UNet barely listens to its prompt, so generated images cannot show two subjects apart (tiny-dino and
+  tiny-clip put both tokens' images on the same side). What it can show is the training objective on unseen
+  noise (tests/learning_probe.py): under each token's prompt the tuned model denoises its own subject's
+  training images better than under the other token's prompt, and far better than the base model does.
+  Measured at 32 px, 300 steps: 2.8 % apart between the prompts (ratio 0.972 for both subjects, the same with
+  3 or 8 images), a factor of ~4 against the base.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from tests.train_helpers import run_training
 
 PROMPTS = {"robot": ROBOT_PROMPT, "square": SQUARE_PROMPT}
 DEMO_MODEL = "demo-sd1"
+# Switch to DEMO_MODEL once the pre-trained demo model is on main (see the module's docstring).
+TWO_SUBJECT_MODEL = "tiny-sd1"
 
 
 def latents(pipe, folder: Path, size: int, count: int = 3) -> list[torch.Tensor]:
@@ -54,10 +61,21 @@ def two_subject_lora(root: Path, run_dir: Path, model: str, **settings):
 
 @pytest.mark.slow
 def test_two_tokens_in_one_lora_run_each_learn_their_own_subject(tmp_path):
+    if TWO_SUBJECT_MODEL == DEMO_MODEL:
+        try:
+            load_pipeline(DEMO_MODEL)
+        except SdtuneError:
+            pytest.skip(f"{DEMO_MODEL} (the pre-trained demo model of issue 11) is not in this checkout")
+        each_token_draws_its_own_subject(tmp_path)
+    else:
+        each_token_denoises_its_own_subject(tmp_path)
+
+
+def each_token_denoises_its_own_subject(tmp_path: Path) -> None:
     root = two_subjects(tmp_path / "two")  # "a photo of sks robot ..." captions, and "a photo of zwx square"
-    run = two_subject_lora(root, tmp_path / "run", "tiny-sd1", resolution=32, max_train_steps=300,
+    run = two_subject_lora(root, tmp_path / "run", TWO_SUBJECT_MODEL, resolution=32, max_train_steps=300,
                            learning_rate=5e-3, train_text_encoder=True)
-    base, tuned = load_pipeline("tiny-sd1"), load_pipeline("tiny-sd1")
+    base, tuned = load_pipeline(TWO_SUBJECT_MODEL), load_pipeline(TWO_SUBJECT_MODEL)
     tuned.load_lora_weights(run.output_dir)
     subjects = {name: latents(base, root / name, 32) for name in PROMPTS}
 
@@ -66,29 +84,23 @@ def test_two_tokens_in_one_lora_run_each_learn_their_own_subject(tmp_path):
 
     for subject, other in (("robot", "square"), ("square", "robot")):
         own = error(tuned, PROMPTS[subject], subject)
-        assert own < 0.995 * error(tuned, PROMPTS[other], subject), subject   # its token, not the other's
+        assert own < 0.985 * error(tuned, PROMPTS[other], subject), subject   # its token, not the other's
         assert own < 0.5 * error(base, PROMPTS[subject], subject), subject    # and it learned the subject
 
 
-@pytest.mark.slow
-def test_two_tokens_draw_their_own_subjects_on_the_demo_model(tmp_path):
-    from sdtune_ui.evaluate.features import feature_models
-    from sdtune_ui.evaluate.metrics import subject_fidelity
-    from sdtune_ui.generate.artifacts import run_artifacts
-    from sdtune_ui.generate.engine import GenerationEngine, GenerationOptions
+def each_token_draws_its_own_subject(tmp_path: Path) -> None:
+    from sdtune_ui.evaluate import EvalSettings, evaluate_run
+    from sdtune_ui.generate.engine import GenerationEngine
 
-    try:
-        load_pipeline(DEMO_MODEL)
-    except SdtuneError:
-        pytest.skip(f"{DEMO_MODEL} (the pre-trained demo model of issue 11) is not in this checkout yet")
     root = two_subjects(tmp_path / "two")
-    run = two_subject_lora(root, tmp_path / "run", DEMO_MODEL, resolution=64, max_train_steps=200,
+    run = two_subject_lora(root, tmp_path / "run", TWO_SUBJECT_MODEL, resolution=64, max_train_steps=200,
                            learning_rate=1e-3)
-    engine, artifacts = GenerationEngine(device="cpu"), run_artifacts(run.path).artifacts
-    dino = feature_models().get("dino", "tiny-dino")
-    training = {name: [Image.open(p).convert("RGB") for p in sorted((root / name).glob("*.png"))] for name in PROMPTS}
-    for subject, other in (("robot", "square"), ("square", "robot")):
-        images = engine.generate(DEMO_MODEL, artifacts, GenerationOptions(
-            prompt=PROMPTS[subject], steps=10, guidance=7.5, width=64, height=64, seed=0, num_images=4)).images
-        assert (subject_fidelity(dino, images, training[subject])
-                > subject_fidelity(dino, images, training[other]) + 0.03), subject
+    settings = EvalSettings(metrics=("dino", "clip-i"), clip_model="tiny-clip", dino_model="tiny-dino",
+                            num_images=4, inference_steps=10, guidance=7.5, size=64)
+    base, final = evaluate_run(run.path, settings=settings, engine=GenerationEngine(device="cpu")).scores
+    before = {entry["name"]: entry["metrics"] for entry in base["subjects"]}
+    for entry in final["subjects"]:
+        scores, name = entry["metrics"], entry["name"]
+        for key in ("dino", "clip_i"):
+            assert scores[key] > scores[f"{key}_other"] + 0.05, (name, key, scores)  # its own subject's look
+        assert scores["dino"] > before[name]["dino"] + 0.1, (name, scores)            # learned, not the base's

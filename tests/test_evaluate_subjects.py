@@ -79,6 +79,21 @@ def test_a_run_of_two_subjects_is_scored_per_subject(tmp_path, engine):
     assert "square" in subject_table(result.scores) and "| square | `a photo of zwx square` |" in card_section(run.path)
 
 
+@pytest.mark.parametrize(("method", "settings"), [("dreambooth", dict(learning_rate=1e-3)),
+                                                 ("pivotal", dict(lora_targets="all", learning_rate=1e-2))])
+def test_dreambooth_and_pivotal_learn_both_subjects_of_one_run(tmp_path, engine, method, settings):
+    # LoRA: the test above. Textual inversion alone barely moves the random model's loss (1.1067 -> 1.1056 in
+    # 10 steps; see ENGINEERING_NOTES): its learning is measured on the pre-trained demo model (issue 11 part 1).
+    root = two_subjects(tmp_path / "two", tokens=False)  # pivotal: tokens <robot>, <square>
+    run = run_training(TrainConfig(**{**LORA, "method": method, "data": str(root), "max_train_steps": 8,
+                                      **settings}), tmp_path / "run")
+    base, final = evaluate_run(run.path, settings=EvalSettings(metrics=("loss",), **FAST_EVAL), engine=engine).scores
+    assert [e["name"] for e in final["subjects"]] == ["robot", "square"]
+    for before, after in zip(base["subjects"], final["subjects"], strict=True):
+        assert after["metrics"]["loss"] < 0.9 * before["metrics"]["loss"], (after["name"], before, after)
+    assert not list((run.path / "eval" / "final").glob("*.png"))  # the loss alone generated nothing
+
+
 def test_a_continued_run_re_measures_the_earlier_subject(tmp_path, engine):
     robots = robot_folder(tmp_path / "robots", 6, captions=False)
     first = run_training(TrainConfig(data=str(robots), instance_prompt=ROBOT_PROMPT, max_train_steps=10, **LORA),

@@ -5,6 +5,10 @@ into settings that validate.
 Everything here asks the method registry (traits) and `config.field_applies`; no method is named. What the
 form filled in by itself is remembered (`filled`), so a dataset switch may refill it, while anything the user
 typed is kept.
+
+A dataset of several concepts (subjects) names its prompts, tokens and classes per concept: the form lists
+them and leaves the run-wide prompts empty, so each concept trains on its own (train/setup.py reads them when
+the run starts). `init_from_choices` lists the earlier runs a new one may continue (`init_from`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdtune_ui.app.generation import instance_token
+from sdtune_ui.app.generation import instance_token, source_label
 from sdtune_ui.app.ops import config_from_values, widget_values
 from sdtune_ui.config import TrainConfig, field_info
 from sdtune_ui.errors import ConfigError, DatasetError
@@ -25,11 +29,25 @@ NOT_SQUARE = 1.15
 MAX_SIZES_READ = 400  # image headers read to decide on bucketing (enough to judge a dataset's shapes)
 # Fields the form derives from the dataset and the method (and may derive again when those change).
 DERIVED = ("instance_prompt", "class_prompt", "validation_prompts", "bucketing", "initializer_token")
+SAMPLING_WORDS = {"repeats": "each image as often as its repeats say", "balanced": "every concept an equal share"}
+
+
+@dataclass
+class ConceptHint:
+    """One subject of a dataset of several, as the form shows it."""
+
+    name: str
+    images: int
+    repeats: int = 1
+    instance_prompt: str = ""
+    token: str = ""
+    class_prompt: str = ""
+    captions: int = 0  # images with a caption of their own
 
 
 @dataclass
 class DatasetHints:
-    """What a dataset folder says about itself: its prompts, a caption, and its images' shapes."""
+    """What a dataset folder says about itself: its prompts, a caption, its images' shapes, its concepts."""
 
     folder: str = ""
     instance_prompt: str = ""
@@ -38,10 +56,37 @@ class DatasetHints:
     caption: str = ""
     images: int = 0
     not_square: int = 0
+    concepts: list[ConceptHint] = field(default_factory=list)  # only with several concepts
+    sampling: str = ""  # the epoch order the dataset asks for (several concepts)
 
     @property
     def bucketing(self) -> bool:
         return self.not_square > 0
+
+    def gives(self, name: str) -> bool:
+        """Whether every concept of a dataset of several names this itself (`instance_prompt`, `class_prompt`),
+        so the run-wide field stays empty; validation prompts are made one per concept."""
+        if not self.concepts:
+            return False
+        if name == "validation_prompts":
+            return True
+        return all(getattr(c, name) or (name == "instance_prompt" and c.captions == c.images) for c in self.concepts)
+
+    def concepts_note(self) -> list[str]:
+        """A heading line, then one line per concept ([] for a dataset of one subject)."""
+        if not self.concepts:
+            return []
+        lines = [f"This dataset has {len(self.concepts)} concepts, trained together in one run (sampling "
+                 f"{self.sampling}: {SAMPLING_WORDS.get(self.sampling, self.sampling)}); each uses its own prompt, "
+                 "token and class from the dataset where the fields below are left empty:"]
+        for c in self.concepts:
+            details = [f"{c.images} image{'s' if c.images != 1 else ''}" + (f" x {c.repeats}" if c.repeats > 1 else "")]
+            if c.captions:
+                details.append(f"{c.captions} captioned")
+            details += [f"{label} '{value}'" for label, value in (("prompt", c.instance_prompt), ("token", c.token),
+                                                                  ("class", c.class_prompt)) if value]
+            lines.append(f"{c.name}: {', '.join(details)}")
+        return lines
 
     def bucketing_note(self) -> str:
         if not self.images:
@@ -69,6 +114,12 @@ def dataset_hints(data: str) -> DatasetHints:
     except (DatasetError, OSError):
         return hints
     concept = scan.concepts[0] if len(scan.concepts) == 1 else None
+    if len(scan.concepts) > 1:
+        hints.sampling = scan.sampling
+        for c in scan.concepts:
+            files = [f for f in scan.files if f.concept == c.name]
+            hints.concepts.append(ConceptHint(c.name, len(files), c.repeats, c.instance_prompt, c.token,
+                                              c.class_prompt, sum(bool((f.caption or "").strip()) for f in files)))
     hints.instance_prompt = info.get("instance_prompt", "") or (concept.instance_prompt if concept else "")
     hints.class_prompt = info.get("class_prompt", "") or (concept.class_prompt if concept else "")
     hints.token = (concept.token if concept else "") or instance_token(hints.instance_prompt)
@@ -83,6 +134,22 @@ def dataset_hints(data: str) -> DatasetHints:
         if max(width / height, height / width) > NOT_SQUARE:
             hints.not_square += 1
     return hints
+
+
+def init_from_choices(runs_dir: str | Path) -> list[tuple[str, str]]:
+    """The `init_from` picker: (label, value) per run output and checkpoint of the app's runs, newest first,
+    after "start from the base model" (""). Values are what `init_from` takes: a run folder or RUN@step-N."""
+    from sdtune_ui.generate.artifacts import list_choices
+    from sdtune_ui.runs import RunDir
+
+    choices = [("(none: start from the base model)", "")]
+    configs: dict[str, dict] = {}
+    for choice in list_choices(runs_dir):
+        name = Path(choice.run_dir).name
+        config = configs.setdefault(name, RunDir(Path(choice.run_dir)).config())
+        value = choice.run_dir if choice.step is None else f"{choice.run_dir}@step-{choice.step}"
+        choices.append((source_label(name, config, choice.step), value))
+    return choices
 
 
 def class_prompt_guess(instance_prompt: str) -> str:
@@ -181,11 +248,11 @@ def settle(values: dict[str, Any], hints: DatasetHints, *, previous_method: str 
     config = dataclasses.replace(config, **changes)
 
     wanted: list[str] = []
-    if config.has(INSTANCE_PROMPT) and not config.instance_prompt.strip():
+    if config.has(INSTANCE_PROMPT) and not config.instance_prompt.strip() and not hints.gives("instance_prompt"):
         wanted.append("instance_prompt")
-    if config.with_prior_preservation and not config.class_prompt.strip():
+    if config.with_prior_preservation and not config.class_prompt.strip() and not hints.gives("class_prompt"):
         wanted.append("class_prompt")
-    if not config.validation_prompts:
+    if not config.validation_prompts and not hints.gives("validation_prompts"):
         wanted.append("validation_prompts")
     if config.has(TOKENS) and config.initializer_token == defaults["initializer_token"]:
         wanted.append("initializer_token")

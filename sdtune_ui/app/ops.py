@@ -213,6 +213,7 @@ def check_public_config(config: TrainConfig, data_dir: Path) -> None:
 
     A visitor must not make the server read arbitrary folders (e.g. `/root`) as datasets or models.
     """
+    from sdtune_ui.generate.artifacts import parse_choice
     from sdtune_ui.models import TINY_MODELS
     from sdtune_ui.models.loading import PICKLE_SUFFIXES
 
@@ -227,6 +228,8 @@ def check_public_config(config: TrainConfig, data_dir: Path) -> None:
         errors["model"] = "This public app loads models from the Hub (user/name) or the tiny-* demos only."
     if config.class_data and not _inside(Path(config.class_data), data_dir):
         errors["class_data"] = "Leave empty on the public app (class images are generated into its data folder)."
+    if config.init_from.strip() and not _inside(Path(parse_choice(config.init_from.strip())[0]), data_dir):
+        errors["init_from"] = "Choose one of this app's runs to start from (a public app reads only its own data)."
     if errors:
         raise ConfigError(errors)
 
@@ -296,6 +299,17 @@ def _exists(path: str) -> bool:
 def run_path(runs_dir: Path, run_id: str | None) -> Path | None:
     """Where run `run_id` lives inside the runs folder; None for an empty id or one that is not a plain name."""
     return runs_dir / run_id if run_id and safe_name(run_id, "") == run_id else None
+
+
+def run_reference(runs_dir: Path, value: str) -> str:
+    """`init_from` as given, with a run id of this app (`run-id` or `run-id@step-N`) made its folder's path."""
+    from sdtune_ui.generate.artifacts import parse_choice
+
+    name, step = parse_choice(value.strip())
+    path = run_path(runs_dir, name)
+    if path is None or not path.is_dir():
+        return value
+    return str(path) + (f"@step-{step}" if step is not None else "")
 
 
 def run_dir(runs_dir: Path, run_id: str) -> RunDir:
@@ -438,6 +452,7 @@ def start_training(ctx: Any, values: dict[str, Any], *, public: bool, num_proces
     data = str(values.get("data") or "").strip()
     if data and data == safe_name(data, "") and (ctx.datasets_dir / data).is_dir():
         values["data"] = str(ctx.datasets_dir / data)
+    values["init_from"] = run_reference(ctx.runs_dir, str(values.get("init_from") or ""))
     config = config_from_values(values)
     if public:
         check_public_config(config, ctx.data_dir)

@@ -35,6 +35,7 @@ from sdtune_ui.paths import cache_dir
 from sdtune_ui.runs import RunDir
 
 METRICS = ("dino", "clip-i", "clip-t", "drift", "kid", "fid", "loss")
+IMAGE_METRICS = {"dino", "clip-i", "clip-t", "drift", "kid", "fid"}  # what needs generated images
 FID_FEATURES = ("auto", "inception", "dino", "clip")
 METRICS_FILE = "metrics.jsonl"
 Progress = Callable[[str, float], None]
@@ -323,17 +324,18 @@ class _Scorer:
 
         started = time.perf_counter()
         settings, wanted, prompts = self.settings, set(self.settings.metrics), self.prompts
-        if target.source == "base":
+        artifacts: list = [] if target.source == "base" else self._artifacts(target)
+        if not wanted & IMAGE_METRICS:  # the held-out loss alone needs no image
+            generated: list[list[Any]] = [[] for _ in self.generated]
+        elif target.source == "base":
             generated = self.base_images()
-            artifacts: list = []
         else:
-            artifacts = self._artifacts(target)
             generated = _generate(self.engine, self.model, artifacts, self.generated, settings, self.allow_pickle)
         _save_images(self.run.path / "eval" / target.label, self.generated, generated, settings.seed)
         images = generated[: len(prompts.all())]
         subject = [image for row in images[:-1] for image in row]
         subject_texts = [text for text, row in zip(prompts.clip_text, images[:-1]) for _ in row]
-        class_images, base_class = images[-1], self.base_images()[len(images) - 1]
+        class_images = images[-1]
         scores: dict[str, float | None] = {}
         extra: dict[str, Any] = {}
         if self.dino is not None:
@@ -342,7 +344,7 @@ class _Scorer:
                 scores["dino"] = m.subject_fidelity(self.dino, subject, training)
             if "drift" in wanted:
                 tuned_rows = self.dino.image_features(class_images)
-                base_rows = self.features(self.dino, "base-class", base_class)
+                base_rows = self.features(self.dino, "base-class", self.base_images()[len(images) - 1])
                 scores["class_preservation"] = m.class_preservation(self.dino, tuned_rows, base_rows)
                 scores["class_drift"] = m.class_drift(self.dino, tuned_rows, base_rows, training)
         if self.clip is not None:

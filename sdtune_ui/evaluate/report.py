@@ -48,7 +48,8 @@ def card_section(run_dir: str | Path, step: int | None = None) -> str | None:
              + ", ".join(f"`{p}`" for p in [*prompts.get("subject", []), prompts.get("class", "")] if p)
              + f", compared with {images.get('training', '?')} training images"
              + (f" ({features})." if features else "."), "", *rows]
-    lines += _subject_rows(target, next((r for r in records if r["source"] == "start"), None))
+    start = next((r for r in records if r["source"] == "start" and r.get("settings") == target.get("settings")), None)
+    lines += _subject_rows(target, start)
     caveat = (target.get("fid_kid") or {}).get("caveat")
     if caveat:
         lines += ["", caveat]

@@ -1,7 +1,8 @@
 """The training form, generated from TrainConfig's fields: adding a setting there adds its widget here.
 
 Widget kind follows the field: choices -> dropdown, bool -> checkbox, int/float -> number, list -> one
-line per item, str -> text. A few fields get a richer widget (model list, dataset list, method radio).
+line per item, str -> text. A few fields get a richer widget (model list, dataset list, method radio, the
+earlier runs to start from).
 Fields marked `advanced` go into the "Advanced" fold; fields that need method traits show only for methods with them,
 and an adapter type's own settings (LoKr's factor) only while that type is chosen.
 """
@@ -59,7 +60,7 @@ def model_choices() -> list[tuple[str, str]]:
 
 
 def _widget(f: dataclasses.Field, value: Any, *, visible: bool, datasets: list[tuple[str, str]],
-            allow_local_paths: bool) -> gr.components.Component:
+            runs: list[tuple[str, str]], allow_local_paths: bool) -> gr.components.Component:
     label, info = humanize(f.name), f.metadata.get("help", "")
     common = dict(label=label, info=info, visible=visible, elem_id=f"cfg-{f.name}", min_width=MIN_WIDTH)
     if f.name == "model":
@@ -72,6 +73,9 @@ def _widget(f: dataclasses.Field, value: Any, *, visible: bool, datasets: list[t
     if f.name == "data":
         # Local runs may point at any folder or Hub dataset; a public app only offers its own datasets.
         return gr.Dropdown(choices=datasets, value=value or None, allow_custom_value=allow_local_paths, **common)
+    if f.name == "init_from":
+        # This app's runs (outputs and checkpoints); local apps also take any LoRA / embedding / pipeline path.
+        return gr.Dropdown(choices=runs, value=value, allow_custom_value=allow_local_paths, **common)
     if f.metadata.get("choices"):
         return gr.Dropdown(choices=list(f.metadata["choices"]), value=value, **common)
     if isinstance(value, bool):
@@ -87,7 +91,8 @@ def _widget(f: dataclasses.Field, value: Any, *, visible: bool, datasets: list[t
     return gr.Textbox(value=value, **common)
 
 
-def build_form(defaults: TrainConfig, *, datasets: list[tuple[str, str]], allow_local_paths: bool) -> Form:
+def build_form(defaults: TrainConfig, *, datasets: list[tuple[str, str]], allow_local_paths: bool,
+               runs: list[tuple[str, str]] | None = None) -> Form:
     """Create the widgets inside the current Blocks context: main settings, then an Advanced fold."""
     fields = field_info()
     metadata = {f.name: dict(f.metadata) for f in fields}
@@ -100,7 +105,8 @@ def build_form(defaults: TrainConfig, *, datasets: list[tuple[str, str]], allow_
             for f in group:
                 widgets[f.name] = _widget(f, values[f.name],
                                           visible=setting_applies(f.name, defaults.method, defaults.adapter),
-                                          datasets=datasets, allow_local_paths=allow_local_paths)
+                                          datasets=datasets, runs=runs or [("", "")],
+                                          allow_local_paths=allow_local_paths)
 
     place([f for f in fields if not f.metadata.get("advanced")])
     with gr.Accordion("Advanced", open=False):

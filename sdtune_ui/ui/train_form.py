@@ -1,6 +1,8 @@
 """The Train tab's form behaviour: a method or dataset switch settles the form into settings that validate
 (sdtune_ui.app.form_rules), the validation result is shown live before Start with the fields to change
-highlighted, presets, the CPU demo (with the example dataset), loading a config or a copy of a run's settings."""
+highlighted, presets, the CPU demo (with the example dataset), loading a config or a copy of a run's settings.
+A dataset of several concepts is listed under the form (each concept's prompt, token and class come from it);
+`init_from` picks one of this app's runs to continue, refreshed whenever the picker is opened."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from sdtune_ui.app import ops as app_ops
-from sdtune_ui.app.form_rules import dataset_hints, settle, validation_report
+from sdtune_ui.app.form_rules import dataset_hints, init_from_choices, settle, validation_report
 from sdtune_ui.app.text import code, error_markdown, escape_html, escape_markdown
 from sdtune_ui.config import TrainConfig, preset_switch_values, preset_values
 from sdtune_ui.errors import ConfigError
@@ -80,6 +82,9 @@ def wire(ctx: Any, options: Any, form: Form, *, notes: gr.Markdown, validation: 
 
     def notes_for(settled_notes: list[str], values: dict[str, Any], hints: Any) -> str:
         lines = [escape_markdown(note) for note in settled_notes]
+        if hints.concepts:
+            heading, *concepts = hints.concepts_note()
+            lines.append(escape_markdown(heading) + "\n\n" + "\n".join(f"- {escape_markdown(c)}" for c in concepts))
         try:
             bucketing = bool(app_ops.config_from_values(values).bucketing)
         except ConfigError:
@@ -167,6 +172,9 @@ def wire(ctx: Any, options: Any, form: Form, *, notes: gr.Markdown, validation: 
     follow = dict(fn=on_data, inputs=[filled, *fields], outputs=[*fields, filled, notes], show_progress="hidden",
                   api_visibility="private")
     data_widget.change(**follow)
+    init_from = form.widgets["init_from"]
+    init_from.focus(lambda: gr.update(choices=init_from_choices(ctx.runs_dir)), None, init_from,
+                    show_progress="hidden", api_visibility="private")
     validate = dict(fn=on_validate, inputs=[invalid, *fields], outputs=[validation, invalid, *fields],
                     show_progress="hidden", api_visibility="private")
     gr.on([w.change for w in fields], trigger_mode="always_last", **validate)

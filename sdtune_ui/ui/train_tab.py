@@ -16,6 +16,7 @@ import gradio as gr
 
 from sdtune_ui.app import live
 from sdtune_ui.app import ops as app_ops
+from sdtune_ui.app.form_rules import init_from_choices
 from sdtune_ui.app.text import escape_html
 from sdtune_ui.config import VRAM_PRESETS, TrainConfig, preset_values
 from sdtune_ui.errors import SdtuneError
@@ -84,7 +85,8 @@ def build(ctx: Any, options: Any) -> TrainTab:
                                          "or adapter type", elem_id="use-method-presets")
         demo = gr.Button("Quick CPU demo settings (tiny-sd1, example dataset, ~1 min)", size="sm",
                          elem_id="demo-settings")
-    form = build_form(defaults, datasets=dataset_choices(ctx), allow_local_paths=options.allow_local_paths)
+    form = build_form(defaults, datasets=dataset_choices(ctx), allow_local_paths=options.allow_local_paths,
+                      runs=init_from_choices(ctx.runs_dir))
     notes = gr.Markdown("", elem_id="form-notes")
     memory_line = gr.Markdown(app_ops.memory_estimate(defaults.to_dict(), gpu), elem_id="memory-estimate")
     gpus = app_ops.gpu_count()
