@@ -209,15 +209,21 @@ def widget_values(values: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- the public app's rules
 def check_public_config(config: TrainConfig, data_dir: Path) -> None:
-    """On a Space or a share link, a run may only read the app's own data and Hub/demo models.
+    """On a Space or a share link, a run may only read the app's own data and Hub/demo models, never loads
+    pickle files, and keeps within the public limits of every number (TrainConfig's field metadata).
 
-    A visitor must not make the server read arbitrary folders (e.g. `/root`) as datasets or models.
+    A visitor must not make the server read arbitrary folders (e.g. `/root`) as datasets or models, run code
+    from a pickle, or queue settings no GPU can honour (resolution 65536, batch 100000).
     """
+    from sdtune_ui.config import limit_errors
     from sdtune_ui.generate.artifacts import parse_choice
     from sdtune_ui.models import TINY_MODELS
     from sdtune_ui.models.loading import PICKLE_SUFFIXES
 
-    errors = {}
+    errors = limit_errors(config, public=True)
+    if config.allow_pickle:
+        errors["allow_pickle"] = ("This public app never loads pickle files (.ckpt/.bin can run code): choose a "
+                                  "model in safetensors format.")
     data = Path(config.data).expanduser()
     if not _inside(data, data_dir):
         errors["data"] = "Choose a dataset from the Dataset tab (this public app only reads its own data folder)."

@@ -10,22 +10,26 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdtune_ui.errors import SdtuneError
+from sdtune_ui.config import MAX_SEED, bound_message
+from sdtune_ui.errors import ConfigError
 
 SCHEDULERS = ("dpm++", "euler", "euler_a", "ddim", "unipc", "default")
 MAX_GUIDANCE = 30.0
 MAX_IMAGES = 16
+MAX_PUBLIC_IMAGES = 4  # images per prompt on a public app
 
 
 def _field(default: Any, help: str, *, label: str = "", choices: tuple | None = None,
            minimum: float | None = None, maximum: float | None = None, step: float | None = None,
-           multiple_of: int | None = None) -> Any:
+           multiple_of: int | None = None, public_maximum: float | None = None) -> Any:
     """A field with its help text, its label in the app, and what values it takes (checked by `validate`).
 
-    `minimum`/`maximum` bound the value; `step` is the app's slider step; `multiple_of` (sizes) allows 0 too.
+    `minimum`/`maximum` bound the value; `public_maximum` is the most a public app (share link, Space) takes;
+    `step` is the app's slider step; `multiple_of` (sizes) allows 0 too.
     """
     return field(default=default, metadata=dict(help=help, label=label, choices=choices, minimum=minimum,
-                                                 maximum=maximum, step=step, multiple_of=multiple_of))
+                                                 maximum=maximum, step=step, multiple_of=multiple_of,
+                                                 public_maximum=public_maximum))
 
 
 @dataclass
@@ -34,34 +38,38 @@ class GenerationOptions:
     negative_prompt: str = _field("", "What to keep out of the image.", label="Negative prompt")
     scheduler: str = _field("dpm++", "Sampler: DPM-Solver++ (good images in ~25 steps), Euler, Euler ancestral, "
                             "DDIM, UniPC, or the model's own.", label="Scheduler", choices=SCHEDULERS)
-    steps: int = _field(25, "Denoising steps (20-30 is typical).", label="Steps", minimum=1, maximum=150, step=1)
+    steps: int = _field(25, "Denoising steps (20-30 is typical).", label="Steps", minimum=1, maximum=150, step=1,
+                        public_maximum=50)
     guidance: float = _field(7.5, "Classifier-free guidance scale (5-9 is typical).", label="Guidance scale",
                              minimum=0.0, maximum=MAX_GUIDANCE, step=0.5)
     width: int = _field(0, "Image width in pixels (0 = the model's native size).", label="Width (0 = native)",
-                        minimum=0, maximum=2048, step=8, multiple_of=8)
+                        minimum=0, maximum=2048, step=8, multiple_of=8, public_maximum=1024)
     height: int = _field(0, "Image height in pixels (0 = the model's native size).", label="Height (0 = native)",
-                         minimum=0, maximum=2048, step=8, multiple_of=8)
+                         minimum=0, maximum=2048, step=8, multiple_of=8, public_maximum=1024)
     seed: int = _field(0, "Seed; image i uses seed + i, so any one image can be made again alone.",
-                       label="Seed (image i uses seed + i)", minimum=0)
-    num_images: int = _field(1, "Images per prompt.", label="Images", minimum=1, maximum=MAX_IMAGES, step=1)
+                       label="Seed (image i uses seed + i)", minimum=0, maximum=MAX_SEED)
+    num_images: int = _field(1, "Images per prompt.", label="Images", minimum=1, maximum=MAX_IMAGES, step=1,
+                            public_maximum=MAX_PUBLIC_IMAGES)
     fuse_lora: bool = _field(False, "Merge LoRAs into the weights: faster, but each scale change re-merges.",
                              label="Fuse LoRA (faster)")
 
-    def validate(self) -> GenerationOptions:
-        """Check every field against its metadata; one SdtuneError listing every problem."""
-        problems = []
+    def validate(self, *, public: bool = False) -> GenerationOptions:
+        """Check every field against its metadata (`public`: also the public app's limits); one ConfigError
+        naming every bad field, each with its message."""
+        problems: dict[str, str] = {}
         for f in dataclasses.fields(self):
             value, meta = getattr(self, f.name), f.metadata
             if meta["choices"] and value not in meta["choices"]:
-                problems.append(f"{f.name} {value!r} is not one of {', '.join(meta['choices'])}")
+                problems[f.name] = f"{value!r} is not one of {', '.join(meta['choices'])}."
             elif meta["multiple_of"] and value and (value < meta["multiple_of"] or value % meta["multiple_of"]):
-                problems.append(f"{f.name} must be a multiple of {meta['multiple_of']} (e.g. 512), or 0 for the "
-                                "model's size")
-            elif not _within(value, meta["minimum"], meta["maximum"]):
-                problems.append(f"{f.name} must be {_range_text(meta['minimum'], meta['maximum'])} "
-                                f"({f.metadata['help'].rstrip('.')})")
+                problems[f.name] = f"Must be a multiple of {meta['multiple_of']} (e.g. 512), or 0 for the model's size."
+            elif meta["minimum"] is not None:
+                maximum = meta["maximum"] if meta["maximum"] is not None else float("inf")
+                message = bound_message(value, meta["minimum"], maximum, meta["public_maximum"] if public else None)
+                if message:
+                    problems[f.name] = f"{message} {meta['help']}"
         if problems:
-            raise SdtuneError("Cannot generate: " + "; ".join(problems) + ".")
+            raise ConfigError(problems)
         return self
 
     def replace(self, **changes: Any) -> GenerationOptions:
@@ -69,16 +77,6 @@ class GenerationOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _within(value: Any, minimum: float | None, maximum: float | None) -> bool:
-    return (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
-
-
-def _range_text(minimum: float | None, maximum: float | None) -> str:
-    if maximum is None:
-        return f"{minimum:g} or more"
-    return f"between {minimum:g} and {maximum:g}"
 
 
 def option_fields() -> list[dataclasses.Field]:

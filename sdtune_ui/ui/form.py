@@ -22,12 +22,15 @@ from sdtune_ui.ui.common import humanize
 
 MIN_WIDTH = 300  # px: three settings per line on a laptop screen, one on a phone
 SWITCH = "cfg-switch"
+# Settings that name the server's files or load pickles: only where the app runs for its owner.
+LOCAL_ONLY = frozenset({"allow_pickle", "class_data"})
 
 
 @dataclass
 class Form:
     widgets: dict[str, gr.components.Component]
     metadata: dict[str, dict]
+    hidden: frozenset[str] = frozenset()  # never shown here (a public app's host paths and pickle switch)
 
     @property
     def names(self) -> list[str]:
@@ -49,7 +52,7 @@ class Form:
             if name in values:
                 kwargs["value"] = values[name]
             if method is not None:
-                kwargs["visible"] = setting_applies(name, method, adapter)
+                kwargs["visible"] = setting_applies(name, method, adapter) and name not in self.hidden
             out.append(gr.update(**kwargs) if kwargs else gr.skip())
         return out
 
@@ -97,14 +100,15 @@ def build_form(defaults: TrainConfig, *, datasets: list[tuple[str, str]], allow_
     fields = field_info()
     metadata = {f.name: dict(f.metadata) for f in fields}
     values = dataclasses.asdict(defaults)
+    hidden = frozenset() if allow_local_paths else LOCAL_ONLY
     widgets: dict[str, gr.components.Component] = {}
 
     def place(group: list[dataclasses.Field]) -> None:
         # One wrapping row: widgets hidden for the chosen method leave no holes, the rest reflow.
         with gr.Row():
             for f in group:
-                widgets[f.name] = _widget(f, values[f.name],
-                                          visible=setting_applies(f.name, defaults.method, defaults.adapter),
+                widgets[f.name] = _widget(f, values[f.name], visible=f.name not in hidden and setting_applies(
+                                              f.name, defaults.method, defaults.adapter),
                                           datasets=datasets, runs=runs or [("", "")],
                                           allow_local_paths=allow_local_paths)
 
@@ -113,4 +117,4 @@ def build_form(defaults: TrainConfig, *, datasets: list[tuple[str, str]], allow_
         place([f for f in fields if f.metadata.get("advanced")])
     # Keep the dataclass order so handler arguments line up with field_info().
     ordered = {f.name: widgets[f.name] for f in fields}
-    return Form(ordered, metadata)
+    return Form(ordered, metadata, hidden)

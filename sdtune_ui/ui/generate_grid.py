@@ -25,6 +25,8 @@ from sdtune_ui.generate.overfitting import default_grid_prompts, overfitting_gri
 from sdtune_ui.runs import RunDir
 from sdtune_ui.ui.common import keep_on_failure, user_errors
 
+MAX_PUBLIC_GRID_IMAGES = 64  # rows x prompts of one grid on a public app
+
 
 def _cuda() -> bool:
     import torch
@@ -101,7 +103,12 @@ def build(ctx: Any, guard: Any, source: gr.Dropdown, option_inputs: list[Any]) -
         prompts = [line.strip() for line in (grid_prompts or "").splitlines() if line.strip()] or None
         chosen = grid_rows_wanted(checkpoints)
         options = generate_tab.options_from("grid", negative_prompt, scheduler, steps, guidance, width, height, seed,
-                                            1, fuse_lora)
+                                            1, fuse_lora, public=guard.public)
+        if guard.public:
+            plan, _ = plan_for(source, grid_prompts, checkpoints, lora_scales, options.steps)
+            if plan.images > MAX_PUBLIC_GRID_IMAGES:
+                raise SdtuneError(f"This public app makes grids of at most {MAX_PUBLIC_GRID_IMAGES} images (this one "
+                                  f"has {plan.images}): tick fewer checkpoints, prompts or scales.")
         config = RunDir(Path(run_dir)).config()
 
         model = str(config.get("model", ""))

@@ -17,7 +17,7 @@ import gradio as gr
 
 from sdtune_ui.app.generation import NONE, StepTimer, method_traits, source_choices, trigger_words
 from sdtune_ui.app.text import code, escape_html, escape_markdown
-from sdtune_ui.errors import SdtuneError
+from sdtune_ui.errors import ConfigError, SdtuneError
 from sdtune_ui.generate.artifacts import Artifact, artifact_from_spec, base_model_from_card, parse_choice, run_artifacts
 from sdtune_ui.generate.engine import default_engine
 from sdtune_ui.generate.options import GenerationOptions, option_fields
@@ -67,8 +67,9 @@ class Guard:
     """What a caller of this tab (page or API) may point at: runs under runs_dir; local files only when
     the app is not public (a Space or share link must not read the host's files)."""
 
-    def __init__(self, ctx: Any, allow_local: bool):
+    def __init__(self, ctx: Any, allow_local: bool, public: bool | None = None):
         self.ctx, self.allow_local = ctx, allow_local
+        self.public = (not allow_local) if public is None else public  # the public app's limits apply
 
     def run(self, source: str) -> tuple[str, int | None]:
         """A run id (or a path inside runs_dir), optionally @step-N -> (run folder, step)."""
@@ -86,6 +87,13 @@ class Guard:
             raise SdtuneError("This app is public: use a Hub model id, not a path on the server.")
         return model
 
+    def pickle(self, allow_pickle: bool) -> bool:
+        """Whether pickle files may load: asked for, and never on a public app (whatever an API caller sends)."""
+        if allow_pickle and not self.allow_local:
+            raise SdtuneError("This app is public: pickle files (.bin/.pt/.ckpt can run code) are refused; use "
+                              ".safetensors files.")
+        return bool(allow_pickle)
+
     def specs(self, text: str) -> list[str]:
         specs = [line.strip() for line in (text or "").splitlines() if line.strip()]
         if specs and not self.allow_local:
@@ -98,8 +106,18 @@ class Guard:
 _Guard = Guard  # the name the tests import
 
 
-def option_widget(name: str, **extra: Any) -> Any:
-    """The widget of one GenerationOptions field: its label, default and range come from the field."""
+def field_slider(minimum: float, maximum: float, **kwargs: Any) -> gr.Slider:
+    """A slider that passes any number on, so the handler's validation names the field and its limits in the
+    message (gradio's own check says only "Value 100000 is greater than maximum value 150")."""
+    slider = gr.Slider(minimum, maximum, **kwargs)
+    # An instance attribute, not a subclass: gradio writes a .pyi stub beside any module that subclasses a component.
+    slider.preprocess = lambda payload: payload  # type: ignore[method-assign]
+    return slider
+
+
+def option_widget(name: str, *, public: bool = False, **extra: Any) -> Any:
+    """The widget of one GenerationOptions field: its label, default and range come from the field (a public app's
+    sliders end at the public maximum)."""
     f = next(f for f in option_fields() if f.name == name)
     meta, default = f.metadata, f.default
     common = dict(value=default, label=meta["label"], elem_id=f"gen-{name.replace('_', '-')}", **extra)
@@ -109,17 +127,28 @@ def option_widget(name: str, **extra: Any) -> Any:
         return gr.Checkbox(**common)
     if isinstance(default, str):
         return gr.Textbox(**common)
-    if meta["maximum"] is not None:
-        return gr.Slider(meta["minimum"], meta["maximum"], step=meta["step"], **common)
-    return gr.Number(precision=0 if isinstance(default, int) else None, minimum=meta["minimum"], **common)
+    if meta["maximum"] is not None and meta["maximum"] <= 10_000:
+        maximum = meta["public_maximum"] if public and meta["public_maximum"] is not None else meta["maximum"]
+        return field_slider(meta["minimum"], maximum, step=meta["step"], **common)
+    return gr.Number(precision=0 if isinstance(default, int) else None, **common)
 
 
 def options_from(text: str, neg: str, sched: str, n_steps: float, cfg: float, w: float, h: float, s: float,
-                 n: float, fused: bool) -> GenerationOptions:
-    """Widget values back to the fields' types (sliders send floats, an emptied number box None)."""
-    return GenerationOptions(prompt=text or "", negative_prompt=neg or "", scheduler=sched, steps=int(n_steps),
-                             guidance=float(cfg), width=int(w or 0), height=int(h or 0), seed=int(s or 0),
-                             num_images=int(n), fuse_lora=bool(fused)).validate()
+                 n: float, fused: bool, *, public: bool = False) -> GenerationOptions:
+    """Widget values back to the fields' types (sliders send floats, an emptied number box None), validated
+    (`public`: within the public app's limits too)."""
+    values = dict(steps=n_steps, guidance=cfg, width=w or 0, height=h or 0, seed=s or 0, num_images=n)
+    numbers, problems = {}, {}
+    for name, value in values.items():
+        try:
+            number = float(value)
+            numbers[name] = number if name == "guidance" else int(number)
+        except (TypeError, ValueError, OverflowError):
+            problems[name] = f"Give a number (got {value!r})."
+    if problems:
+        raise ConfigError(problems)
+    return GenerationOptions(prompt=text or "", negative_prompt=neg or "", scheduler=sched, fuse_lora=bool(fused),
+                             **numbers).validate(public=public)
 
 
 @dataclass
@@ -140,7 +169,7 @@ def trigger_line(config: dict) -> str:
 def build(ctx: Any, options: Any = None) -> GenerateTab:
     """The Generate tab's content (called inside `gr.Tab`); `options.allow_local_paths` (if given) gates paths."""
     allow_local = bool(getattr(options, "allow_local_paths", not getattr(ctx, "is_space", False)))
-    guard = Guard(ctx, allow_local)
+    guard = Guard(ctx, allow_local, public=bool(getattr(options, "public", not allow_local)))
     models = list(TINY_MODELS) + list(KNOWN_MODELS)
 
     with gr.Row():
@@ -169,13 +198,14 @@ def build(ctx: Any, options: Any = None) -> GenerateTab:
             prompt = option_widget("prompt", lines=2)
             negative = option_widget("negative_prompt", lines=1)
             with gr.Row():
-                scheduler, steps, guidance = (option_widget(name, min_width=200)
+                scheduler, steps, guidance = (option_widget(name, public=guard.public, min_width=200)
                                               for name in ("scheduler", "steps", "guidance"))
             with gr.Row():
                 # Sizes get a row of their own: squeezed, the slider's 2048 end is cut off.
-                width, height = (option_widget(name, min_width=260) for name in ("width", "height"))
+                width, height = (option_widget(name, public=guard.public, min_width=260)
+                                 for name in ("width", "height"))
             with gr.Row():
-                seed, num_images, fuse = (option_widget(name, min_width=160)
+                seed, num_images, fuse = (option_widget(name, public=guard.public, min_width=160)
                                           for name in ("seed", "num_images", "fuse_lora"))
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="gen-generate")
@@ -193,6 +223,7 @@ def build(ctx: Any, options: Any = None) -> GenerateTab:
     # ------------------------------------------------------------------------------------ glue
     def artifacts_for(source: str, scale: float, upload_paths: list | None, path_text: str,
                       pickle_ok: bool) -> tuple[str | None, list[Artifact]]:
+        pickle_ok = guard.pickle(pickle_ok)
         base, found = None, []
         if source:
             run_dir, step = guard.run(source)
@@ -218,10 +249,10 @@ def build(ctx: Any, options: Any = None) -> GenerateTab:
         run_base, found = artifacts_for(source, lora_scale, uploads, paths, allow_pickle)
         model = guard.model(run_base or base_model)
         options = options_from(prompt, negative_prompt, scheduler, steps, guidance, width, height, seed, num_images,
-                               fuse_lora)
+                               fuse_lora, public=guard.public)
         timer = StepTimer()
         result = yield from on_gpu(ctx, "Generating", lambda job: default_engine().generate(
-            model, found, options, allow_pickle=bool(allow_pickle), step_callback=progress_of(job, timer)),
+            model, found, options, allow_pickle=guard.pickle(allow_pickle), step_callback=progress_of(job, timer)),
             outputs=2, status=1, request=request)
         step_s = timer.seconds_per_step()
         if step_s:  # remembered for grid estimates (one step of the whole batch, per image)
@@ -240,11 +271,11 @@ def build(ctx: Any, options: Any = None) -> GenerateTab:
             raise SdtuneError("Pick a trained result (or add a LoRA / embedding) to compare with the base model.")
         model = guard.model(run_base or base_model)
         options = options_from(prompt, negative_prompt, scheduler, steps, guidance, width, height, seed, num_images,
-                               fuse_lora)
+                               fuse_lora, public=guard.public)
 
         def work(job: Any) -> Any:
             job.report(0, 2, "set")
-            return default_engine().compare(model, found, options, allow_pickle=bool(allow_pickle))
+            return default_engine().compare(model, found, options, allow_pickle=guard.pickle(allow_pickle))
 
         result = yield from on_gpu(ctx, "Comparing", work, outputs=3, status=2, request=request)
         yield (result.pairs(), result.image,

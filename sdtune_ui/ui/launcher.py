@@ -24,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     auth = parser.add_mutually_exclusive_group()
     auth.add_argument("--auth", help="user:password required to open the app.")
     auth.add_argument("--auth-file", help="File with one user:password per line.")
+    parser.add_argument("--public", action="store_true",
+                        help="Run as a public app (as --share and a Space do) when you expose it yourself, e.g. "
+                             "behind a reverse proxy: no host folders or pickle files, and the public limits on "
+                             "every setting.")
     parser.add_argument("--share-without-auth", action="store_true",
                         help="Allow --share without a password: anyone with the link can use your GPU and data.")
     parser.add_argument("--data-dir", default=None,
@@ -85,7 +89,7 @@ def create(args: argparse.Namespace, jobs: Any = None) -> tuple[Any, Any]:
     release_orphaned_runs(ctx.runs_dir)
     if getattr(args, "resume_interrupted", False):
         resume_interrupted(ctx)
-    demo = build_app(ctx, options_for(ctx, share=args.share))
+    demo = build_app(ctx, options_for(ctx, share=args.share or getattr(args, "public", False)))
     return ctx, demo
 
 

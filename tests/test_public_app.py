@@ -1,0 +1,124 @@
+"""An honest public app (share link, Space, `--public`): settings no GPU can honour are refused with the field's
+message before anything is queued, stricter than on the owner's own machine; pickles never load, whatever an
+API caller sends."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from apphelpers import running_app
+
+from sdtune_ui.app import ops as app_ops
+from sdtune_ui.app.jobs import JobQueue
+from sdtune_ui.config import TrainConfig, limit_errors
+from sdtune_ui.errors import ConfigError
+from sdtune_ui.generate.options import GenerationOptions
+from sdtune_ui.ui.context import AppContext
+
+gradio_client = pytest.importorskip("gradio_client")
+
+# What the hostile probe queued on a public app.
+ABSURD = dict(resolution=65536, train_batch_size=100_000, rank=1_000_000, with_prior_preservation=True,
+              class_prompt="a photo of a robot", num_class_images=10_000)
+# Fine on the owner's big GPU, too much for a shared public one.
+BIG = dict(resolution=2048, train_batch_size=64, rank=256, with_prior_preservation=True,
+           class_prompt="a photo of a robot", num_class_images=1000, max_train_steps=50_000)
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    jobs = JobQueue(lambda config, run_dir, cancel=None: "completed")
+    context = AppContext(data_dir=tmp_path / "data", jobs=jobs)
+    app_ops.load_example(context.datasets_dir)
+    yield context
+    jobs.close()
+
+
+def test_absurd_settings_are_refused_with_each_fields_message_local_or_public(ctx):
+    for public in (False, True):
+        with pytest.raises(ConfigError) as err:
+            app_ops.start_training(ctx, {"model": "tiny-sd1", "data": "toy_robot", **ABSURD}, public=public)
+        errors = err.value.field_errors
+        assert "between 0 and 4,096 (got 65,536)" in errors["resolution"]
+        assert "(got 100,000)" in errors["train_batch_size"] and "(got 1,000,000)" in errors["rank"]
+        # 10,000 class images take hours: the owner may ask for that, a visitor of a public app may not.
+        assert ("at most 500 (got 10,000)" in errors["num_class_images"]) if public else \
+            "num_class_images" not in errors
+    assert not list(ctx.runs_dir.glob("*"))  # refused before a run folder exists
+
+
+def test_a_public_app_is_stricter_than_the_owners_machine(ctx):
+    with pytest.raises(ConfigError) as err:
+        app_ops.start_training(ctx, {"model": "tiny-sd1", "data": "toy_robot", **BIG}, public=True)
+    errors = err.value.field_errors
+    assert set(errors) == {"resolution", "train_batch_size", "rank", "num_class_images", "max_train_steps"}
+    assert all("This public app takes at most" in message for message in errors.values())
+    assert "at most 1,024 (got 2,048)" in errors["resolution"]
+    assert not list(ctx.runs_dir.glob("*"))
+    job = app_ops.start_training(ctx, {"model": "tiny-sd1", "data": "toy_robot", **BIG}, public=False)
+    assert job.run_dir.is_dir()  # the same settings queue on the owner's own app
+
+
+def test_every_number_has_limits_and_non_numbers_are_refused():
+    numeric = [name for name, value in TrainConfig().to_dict().items()
+               if isinstance(value, (int, float, list)) and not isinstance(value, bool)]
+    from sdtune_ui.config import field_info
+
+    unbounded = [f.name for f in field_info() if f.name in numeric and f.metadata["maximum"] is None]
+    assert not unbounded
+    errors = limit_errors(TrainConfig(data="d", learning_rate=float("nan"), seed=2**40))
+    assert errors["learning_rate"].startswith("Give a number") and "seed" in errors
+    assert "validation_prompts" in limit_errors(TrainConfig(data="d", validation_prompts=["a"] * 9), public=True)
+
+
+def test_generation_limits_public_and_local():
+    GenerationOptions(steps=100, num_images=8, width=2048).validate()  # fine locally
+    with pytest.raises(ConfigError) as err:
+        GenerationOptions(steps=100, num_images=8, width=2048).validate(public=True)
+    assert set(err.value.field_errors) == {"steps", "num_images", "width"}
+    with pytest.raises(ConfigError) as err:
+        GenerationOptions(steps=100_000, num_images=100_000).validate()
+    assert "between 1 and 150" in err.value.field_errors["steps"]
+    assert "between 1 and 16" in err.value.field_errors["num_images"]
+
+
+@pytest.fixture(scope="module")
+def public_app(tmp_path_factory):
+    os.environ.setdefault("SDTUNE_HOME", str(tmp_path_factory.mktemp("home")))
+    with running_app(tmp_path_factory.mktemp("data"), "--public") as (ctx, url):
+        app_ops.load_example(ctx.datasets_dir)
+        yield ctx, gradio_client.Client(url, verbose=False)
+
+
+GENERATE = dict(source="", base_model="tiny-sd1", lora_scale=1.0, uploads=[], paths="", allow_pickle=False,
+                prompt="a robot", negative_prompt="", scheduler="dpm++", steps=2, guidance=5.0, width=32,
+                height=32, seed=0, num_images=1, fuse_lora=False)
+
+
+def test_the_public_api_refuses_out_of_range_settings_with_the_fields_message(public_app):
+    ctx, client = public_app
+    with pytest.raises(Exception) as err:
+        client.predict(config={"model": "tiny-sd1", "data": "toy_robot", **ABSURD}, api_name="/start_run")
+    text = str(err.value)
+    for field in ("resolution", "train_batch_size", "rank", "num_class_images"):
+        assert field in text
+    assert "at most 1,024 (got 65,536)" in text or "between 0 and 4,096 (got 65,536)" in text
+    with pytest.raises(Exception) as err:
+        client.predict(**{**GENERATE, "num_images": 100_000, "steps": 100_000}, api_name="/generate")
+    assert "num_images" in str(err.value) and "steps" in str(err.value) and "(got 100,000)" in str(err.value)
+    with pytest.raises(Exception, match="This public app takes at most 4"):
+        client.predict(**{**GENERATE, "num_images": 8}, api_name="/generate")
+    assert not list(ctx.runs_dir.glob("*")) and not ctx.jobs.active()
+
+
+def test_the_public_api_never_loads_pickles(public_app):
+    ctx, client = public_app
+    with pytest.raises(Exception, match="pickle files"):
+        client.predict(**{**GENERATE, "allow_pickle": True}, api_name="/generate")
+    with pytest.raises(Exception, match="pickle files"):
+        client.predict(**{**GENERATE, "allow_pickle": True}, api_name="/compare")
+    with pytest.raises(Exception, match="allow_pickle"):
+        client.predict(config={"model": "tiny-sd1", "data": "toy_robot", "allow_pickle": True},
+                       api_name="/start_run")
+    assert not ctx.jobs.active()
