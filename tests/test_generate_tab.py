@@ -120,3 +120,27 @@ def test_a_failed_export_leaves_no_empty_folder_in_the_app_or_the_cli(app, tmp_p
                             cwd=Path(__file__).resolve().parent.parent)
     assert result.returncode == 2 and "single-file checkpoint needs" in result.stderr
     assert not out.exists() and "Traceback" not in result.stderr
+
+
+def test_downloads_are_pngs_with_their_settings_like_the_cli_writes(app):
+    import json
+
+    from PIL import Image
+
+    ctx, client, run = app
+    gallery, _ = client.predict(source="robot-lora", base_model="tiny-sd1", lora_scale=1.0, uploads=[], paths="",
+                                allow_pickle=False, prompt="a photo of sks robot", **FAST, api_name="/generate")
+    for item, seed in zip(gallery, (3, 4), strict=True):
+        assert Path(item["image"]).name == f"seed-{seed}.png"
+        with Image.open(item["image"]) as image:
+            assert image.format == "PNG"
+            settings = json.loads(image.text["parameters"])
+        assert settings["seed"] == seed and settings["prompt"] == "a photo of sks robot" and settings["steps"] == 2
+        assert settings["model"] == "tiny-sd1" and settings["artifacts"]  # the run's LoRA, by name
+    gallery, picture, _ = client.predict(source="robot-lora", base_model="tiny-sd1", lora_scale=1.0, uploads=[],
+                                         paths="", allow_pickle=False, prompt="a photo of sks robot", **FAST,
+                                         api_name="/compare")
+    with Image.open(gallery[0]["image"]) as base, Image.open(gallery[1]["image"]) as tuned:
+        assert json.loads(base.text["parameters"])["artifacts"] == []
+        assert json.loads(tuned.text["parameters"])["artifacts"]
+    assert Path(picture).suffix == ".png"

@@ -8,6 +8,7 @@ generation asked for by a page that is closed stops with it.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,18 @@ def options_from(text: str, neg: str, sched: str, n_steps: float, cfg: float, w:
                              **numbers).validate(public=public)
 
 
+def png_files(result: Any, prefix: str = "") -> list[str]:
+    """The images as the CLI writes them (PNG, the settings in a text chunk, named by seed), in a new folder of
+    gradio's upload folder: served as they are (a PIL image would become a WebP without settings) and swept away
+    with the uploads (ui/uploads.py)."""
+    from gradio.utils import get_upload_folder
+
+    root = Path(get_upload_folder())
+    root.mkdir(parents=True, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="generated-", dir=root)
+    return [str(path) for path in result.save(folder, prefix=prefix)]
+
+
 @dataclass
 class GenerateTab:
     source: gr.Dropdown
@@ -214,7 +227,7 @@ def build(ctx: Any, options: Any = None) -> GenerateTab:
             gallery = gr.Gallery(label="Images", columns=4, height=420, preview=False, object_fit="contain",
                                  elem_id="gen-gallery")
             side_by_side = gr.Image(label="Base vs tuned: same prompt and seeds", type="pil", interactive=False,
-                                    visible=False, elem_id="gen-compare-image")
+                                    format="png", visible=False, elem_id="gen-compare-image")
 
     option_inputs = [prompt, negative, scheduler, steps, guidance, width, height, seed, num_images, fuse]
     generate_grid.build(ctx, guard, source, option_inputs)
@@ -257,7 +270,7 @@ def build(ctx: Any, options: Any = None) -> GenerateTab:
         step_s = timer.seconds_per_step()
         if step_s:  # remembered for grid estimates (one step of the whole batch, per image)
             ctx.speed.record(model, step_s / max(1, len(result.images)))
-        images = list(zip(result.images, result.captions(), strict=True))
+        images = list(zip(png_files(result), result.captions(), strict=True))
         words = f" · trigger words: {', '.join(code(t) for t in result.tokens)}" if result.tokens else ""
         yield images, f"{len(images)} image(s) in {result.seconds:.1f} s on {escape_markdown(model)}{words}"
 
@@ -278,7 +291,12 @@ def build(ctx: Any, options: Any = None) -> GenerateTab:
             return default_engine().compare(model, found, options, allow_pickle=guard.pickle(allow_pickle))
 
         result = yield from on_gpu(ctx, "Comparing", work, outputs=3, status=2, request=request)
-        yield (result.pairs(), result.image,
+        pairs = []
+        for base, tuned in zip(result.base, result.tuned, strict=True):
+            for base_file, tuned_file, seed in zip(png_files(base, "base-"), png_files(tuned, "tuned-"), base.seeds,
+                                                   strict=True):
+                pairs += [(base_file, f"base · seed {seed}"), (tuned_file, f"tuned · seed {seed}")]
+        yield (pairs, result.image,
                f"Base {escape_markdown(model)} vs tuned, same prompt and seeds (side by side below).")
 
     def on_source(src: str, current_prompt: str) -> tuple:
