@@ -32,7 +32,7 @@ def running_app(data_dir: Path, *extra: str) -> Iterator[tuple[Any, str]]:
     try:
         yield ctx, url
     finally:
-        ctx.jobs.close(timeout=30)
+        ctx.close(timeout=30)
         demo.close()
 
 

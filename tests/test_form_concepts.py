@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from sdtune_ui.app import ops
 from sdtune_ui.app.form_rules import dataset_hints, init_from_choices, settle, validation_report
+from sdtune_ui.app.workspace import Workspace
 from sdtune_ui.config import TrainConfig, preset_values
 from sdtune_ui.errors import ConfigError
 from sdtune_ui.examples import EXAMPLE_DATASET
@@ -95,9 +96,9 @@ def test_init_from_offers_this_apps_runs_and_takes_a_run_id(tmp_path):
     choices = init_from_choices(runs)
     assert choices[0] == ("(none: start from the base model)", "")
     values = [value for _, value in choices]
-    assert str(run.path) in values
+    assert "robot-lora-1" in values and "robot-lora-1@step-10" in values  # ids: no server path in the page
     labels = dict((value, label) for label, value in choices)
-    assert labels[str(run.path)].startswith("robot-lora-1 · LoRA on tiny-sd1 · final")
+    assert labels["robot-lora-1"].startswith("robot-lora-1 · LoRA on tiny-sd1 · final")
     assert ops.run_reference(runs, "robot-lora-1") == str(run.path)
     assert ops.run_reference(runs, "robot-lora-1@step-10") == f"{run.path}@step-10"
     assert ops.run_reference(runs, "/elsewhere/file.safetensors") == "/elsewhere/file.safetensors"
@@ -106,7 +107,8 @@ def test_init_from_offers_this_apps_runs_and_takes_a_run_id(tmp_path):
     started = []
     jobs = type("Jobs", (), {"submit_training": lambda self, config, run_dir, **_: started.append(config)})()
     ctx = type("Ctx", (), {"datasets_dir": tmp_path / "data" / "datasets", "data_dir": tmp_path / "data",
-                           "runs_dir": runs, "jobs": jobs})()
+                           "runs_dir": runs, "jobs": jobs,
+                           "workspace": lambda self, user="": Workspace(tmp_path / "data", tmp_path / "data")})()
     shutil.copytree(EXAMPLE_DATASET, ctx.datasets_dir / "toy")
     ops.start_training(ctx, form_values(data="toy", init_from="robot-lora-1"), public=True)
     assert started[0].init_from == str(run.path)

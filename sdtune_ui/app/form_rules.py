@@ -136,18 +136,20 @@ def dataset_hints(data: str) -> DatasetHints:
     return hints
 
 
-def init_from_choices(runs_dir: str | Path) -> list[tuple[str, str]]:
-    """The `init_from` picker: (label, value) per run output and checkpoint of the app's runs, newest first,
-    after "start from the base model" (""). Values are what `init_from` takes: a run folder or RUN@step-N."""
+def init_from_choices(runs_dirs: str | Path | list[Path]) -> list[tuple[str, str]]:
+    """The `init_from` picker: (label, value) per run output and checkpoint of the runs in one runs folder or
+    several (a workspace's), newest first, after "start from the base model" (""). Values are run ids, `run-id` or
+    `run-id@step-N`, which Start resolves in the caller's workspace (ops.dataset_by_name)."""
     from sdtune_ui.generate.artifacts import list_choices
     from sdtune_ui.runs import RunDir
 
     choices = [("(none: start from the base model)", "")]
     configs: dict[str, dict] = {}
-    for choice in list_choices(runs_dir):
+    folders = [runs_dirs] if isinstance(runs_dirs, (str, Path)) else list(runs_dirs)
+    for choice in [choice for folder in folders for choice in list_choices(folder)]:
         name = Path(choice.run_dir).name
         config = configs.setdefault(name, RunDir(Path(choice.run_dir)).config())
-        value = choice.run_dir if choice.step is None else f"{choice.run_dir}@step-{choice.step}"
+        value = name if choice.step is None else f"{name}@step-{choice.step}"
         choices.append((source_label(name, config, choice.step), value))
     return choices
 

@@ -75,14 +75,16 @@ def source_label(run_id: str, config: dict, step: int | None) -> str:
     return f"{run_id} · {label} on {config.get('model', '?')} · {where}"
 
 
-def source_choices(runs_dir: str | Path) -> list[tuple[str, str]]:
-    """The run picker: (label, value), value `run-id` or `run-id@step-N`; the base model alone first."""
+def source_choices(runs_dirs: str | Path | list[Path]) -> list[tuple[str, str]]:
+    """The run picker over one runs folder or several: (label, value), value `run-id` or `run-id@step-N`; the base
+    model alone first."""
     from sdtune_ui.generate.artifacts import list_choices
     from sdtune_ui.runs import RunDir
 
     choices = [("(none: base model only)", NONE)]
     configs: dict[str, dict] = {}
-    for choice in list_choices(runs_dir):
+    folders = [runs_dirs] if isinstance(runs_dirs, (str, Path)) else list(runs_dirs)
+    for choice in [choice for folder in folders for choice in list_choices(folder)]:
         name = Path(choice.run_dir).name
         config = configs.setdefault(name, RunDir(Path(choice.run_dir)).config())
         value = name if choice.step is None else f"{name}@step-{choice.step}"

@@ -250,11 +250,14 @@ def dataset_name(data: str) -> str:
     return path.name if data and (path.is_absolute() or path.exists()) else data
 
 
-def runs_table(root: str | Path) -> pd.DataFrame:
-    """Every run under `root`, newest first: run id, status, method, model, dataset, steps done/total, the final
-    (smoothed) loss, start time."""
+def runs_table(roots: str | Path | list[Path]) -> pd.DataFrame:
+    """Every run under `roots` (one runs folder or several), newest first: run id, status, method, model, dataset,
+    steps done/total, the final (smoothed) loss, start time."""
     rows = []
-    for run in list_runs(Path(root)):
+    folders = [Path(roots)] if isinstance(roots, (str, Path)) else [Path(root) for root in roots]
+    found = [run for folder in folders for run in list_runs(folder)]
+    found.sort(key=lambda run: run.config_path.stat().st_mtime, reverse=True)
+    for run in found:
         snap = read_snapshot(run.path)
         started = snap.started or run.config_path.stat().st_mtime
         rows.append([snap.run_id, snap.status, snap.method, snap.model, dataset_name(snap.data),

@@ -208,19 +208,38 @@ def widget_values(values: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- the public app's rules
-def check_public_config(config: TrainConfig, data_dir: Path) -> None:
+def dataset_by_name(values: dict[str, Any], workspace: Any) -> dict[str, Any]:
+    """Values whose `data` names a dataset of the workspace and whose `init_from` names one of its runs (as the
+    form and the API give them) with their folders, as a run reads them."""
+    from sdtune_ui.generate.artifacts import parse_choice
+
+    values = dict(values)
+    data = str(values.get("data") or "").strip()
+    if data and not Path(data).is_absolute() and ".." not in data.split("/"):
+        try:
+            values["data"] = str(workspace.dataset_folder(data))
+        except DatasetError:
+            pass  # a Hub dataset id, or a folder the checks below judge
+    start = str(values.get("init_from") or "").strip()
+    if start:
+        values["init_from"] = run_reference(workspace.runs_dir_of(parse_choice(start)[0]), start)
+    return values
+
+
+def check_public_config(config: TrainConfig, data_dir: Path, *, limits: bool = True) -> None:
     """On a Space or a share link, a run may only read the app's own data and Hub/demo models, never loads
     pickle files, and keeps within the public limits of every number (TrainConfig's field metadata).
 
     A visitor must not make the server read arbitrary folders (e.g. `/root`) as datasets or models, run code
-    from a pickle, or queue settings no GPU can honour (resolution 65536, batch 100000).
+    from a pickle, or queue settings no GPU can honour (resolution 65536, batch 100000). `data_dir`: the folder
+    runs may read (a user's workspace on a per-user app); `limits=False` leaves the numbers to the usual limits.
     """
     from sdtune_ui.config import limit_errors
     from sdtune_ui.generate.artifacts import parse_choice
     from sdtune_ui.models import TINY_MODELS
     from sdtune_ui.models.loading import PICKLE_SUFFIXES
 
-    errors = limit_errors(config, public=True)
+    errors = limit_errors(config, public=True) if limits else {}
     if config.allow_pickle:
         errors["allow_pickle"] = ("This public app never loads pickle files (.ckpt/.bin can run code): choose a "
                                   "model in safetensors format.")
@@ -429,11 +448,14 @@ def resume_run(jobs: Any, runs_dir: Path, run_id: str, *, memory_fallback: bool 
 
 
 def start_training(ctx: Any, values: dict[str, Any], *, public: bool, num_processes: int = 1,
-                   multi_gpu_mode: str = "ddp", name: str = "", owner: str = "", user: str = "") -> Any:
-    """Queue a new run from widget (or API) values; `data` may name a dataset of the data folder.
+                   multi_gpu_mode: str = "ddp", name: str = "", owner: str = "", user: str = "",
+                   workspace: Any = None) -> Any:
+    """Queue a new run from widget (or API) values; `data` may name a dataset of the workspace.
 
     `name` starts the run's id (the time and a random part keep it unique); `owner` / `user` say whose it
-    is in the queue.
+    is in the queue. `workspace` (app/workspace.py; default: the logged-in `user`'s) is where the run folder goes
+    and what it may read: a user of a per-user app reads only their own workspace, like a public app its data
+    folder.
 
     With `num_processes` > 1 the run is an `accelerate launch` child process (one process per GPU; on a
     machine without GPUs, CPU processes over gloo), watched through the same run folder. `multi_gpu_mode`
@@ -454,23 +476,22 @@ def start_training(ctx: Any, values: dict[str, Any], *, public: bool, num_proces
         raise ConfigError({"multi_gpu_mode": f"Choose one of {choices} (got {multi_gpu_mode!r})."})
     if not isinstance(values, dict):
         raise ConfigError({"config": "Give the settings as a JSON object of TrainConfig fields."})
-    values = dict(values)
-    data = str(values.get("data") or "").strip()
-    if data and data == safe_name(data, "") and (ctx.datasets_dir / data).is_dir():
-        values["data"] = str(ctx.datasets_dir / data)
-    values["init_from"] = run_reference(ctx.runs_dir, str(values.get("init_from") or ""))
+    workspace = workspace or ctx.workspace(user)
+    values = dataset_by_name(values, workspace)
     config = config_from_values(values)
     if public:
-        check_public_config(config, ctx.data_dir)
+        check_public_config(config, workspace.root if not workspace.admin else ctx.data_dir)
         if num_processes > max(1, gpu_count()):
             raise ConfigError({"num_processes": "A public app runs at most one process per GPU."})
-    check_model(config.model, allow_local_paths=not public)
+    elif not workspace.admin:
+        check_public_config(config, workspace.root, limits=False)
+    check_model(config.model, allow_local_paths=not public and workspace.admin)
     if num_processes > 1 and multi_gpu_mode == "fsdp":
         if gpu_count() < num_processes:
             raise ConfigError({"multi_gpu_mode": f"FSDP shards the model over GPUs and needs {num_processes} of "
                                                  f"them; {gpu_count()} visible. Use DDP, or fewer processes."})
         sharding.check_supported(config)
-    run_dir = new_run_dir(ctx.runs_dir, config, name)
+    run_dir = new_run_dir(workspace.runs_dir, config, name)
     if num_processes > 1:
         return ctx.jobs.submit_subprocess_training(config, run_dir, num_processes, mode=multi_gpu_mode, owner=owner,
                                                    user=user)

@@ -56,8 +56,11 @@ def describe(job: Any) -> tuple[str, str, str]:
     return job.label, progress, live.format_duration(job.eta_s())
 
 
-def queue_rows(jobs: Any, viewer: str = "", viewer_user: str = "") -> list[QueueRow]:
-    """The running job first, then the waiting ones in order, as `viewer` (a page's session) sees them."""
+def queue_rows(jobs: Any, viewer: str = "", viewer_user: str = "", *, private: bool = False) -> list[QueueRow]:
+    """The running job first, then the waiting ones in order, as `viewer` (a page's session) sees them.
+
+    `private` (a workspace per user): other users' jobs say only whose they are and how far they got, not what
+    they are (their run names are theirs)."""
     rows = []
     for job in jobs.active():
         position = jobs.position(job)
@@ -65,6 +68,8 @@ def queue_rows(jobs: Any, viewer: str = "", viewer_user: str = "") -> list[Queue
             continue
         what, progress, eta = describe(job)
         who, mine = whose(job, viewer, viewer_user)
+        if private and not mine:
+            what = "training" if job.run_dir is not None else "a job"
         rows.append(QueueRow(job.id, position, what, who, mine, progress, eta))
     return rows
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 
 from sdtune_ui.errors import ConfigError
 
@@ -44,3 +45,13 @@ def error_markdown(err: BaseException) -> str:
         return "\n".join(f"- **{escape_markdown(name)}**: {escape_markdown(message)}"
                          for name, message in err.field_errors.items())
     return escape_markdown(str(err))
+
+
+def relative_paths(text: object, *folders: str | Path) -> str:
+    """`text` with each folder's absolute path written relative to it ("runs/x/train.log", "." for the folder
+    itself): replies and messages never show where on the server the app keeps its files."""
+    out = str(text)
+    roots = {str(Path(folder)): None for folder in folders} | {str(Path(folder).resolve()): None for folder in folders}
+    for root in sorted(roots, key=len, reverse=True):  # a workspace inside the data folder goes first
+        out = out.replace(f"{root}/", "").replace(root, ".")
+    return out

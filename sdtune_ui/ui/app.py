@@ -11,6 +11,7 @@ import gradio as gr
 from sdtune_ui.app import ops as app_ops
 from sdtune_ui.app.ops import GpuInfo, detect_gpu
 from sdtune_ui.ui import api, dataset_tab, generate_tab, queue_panel, runs_tab, train_tab
+from sdtune_ui.ui.common import workspace_of
 from sdtune_ui.ui.context import AppContext
 from sdtune_ui.ui.form import MIN_WIDTH, SWITCH
 from sdtune_ui.ui.train_form import INVALID
@@ -26,16 +27,18 @@ CSS = f"""
 
 @dataclass(frozen=True)
 class AppOptions:
-    """How the app is exposed. A public app (Space, share link) never reads or offers the host's files."""
+    """How the app is exposed. A public app (Space, share link, --public) never reads or offers the host's files;
+    neither does an app with a workspace per user (its users are not the machine's owner)."""
 
     public: bool = False
     gpu: GpuInfo = field(default_factory=lambda: GpuInfo(None, 0.0))
     space_id: str | None = None
     has_hf_token: bool = False
+    per_user: bool = False
 
     @property
     def allow_local_paths(self) -> bool:
-        return not self.public
+        return not self.public and not self.per_user
 
     @property
     def show_duplicate(self) -> bool:
@@ -46,7 +49,7 @@ class AppOptions:
 def options_for(ctx: AppContext, *, share: bool = False, gpu: GpuInfo | None = None) -> AppOptions:
     space_id = os.environ.get("SPACE_ID") or None
     return AppOptions(public=bool(share or ctx.is_space or space_id), gpu=gpu or detect_gpu(), space_id=space_id,
-                      has_hf_token=bool(os.environ.get("HF_TOKEN")))
+                      has_hf_token=bool(os.environ.get("HF_TOKEN")), per_user=ctx.workspaces.per_user)
 
 
 def space_notices(options: AppOptions) -> list[str]:
@@ -87,10 +90,10 @@ def build_app(ctx: AppContext, options: AppOptions | None = None) -> gr.Blocks:
         api.register(ctx, options)
         queue_panel.register_page_close(demo, ctx)
 
-        def follow_dataset(name: str) -> Any:
+        def follow_dataset(name: str, request: gr.Request = None) -> Any:
             # Picking or making a dataset makes it the one to train on.
-            known = name in [os.path.basename(p) for _, p in train_tab.dataset_choices(ctx)]
-            return train_tab.refresh_datasets(ctx, name if known else None)
+            workspace = workspace_of(ctx, request)
+            return train_tab.refresh_datasets(workspace, name if name in train_tab.dataset_choices(workspace) else None)
 
         follow = dict(fn=follow_dataset, inputs=data.dataset, outputs=train.form.widgets["data"],
                       show_progress="hidden", api_visibility="private")

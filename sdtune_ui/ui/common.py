@@ -6,25 +6,28 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from sdtune_ui.app.text import error_html, escape_markdown
+from sdtune_ui.app.text import error_html, escape_markdown, relative_paths
 from sdtune_ui.errors import Cancelled, SdtuneError
 
 
-def _show(err: SdtuneError) -> gr.Error:
-    # Gradio renders the pop-up as HTML: escaped, so `<sks>` survives; one line per field for settings errors.
-    return gr.Error(error_html(err), print_exception=False)
-
-
-def user_errors(fn: Callable | None = None, *, status: tuple[int, int] | None = None) -> Callable:
+def user_errors(fn: Callable | None = None, *, status: tuple[int, int] | None = None,
+                data_dir: Path | None = None) -> Callable:
     """Show the core's errors (written for a person) as a pop-up instead of a stack trace.
 
     For a generator handler, `status=(index, outputs)` names its status line: after a failure or a cancel
     that line says what happened (instead of a stale "waiting..."), and the other outputs keep their content.
+    `data_dir`: paths inside it are shown relative to it (`errors_for(ctx)` passes the app's).
     """
+    def _show(err: SdtuneError) -> gr.Error:
+        # Gradio renders the pop-up as HTML: escaped, so `<sks>` survives; one line per field for settings errors.
+        text = error_html(err)
+        return gr.Error(relative_paths(text, data_dir) if data_dir is not None else text, print_exception=False)
+
     def decorate(fn: Callable) -> Callable:
         if inspect.isgeneratorfunction(fn):
             @functools.wraps(fn)
@@ -37,7 +40,8 @@ def user_errors(fn: Callable | None = None, *, status: tuple[int, int] | None = 
                     yield status_row(status, "Cancelled.")
                 except SdtuneError as err:
                     if status is not None:
-                        yield status_row(status, f"Stopped: {escape_markdown(err)}")
+                        message = relative_paths(err, data_dir) if data_dir is not None else str(err)
+                        yield status_row(status, f"Stopped: {escape_markdown(message)}")
                     raise _show(err) from None
             return gen_wrapper
 
@@ -52,6 +56,27 @@ def user_errors(fn: Callable | None = None, *, status: tuple[int, int] | None = 
         return wrapper
 
     return decorate(fn) if fn is not None else decorate
+
+
+def errors_for(ctx: Any) -> Callable:
+    """`user_errors` for a tab of this app: the same, with paths shown relative to the app's data folder."""
+    return functools.partial(user_errors, data_dir=ctx.data_dir)
+
+
+def workspace_of(ctx: Any, request: gr.Request | None) -> Any:
+    """The workspace (app/workspace.py) of the user a request comes from."""
+    return ctx.workspace(page_of(request)[1])
+
+
+def discard_upload(ctx: Any, *files: Any) -> int:
+    """Remove uploaded files once handled (only files in Gradio's upload folder): a 300 MB zip must not stay."""
+    from gradio.utils import get_upload_folder
+
+    from sdtune_ui.app.uploads import discard_uploads
+
+    paths = [item for entry in files for item in (entry if isinstance(entry, (list, tuple)) else [entry])]
+    root = ctx.uploads.root if getattr(ctx, "uploads", None) is not None else get_upload_folder()
+    return discard_uploads(paths, root)
 
 
 def status_row(status: tuple[int, int], text: str) -> tuple:

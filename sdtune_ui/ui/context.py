@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from sdtune_ui.app.generation import SpeedLog
+from sdtune_ui.app.uploads import UploadFolder
+from sdtune_ui.app.workspace import Workspace, Workspaces
 
 T = TypeVar("T")
 
@@ -26,6 +28,23 @@ class AppContext:
     jobs: Any               # sdtune_ui.app.jobs.JobQueue (implements GpuQueue and training runs)
     is_space: bool = False
     speed: SpeedLog = field(default_factory=SpeedLog)  # measured generation speed, for grid estimates
+    workspaces: Workspaces | None = None  # one shared workspace unless given (app/workspace.py)
+    uploads: UploadFolder | None = None   # the app's own upload folder, when the launcher gave it one
+    closers: list[Callable[[], Any]] = field(default_factory=list)  # what `close` stops besides the queue
+
+    def __post_init__(self) -> None:
+        if self.workspaces is None:
+            self.workspaces = Workspaces(self.data_dir)
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Stop the queue (a running job stops at its next step with a checkpoint) and the app's helpers."""
+        for stop in self.closers:
+            stop()
+        self.jobs.close(timeout=timeout)
+
+    def workspace(self, user: str = "") -> Workspace:
+        """Whose runs, datasets and exports the logged-in `user` sees ("" without passwords)."""
+        return self.workspaces.of(user)
 
     @property
     def runs_dir(self) -> Path:

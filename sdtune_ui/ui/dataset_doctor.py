@@ -7,8 +7,9 @@ from typing import Any
 
 import gradio as gr
 
-from sdtune_ui.app import ops as app_ops
-from sdtune_ui.ui.common import keep_on_failure, user_errors
+from sdtune_ui.config import bound_message
+from sdtune_ui.errors import ConfigError
+from sdtune_ui.ui.common import errors_for, keep_on_failure, workspace_of
 
 
 class DoctorSection:
@@ -29,13 +30,17 @@ class DoctorSection:
 
     def wire(self, shown: list[Any]) -> None:
         ctx = self.ctx
+        user_errors = errors_for(ctx)
 
         @user_errors
         def on_doctor(name: str, method: str, resolution: float, trigger_word: str, instance: str,
-                      bucketing: bool) -> str:
+                      bucketing: bool, request: gr.Request = None) -> str:
             from sdtune_ui.data.doctor import diagnose
 
-            folder = app_ops.dataset_path(ctx.datasets_dir, name)
+            folder = workspace_of(ctx, request).dataset_folder(name)
+            problem = bound_message(resolution or 512, 64, 4096)
+            if problem:
+                raise ConfigError({"resolution": problem})
             return diagnose(folder, method=method, resolution=int(resolution or 512),
                             trigger=(trigger_word or "").strip() or None,
                             instance_prompt=(instance or "").strip() or None, bucketing=bool(bucketing)).to_text()

@@ -18,7 +18,7 @@ from sdtune_ui.data.formats import edit_captions
 from sdtune_ui.errors import DatasetError, SdtuneError
 from sdtune_ui.methods import DEFAULT_METHOD, method_classes
 from sdtune_ui.ui import dataset_doctor
-from sdtune_ui.ui.common import keep_on_failure, user_errors, wait_in_queue
+from sdtune_ui.ui.common import discard_upload, errors_for, keep_on_failure, wait_in_queue, workspace_of
 
 UPLOAD_TYPES = ["image", ".zip", ".txt", ".jsonl", ".csv", ".json"]
 MAX_THUMBNAILS = 200  # every thumbnail is a full image sent to the browser; the caption table lists all
@@ -40,7 +40,9 @@ def _captioners() -> tuple[list[tuple[str, str]], str | None]:
 
 
 def build(ctx: Any, options: Any) -> DatasetTab:
-    names = app_ops.list_datasets(ctx.datasets_dir)
+    user_errors = errors_for(ctx)
+    # With a workspace per user, the list is filled for the user when the page loads (on_page_load).
+    names = [] if ctx.workspaces.per_user else ctx.workspace().dataset_names()
     with gr.Row():
         dataset = gr.Dropdown(names, value=names[0] if names else "my-dataset", allow_custom_value=True,
                               label="Dataset", info="Pick one, or type a new name to make a new dataset.",
@@ -106,13 +108,13 @@ def build(ctx: Any, options: Any) -> DatasetTab:
             push = gr.Button("Push to the Hub")
 
     # ---------------------------------------------------------------- handlers
-    def folder_of(name: str) -> Any:
-        return app_ops.dataset_path(ctx.datasets_dir, name)
+    def folder_of(name: str, request: Any, *, create: bool = False) -> Any:
+        return workspace_of(ctx, request).dataset_folder(name, create=create)
 
-    def show(name: str) -> list[Any]:
+    def show(name: str, request: gr.Request = None) -> list[Any]:
         """Layout line, thumbnails (each mask beside its image) and the caption table."""
         try:
-            images, description = dataset_images(folder_of(name))
+            images, description = dataset_images(folder_of(name, request))
         except DatasetError:
             return ["", [], [["", "", ""]]]
         items: list[tuple[str, str]] = []
@@ -124,42 +126,51 @@ def build(ctx: Any, options: Any) -> DatasetTab:
         line = f"Layout: {escape_markdown(description)}" if description else ""
         return [line, items, rows or [["", "", ""]]]
 
-    def listing(name: str) -> Any:
-        return gr.update(choices=app_ops.list_datasets(ctx.datasets_dir), value=app_ops.safe_name(name))
+    def listing(root: Any, request: Any) -> tuple[Any, str]:
+        """An update of the dataset list selecting `root`, and its name."""
+        workspace = workspace_of(ctx, request)
+        name = workspace.dataset_name(root) or root.name
+        return gr.update(choices=workspace.dataset_names(), value=name), name
 
-    def on_page_load(name: str) -> list[Any]:
+    def on_page_load(name: str, request: gr.Request = None) -> list[Any]:
         # The choices were fixed when the app started: list today's datasets, keep the selection if it exists.
-        names = app_ops.list_datasets(ctx.datasets_dir)
+        names = workspace_of(ctx, request).dataset_names()
         if name in names or not names:
-            return [gr.update(choices=names), *show(name)]
-        return [gr.update(choices=names, value=names[0]), *show(names[0])]
+            return [gr.update(choices=names), *show(name, request)]
+        return [gr.update(choices=names, value=names[0]), *show(names[0], request)]
 
     @user_errors
-    def on_example() -> list[Any]:
-        root = app_ops.load_example(ctx.datasets_dir)
+    def on_example(request: gr.Request = None) -> list[Any]:
+        root = app_ops.load_example(workspace_of(ctx, request).datasets_dir)
         count = len(dataset_images(root)[0])
-        return [listing(root.name), f"Example dataset ready: {count} images with captions in {root.name}.",
-                *show(root.name)]
+        update, name = listing(root, request)
+        return [update, f"Example dataset ready: {count} images with captions in {root.name}.", *show(name, request)]
 
     @user_errors
-    def on_add(name: str, files: list[str] | None, local: str) -> list[Any]:
-        root, result = app_ops.ingest_into(ctx.datasets_dir, name, files or [], local_folder=local,
-                                           allow_local_paths=options.allow_local_paths)
-        return [listing(root.name), result.to_text(), *show(root.name)]
+    def on_add(name: str, files: list[str] | None, local: str, request: gr.Request = None) -> list[Any]:
+        try:
+            target = folder_of(name, request, create=True)
+            root, result = app_ops.ingest_into(target.parent, target.name, files or [], local_folder=local,
+                                               allow_local_paths=options.allow_local_paths)
+        finally:
+            discard_upload(ctx, files or [])  # kept or refused, the uploaded copies are not needed any more
+        update, name = listing(root, request)
+        return [update, workspace_of(ctx, request).shown(result.to_text()), *show(name, request)]
 
     @user_errors
-    def on_hub(name: str, repo_id: str, split: str, most: float) -> list[Any]:
-        root = app_ops.dataset_path(ctx.datasets_dir, name, create=True)
+    def on_hub(name: str, repo_id: str, split: str, most: float, request: gr.Request = None) -> list[Any]:
+        root = folder_of(name, request, create=True)
         result = import_hub_dataset(root, repo_id or "", split=split or "train", max_images=int(most or 0) or None,
                                     public=options.public)
-        return [listing(root.name), result.to_text(), *show(root.name)]
+        update, name = listing(root, request)
+        return [update, result.to_text(), *show(name, request)]
 
     @user_errors
     def on_caption(name: str, model: str, trigger_word: str, pre: str, post: str, redo: bool,
                    request: gr.Request = None) -> Any:
         from sdtune_ui.caption import caption_folder, unload_captioners
 
-        root = folder_of(name)
+        root = folder_of(name, request)
 
         def work(job: Any) -> Any:
             app_ops.release_generation_memory()
@@ -172,70 +183,71 @@ def build(ctx: Any, options: Any) -> DatasetTab:
 
         for item in wait_in_queue(ctx.jobs, f"Captioning {root.name}", work, request=request, takes_job=True):
             if isinstance(item, tuple):
-                yield [item[1].to_text(), *show(name)]
+                yield [item[1].to_text(), *show(name, request)]
             else:
                 yield [item, *[gr.skip()] * len(shown)]
 
     @user_errors
-    def on_save(name: str, rows: Any) -> list[Any]:
-        root = folder_of(name)
+    def on_save(name: str, rows: Any, request: gr.Request = None) -> list[Any]:
+        root = folder_of(name, request)
         values = rows.values.tolist() if hasattr(rows, "values") else rows
         images, _ = dataset_images(root)
         was = {image.name: image.caption for image in images}
         # Only what differs from the folder is written: a kohya image showing its folder's prompt gets no file.
         edits = {str(row[0]): str(row[1] or "") for row in values if row and row[0] in was and row[1] != was[row[0]]}
         save_captions(root, edits, layout=_layout(root))
-        return [f"Saved {len(edits)} changed caption(s).", *show(name)]
+        return [f"Saved {len(edits)} changed caption(s).", *show(name, request)]
 
     @user_errors
-    def on_replace(name: str, old: str, new: str, is_regex: bool) -> list[Any]:
-        changed = edit_captions(folder_of(name), find=old, replace=new, regex=is_regex)
-        return [f"Changed {len(changed)} caption(s).", *show(name)]
+    def on_replace(name: str, old: str, new: str, is_regex: bool, request: gr.Request = None) -> list[Any]:
+        changed = edit_captions(folder_of(name, request), find=old, replace=new, regex=is_regex)
+        return [f"Changed {len(changed)} caption(s).", *show(name, request)]
 
-    def on_pick(name: str, rows: Any, event: gr.SelectData) -> list[Any]:
+    def on_pick(name: str, rows: Any, event: gr.SelectData, request: gr.Request = None) -> list[Any]:
         row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
         values = rows.values.tolist() if hasattr(rows, "values") else rows
         if row is None or row >= len(values) or not values[row][0]:
             return [gr.skip(), gr.skip()]
         file = str(values[row][0])
         try:
-            return [file, str(folder_of(name) / file)]  # the painter starts from the picked image
+            return [file, str(folder_of(name, request) / file)]  # the painter starts from the picked image
         except DatasetError:
             return [file, gr.skip()]
 
     @user_errors
-    def on_delete(name: str, file: str) -> list[Any]:
+    def on_delete(name: str, file: str, request: gr.Request = None) -> list[Any]:
         if not file:
             raise SdtuneError("Click a row of the table first to pick the image to delete.")
-        delete_images(folder_of(name), [file])
-        return [f"Deleted {file} (with its caption files and mask).", "", *show(name)]
+        delete_images(folder_of(name, request), [file])
+        return [f"Deleted {file} (with its caption files and mask).", "", *show(name, request)]
 
     @user_errors
-    def on_crop(name: str, file: str) -> list[Any]:
+    def on_crop(name: str, file: str, request: gr.Request = None) -> list[Any]:
         if not file:
             raise SdtuneError("Click a row of the table first to pick the image to crop.")
-        width, height = crop_square(folder_of(name), file)
-        return [f"Cropped {file} to {width}x{height}.", *show(name)]
+        width, height = crop_square(folder_of(name, request), file)
+        return [f"Cropped {file} to {width}x{height}.", *show(name, request)]
 
     @user_errors
-    def on_mask(name: str, file: str, painted: dict | None) -> list[Any]:
+    def on_mask(name: str, file: str, painted: dict | None, request: gr.Request = None) -> list[Any]:
         if not file:
             raise SdtuneError("Click a row of the table first to pick the image to mask.")
         layers = (painted or {}).get("layers") or []
-        target = save_mask(folder_of(name), file, layers[0] if layers else None)
-        return [f"Saved the mask {target.name} beside {file}.", *show(name)]
+        target = save_mask(folder_of(name, request), file, layers[0] if layers else None)
+        return [f"Saved the mask {target.name} beside {file}.", *show(name, request)]
 
     @user_errors
-    def on_zip(name: str) -> str:
-        return str(app_ops.zip_dataset(folder_of(name), ctx.exports_dir))
+    def on_zip(name: str, request: gr.Request = None) -> str:
+        return str(app_ops.zip_dataset(folder_of(name, request), workspace_of(ctx, request).exports_dir))
 
     @user_errors
-    def on_push(name: str, repo_id: str, hf_token: str, is_private: bool) -> str:
+    def on_push(name: str, repo_id: str, hf_token: str, is_private: bool, request: gr.Request = None) -> str:
         from sdtune_ui.data.hub import push_dataset_to_hub
 
         if not hf_token.strip():
             raise SdtuneError("Paste a Hugging Face token with write access to push.")
-        url = push_dataset_to_hub(folder_of(name), repo_id.strip(), token=hf_token.strip(), private=is_private)
+        url = push_dataset_to_hub(folder_of(name, request), repo_id.strip(), token=hf_token.strip(),
+                                  private=is_private)
         return f"Pushed to {url}"
 
     # ---------------------------------------------------------------- wiring
@@ -244,7 +256,7 @@ def build(ctx: Any, options: Any) -> DatasetTab:
     loaded = example.click(on_example, None, made_out, api_name="load_example")
     added = add.click(on_add, [dataset, uploads, folder], made_out, api_name="add_images")
     keep_on_failure(added, made_out)
-    added.success(lambda: None, None, uploads, api_visibility="private")
+    added.then(lambda: None, None, uploads, api_visibility="private")  # handled, kept or not: removed (on_add)
     imported = hub_go.click(on_hub, [dataset, hub_repo, hub_split, hub_max], made_out, api_name="import_hub_dataset")
     keep_on_failure(imported, made_out)
     dataset.change(show, dataset, shown, show_progress="hidden", api_visibility="private")

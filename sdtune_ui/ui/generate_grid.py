@@ -23,7 +23,7 @@ from sdtune_ui.generate.artifacts import artifacts_in_folder, checkpoint_steps
 from sdtune_ui.generate.engine import default_engine
 from sdtune_ui.generate.overfitting import default_grid_prompts, overfitting_grid
 from sdtune_ui.runs import RunDir
-from sdtune_ui.ui.common import keep_on_failure, user_errors
+from sdtune_ui.ui.common import errors_for, keep_on_failure, workspace_of
 
 MAX_PUBLIC_GRID_IMAGES = 64  # rows x prompts of one grid on a public app
 
@@ -36,6 +36,8 @@ def _cuda() -> bool:
 
 def build(ctx: Any, guard: Any, source: gr.Dropdown, option_inputs: list[Any]) -> None:
     from sdtune_ui.ui import generate_tab  # the tab module holds the shared helpers (no cycle at import time)
+
+    user_errors = errors_for(ctx)
 
     with gr.Accordion("Overfitting grid: prompts x checkpoints (x LoRA scales)", open=False, elem_id="gen-grid-fold"):
         with gr.Row():
@@ -52,16 +54,17 @@ def build(ctx: Any, guard: Any, source: gr.Dropdown, option_inputs: list[Any]) -
         grid_status = gr.Markdown("", elem_id="gen-grid-status")
         picture = gr.Image(label="Grid", type="pil", interactive=False, elem_id="gen-picture")
 
-    def run_rows(source: str) -> tuple[str, dict, list[str]]:
-        run_dir, _ = guard.run(source)
+    def run_rows(source: str, request: Any) -> tuple[str, dict, list[str]]:
+        run_dir, _ = guard.run(source, workspace_of(ctx, request))
         config = RunDir(Path(run_dir)).config()
         available = [str(s) for s in checkpoint_steps(run_dir)]
         if artifacts_in_folder(RunDir(Path(run_dir)).output_dir, config):
             available.append("final")
         return run_dir, config, available
 
-    def plan_for(source: str, prompts_text: str, ticked: list[str] | None, scales_text: str, steps: float) -> Any:
-        run_dir, config, available = run_rows(source)
+    def plan_for(source: str, prompts_text: str, ticked: list[str] | None, scales_text: str, steps: float,
+                 request: Any) -> Any:
+        run_dir, config, available = run_rows(source, request)
         prompts = [p for p in (prompts_text or "").splitlines() if p.strip()] or default_grid_prompts(config)
         adapters, _ = method_traits(config)
         scales = parse_scales(scales_text) if adapters else [1.0]
@@ -69,11 +72,11 @@ def build(ctx: Any, guard: Any, source: gr.Dropdown, option_inputs: list[Any]) -
         rows = len(ticked) if ticked else len(available)
         return plan_grid(rows, len(scales) or 1, len(prompts), int(steps or 1), step_s, measured), available
 
-    def on_source(src: str, steps: float) -> tuple:
+    def on_source(src: str, steps: float, request: gr.Request = None) -> tuple:
         if not src:
             return "", gr.update(choices=[], value=[]), ""
         try:
-            run_dir, config, available = run_rows(src)
+            run_dir, config, available = run_rows(src, request)
         except SdtuneError:
             return gr.skip(), gr.update(choices=[], value=[]), ""
         prompts = default_grid_prompts(config)
@@ -83,11 +86,12 @@ def build(ctx: Any, guard: Any, source: gr.Dropdown, option_inputs: list[Any]) -
         plan = plan_grid(len(chosen), 1, len(prompts), int(steps or 1), step_s, measured)
         return "\n".join(prompts), gr.update(choices=available, value=chosen), "Estimate: " + plan.text()
 
-    def on_change(src: str, prompts_text: str, ticked: list[str] | None, scales_text: str, steps: float) -> str:
+    def on_change(src: str, prompts_text: str, ticked: list[str] | None, scales_text: str, steps: float,
+                  request: gr.Request = None) -> str:
         if not src:
             return ""
         try:
-            plan, _ = plan_for(src, prompts_text, ticked, scales_text, steps)
+            plan, _ = plan_for(src, prompts_text, ticked, scales_text, steps, request)
         except SdtuneError as err:
             return str(err)
         return "Estimate: " + plan.text()
@@ -98,14 +102,14 @@ def build(ctx: Any, guard: Any, source: gr.Dropdown, option_inputs: list[Any]) -
                 seed: float, num_images: float, fuse_lora: bool, request: gr.Request = None) -> Iterator[tuple]:
         if not source:
             raise SdtuneError("Pick a run first: the grid compares its checkpoints.")
-        run_dir, _ = guard.run(source)
+        run_dir, _ = guard.run(source, workspace_of(ctx, request))
         scales = parse_scales(lora_scales)
         prompts = [line.strip() for line in (grid_prompts or "").splitlines() if line.strip()] or None
         chosen = grid_rows_wanted(checkpoints)
         options = generate_tab.options_from("grid", negative_prompt, scheduler, steps, guidance, width, height, seed,
                                             1, fuse_lora, public=guard.public)
         if guard.public:
-            plan, _ = plan_for(source, grid_prompts, checkpoints, lora_scales, options.steps)
+            plan, _ = plan_for(source, grid_prompts, checkpoints, lora_scales, options.steps, request)
             if plan.images > MAX_PUBLIC_GRID_IMAGES:
                 raise SdtuneError(f"This public app makes grids of at most {MAX_PUBLIC_GRID_IMAGES} images (this one "
                                   f"has {plan.images}): tick fewer checkpoints, prompts or scales.")

@@ -26,7 +26,7 @@ from sdtune_ui.methods.outputs import LORA
 from sdtune_ui.models import KNOWN_MODELS, TINY_MODELS
 from sdtune_ui.runs import RunDir
 from sdtune_ui.ui import generate_grid, generate_share
-from sdtune_ui.ui.common import keep_on_failure, user_errors, wait_in_queue
+from sdtune_ui.ui.common import errors_for, keep_on_failure, wait_in_queue, workspace_of
 
 REFRESH_S = 3.0
 
@@ -72,11 +72,15 @@ class Guard:
         self.ctx, self.allow_local = ctx, allow_local
         self.public = (not allow_local) if public is None else public  # the public app's limits apply
 
-    def run(self, source: str) -> tuple[str, int | None]:
-        """A run id (or a path inside runs_dir), optionally @step-N -> (run folder, step)."""
+    def run(self, source: str, workspace: Any = None) -> tuple[str, int | None]:
+        """A run id (or a path inside a runs folder the workspace sees), optionally @step-N -> (run folder, step).
+
+        `workspace`: the caller's (app/workspace.py); default: the shared one."""
+        workspace = workspace or self.ctx.workspace()
         name, step = parse_choice(source)
-        run_dir = Path(self.ctx.runs_dir) / name
-        if not _inside(run_dir, Path(self.ctx.runs_dir)) or not RunDir(run_dir).config_path.exists():
+        run_dir = Path(name) if Path(name).is_absolute() else workspace.runs_dir_of(name) / name
+        if not any(_inside(run_dir, root) for root in workspace.run_roots()) or \
+                not RunDir(run_dir).config_path.exists():
             raise SdtuneError("Pick a run from the list.")
         return str(run_dir), step
 
@@ -181,13 +185,16 @@ def trigger_line(config: dict) -> str:
 
 def build(ctx: Any, options: Any = None) -> GenerateTab:
     """The Generate tab's content (called inside `gr.Tab`); `options.allow_local_paths` (if given) gates paths."""
+    user_errors = errors_for(ctx)
     allow_local = bool(getattr(options, "allow_local_paths", not getattr(ctx, "is_space", False)))
     guard = Guard(ctx, allow_local, public=bool(getattr(options, "public", not allow_local)))
     models = list(TINY_MODELS) + list(KNOWN_MODELS)
 
     with gr.Row():
         # Custom values allowed: API callers name runs directly; the guard checks every value against runs_dir.
-        source = gr.Dropdown(source_choices(ctx.runs_dir), value=NONE, allow_custom_value=True, scale=6,
+        # With a workspace per user the list is the user's, filled when the page loads (on_refresh).
+        first = source_choices([] if ctx.workspaces.per_user else ctx.workspace().run_roots())
+        source = gr.Dropdown(first, value=NONE, allow_custom_value=True, scale=6,
                              label="Trained result (run output or checkpoint; new runs appear by themselves)",
                              elem_id="gen-source")
         refresh = gr.Button("Refresh", size="sm", scale=0, min_width=100, elem_id="gen-refresh")
@@ -235,11 +242,11 @@ def build(ctx: Any, options: Any = None) -> GenerateTab:
 
     # ------------------------------------------------------------------------------------ glue
     def artifacts_for(source: str, scale: float, upload_paths: list | None, path_text: str,
-                      pickle_ok: bool) -> tuple[str | None, list[Artifact]]:
+                      pickle_ok: bool, request: Any) -> tuple[str | None, list[Artifact]]:
         pickle_ok = guard.pickle(pickle_ok)
         base, found = None, []
         if source:
-            run_dir, step = guard.run(source)
+            run_dir, step = guard.run(source, workspace_of(ctx, request))
             result = run_artifacts(run_dir, step)
             base, found = result.base_model, result.artifacts
             for artifact in found:
@@ -259,7 +266,7 @@ def build(ctx: Any, options: Any = None) -> GenerateTab:
                     allow_pickle: bool, prompt: str, negative_prompt: str, scheduler: str, steps: float,
                     guidance: float, width: float, height: float, seed: float, num_images: float,
                     fuse_lora: bool, request: gr.Request = None) -> Iterator[tuple]:
-        run_base, found = artifacts_for(source, lora_scale, uploads, paths, allow_pickle)
+        run_base, found = artifacts_for(source, lora_scale, uploads, paths, allow_pickle, request)
         model = guard.model(run_base or base_model)
         options = options_from(prompt, negative_prompt, scheduler, steps, guidance, width, height, seed, num_images,
                                fuse_lora, public=guard.public)
@@ -279,7 +286,7 @@ def build(ctx: Any, options: Any = None) -> GenerateTab:
                    allow_pickle: bool, prompt: str, negative_prompt: str, scheduler: str, steps: float,
                    guidance: float, width: float, height: float, seed: float, num_images: float,
                    fuse_lora: bool, request: gr.Request = None) -> Iterator[tuple]:
-        run_base, found = artifacts_for(source, lora_scale, uploads, paths, allow_pickle)
+        run_base, found = artifacts_for(source, lora_scale, uploads, paths, allow_pickle, request)
         if not found:
             raise SdtuneError("Pick a trained result (or add a LoRA / embedding) to compare with the base model.")
         model = guard.model(run_base or base_model)
@@ -299,11 +306,11 @@ def build(ctx: Any, options: Any = None) -> GenerateTab:
         yield (pairs, result.image,
                f"Base {escape_markdown(model)} vs tuned, same prompt and seeds (side by side below).")
 
-    def on_source(src: str, current_prompt: str) -> tuple:
+    def on_source(src: str, current_prompt: str, request: gr.Request = None) -> tuple:
         if not src:
             return gr.skip(), "", gr.update(visible=False), gr.skip()
         try:
-            run_dir, _ = guard.run(src)
+            run_dir, _ = guard.run(src, workspace_of(ctx, request))
         except SdtuneError as err:
             return gr.skip(), escape_markdown(err), gr.update(visible=False), gr.skip()
         config = RunDir(Path(run_dir)).config()
@@ -323,8 +330,8 @@ def build(ctx: Any, options: Any = None) -> GenerateTab:
                 return found
         raise SdtuneError("No base_model found on those model cards.")
 
-    def on_refresh(current: str | None, last: Any) -> list[Any]:
-        choices = source_choices(ctx.runs_dir)
+    def on_refresh(current: str | None, last: Any, request: gr.Request = None) -> list[Any]:
+        choices = source_choices(workspace_of(ctx, request).run_roots())
         if choices == last:
             return [gr.skip(), last]
         values = [value for _, value in choices]

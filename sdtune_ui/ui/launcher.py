@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sdtune_ui.app.uploads import DEFAULT_CAP, DEFAULT_MAX_AGE_S, parse_size
+
 DEFAULT_MAX_FILE_SIZE = "500mb"
 
 
@@ -33,7 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None,
                         help="Where datasets, runs and exports live (default: $SDTUNE_DATA_DIR, /data/sdtune on a "
                              "Space with persistent storage, else ./data). Only this folder is served.")
+    parser.add_argument("--admin", action="append", default=[], metavar="USER",
+                        help="With --auth-file: this user works in the data folder itself and sees every user's "
+                             "runs and datasets (repeat for several admins).")
+    parser.add_argument("--shared-workspace", action="store_true",
+                        help="With --auth-file: one workspace for all users (each sees, cancels and deletes the "
+                             "others' runs and datasets) instead of one per user.")
     parser.add_argument("--max-file-size", default=DEFAULT_MAX_FILE_SIZE, help="Largest upload, e.g. 500mb.")
+    parser.add_argument("--upload-cap", default=DEFAULT_CAP,
+                        help="Most the upload folder may hold in all, e.g. 2gb: older uploads are removed first "
+                             f"(uploads are removed once handled, and any left after {DEFAULT_MAX_AGE_S / 3600:g} "
+                             "hour).")
     parser.add_argument("--resume-interrupted", action="store_true",
                         help="On start, queue again every run that was interrupted (its process killed, or the "
                              "app stopped by SIGTERM); they continue from their last checkpoint.")
@@ -71,7 +83,34 @@ def check_args(args: argparse.Namespace) -> list[tuple[str, str]] | None:
         raise LaunchError("--share makes the app public: anyone with the link could use your GPU, read your "
                           "datasets and runs. Add --auth user:password (or --auth-file), or pass "
                           "--share-without-auth if you really want an open link.")
+    users = {user for user, _ in credentials or []}
+    unknown = sorted(set(getattr(args, "admin", []) or []) - users)
+    if unknown:
+        raise LaunchError(f"--admin {unknown[0]}: no such user in --auth-file (admins are users of the app).")
+    try:
+        parse_size(getattr(args, "upload_cap", DEFAULT_CAP))
+    except ValueError as err:
+        raise LaunchError(f"--upload-cap: {err}.") from None
     return credentials
+
+
+def workspaces_for(args: argparse.Namespace, data_dir: Path) -> Any:
+    """One workspace per user with --auth-file (unless --shared-workspace), else one shared workspace."""
+    from sdtune_ui.app.workspace import Workspaces
+
+    per_user = bool(getattr(args, "auth_file", None)) and not getattr(args, "shared_workspace", False)
+    return Workspaces(data_dir, per_user=per_user, admins=frozenset(getattr(args, "admin", []) or []))
+
+
+def upload_folder_for(args: argparse.Namespace, data_dir: Path) -> Any:
+    """The app's upload folder: $GRADIO_TEMP_DIR when set, else a temporary folder of this app's own (set as
+    GRADIO_TEMP_DIR before any component is made, so Gradio puts uploads and served copies there)."""
+    from sdtune_ui.app.uploads import UploadFolder, app_upload_folder
+
+    folder = Path(os.environ.get("GRADIO_TEMP_DIR") or app_upload_folder(data_dir))
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return UploadFolder(folder, max_bytes=parse_size(getattr(args, "upload_cap", DEFAULT_CAP)))
 
 
 def create(args: argparse.Namespace, jobs: Any = None) -> tuple[Any, Any]:
@@ -85,8 +124,10 @@ def create(args: argparse.Namespace, jobs: Any = None) -> tuple[Any, Any]:
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     jobs = jobs or JobQueue(before_training=release_generation_memory)
-    ctx = AppContext(data_dir=data_dir, jobs=jobs, is_space=bool(os.environ.get("SPACE_ID")))
-    release_orphaned_runs(ctx.runs_dir)
+    ctx = AppContext(data_dir=data_dir, jobs=jobs, is_space=bool(os.environ.get("SPACE_ID")),
+                     workspaces=workspaces_for(args, data_dir), uploads=upload_folder_for(args, data_dir))
+    for runs_dir in ctx.workspace().run_roots():  # the data folder's workspace sees every user's runs
+        release_orphaned_runs(runs_dir)
     if getattr(args, "resume_interrupted", False):
         resume_interrupted(ctx)
     demo = build_app(ctx, options_for(ctx, share=args.share or getattr(args, "public", False)))
@@ -101,12 +142,13 @@ def resume_interrupted(ctx: Any) -> list[str]:
     from sdtune_ui.errors import SdtuneError
 
     queued = []
-    for run_id in interrupted_runs(ctx.runs_dir):
-        try:
-            resume_run(ctx.jobs, ctx.runs_dir, run_id)
-            queued.append(run_id)
-        except SdtuneError as err:
-            logging.getLogger(__name__).warning("Not resuming %s: %s", run_id, err)
+    for runs_dir in ctx.workspace().run_roots():
+        for run_id in interrupted_runs(runs_dir):
+            try:
+                resume_run(ctx.jobs, runs_dir, run_id)
+                queued.append(run_id)
+            except SdtuneError as err:
+                logging.getLogger(__name__).warning("Not resuming %s: %s", run_id, err)
     return queued
 
 
@@ -141,8 +183,13 @@ def launch(argv: list[str] | None = None, *, prevent_thread_lock: bool = False, 
     args = build_parser().parse_args(argv)
     credentials = check_args(args)
     check_port(args.host, args.port)
+    from starlette.middleware import Middleware
+
     from sdtune_ui import quiet
+    from sdtune_ui.app.logins import LoginThrottle
+    from sdtune_ui.app.uploads import Sweeper
     from sdtune_ui.ui.app import CSS
+    from sdtune_ui.ui.server import ServerGuard, login_check
 
     quiet.install()
     ctx, demo = create(args)
@@ -150,16 +197,24 @@ def launch(argv: list[str] | None = None, *, prevent_thread_lock: bool = False, 
         stop_runs_on_sigterm(ctx.jobs)
     demo.queue(default_concurrency_limit=4)
     silent = launch_kwargs.pop("quiet", False)
+    guard = Middleware(ServerGuard, uploads=ctx.uploads,
+                       private_root=ctx.data_dir if ctx.workspaces.per_user else None)
+    sweeper = Sweeper(ctx.uploads).start()
+    ctx.uploads.sweep()  # what an earlier run of the app left
     try:
         _, local_url, share_url = demo.launch(
-            server_name=args.host, server_port=args.port, share=args.share, auth=credentials,
-            # Only the app's own folder is served; Gradio's upload/cache folder is served by Gradio itself.
+            server_name=args.host, server_port=args.port, share=args.share,
+            auth=login_check(credentials, LoginThrottle()) if credentials else None,
+            # Files of the data folder may be shown (Gradio serves its copies; the upload folder is Gradio's own).
             allowed_paths=[str(ctx.data_dir)], max_file_size=args.max_file_size, css=CSS,
+            app_kwargs={"middleware": [guard]},
             # Gradio's own start-up lines suggest `share=True` in code; we print ours (the flag is --share).
             quiet=True, prevent_thread_lock=True, **launch_kwargs)
     except OSError as err:  # the port was taken between the check and the launch
+        sweeper.stop()
         ctx.jobs.close(timeout=5)
         raise LaunchError(f"Cannot listen on {args.host}:{args.port} ({err}). Try another --port.") from None
+    ctx.closers.append(sweeper.stop)
     if not silent:
         print(f"sdtune_ui is running at {local_url} (data in {ctx.data_dir})")
         print(f"Public link: {share_url}" if share_url else
@@ -177,5 +232,5 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Stop a running job at its next step so it leaves a checkpoint and a "cancelled" status to resume from,
     # instead of dying mid-step with a run folder that says "running" forever.
-    ctx.jobs.close(timeout=120)
+    ctx.close(timeout=120)
     return 0

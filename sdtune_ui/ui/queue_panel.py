@@ -24,9 +24,13 @@ def build(ctx: Any, options: Any) -> gr.Timer:
     shown = gr.State(None)
     timer = gr.Timer(REFRESH_S)
 
+    def private_to(user: str) -> bool:
+        # With a workspace per user, other users' jobs show as theirs, without what they are (run names, labels).
+        return ctx.workspaces.per_user and not ctx.workspace(user).admin
+
     def on_tick(current: str | None, last: Any, request: gr.Request) -> list[Any]:
         viewer, user = page_of(request)
-        rows = queue_rows(ctx.jobs, viewer, user)
+        rows = queue_rows(ctx.jobs, viewer, user, private=private_to(user))
         text = queue_markdown(rows)
         choices = [row.choice() for row in rows]
         values = [value for _, value in choices]
@@ -42,10 +46,10 @@ def build(ctx: Any, options: Any) -> gr.Timer:
         job = ctx.jobs.job(int(job_id)) if job_id and str(job_id).isdigit() else None
         if job is None:
             raise gr.Error("Pick a job of the queue first (it may have finished already).", print_exception=False)
-        if not can_cancel(job, viewer=viewer, viewer_user=user, public=options.public):
-            raise gr.Error("On this public app you can cancel only your own jobs.", print_exception=False)
+        if not can_cancel(job, viewer=viewer, viewer_user=user, public=options.public or private_to(user)):
+            raise gr.Error("You can cancel only your own jobs here.", print_exception=False)
         if job.run_dir is not None:
-            app_ops.cancel_run(ctx.jobs, ctx.runs_dir, job.run_dir.name)
+            app_ops.cancel_run(ctx.jobs, job.run_dir.parent, job.run_dir.name)
             gr.Info("Cancelling: the run stops after its current step and keeps a checkpoint to resume from.")
         else:
             ctx.jobs.cancel_job(job)

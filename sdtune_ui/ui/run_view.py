@@ -6,6 +6,7 @@ It only renders what `live.read_snapshot` reads from the run folder; unchanged p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,18 +52,21 @@ def build_run_view(prefix: str, placeholder: str) -> RunView:
     return RunView(status, loss, lr, gallery, log, files)
 
 
-def render(jobs: Any, run_path: Path | None, last: Any, placeholder: str) -> tuple[list[Any], Any]:
-    """Updates for RunView.outputs and the new signature (store it in a gr.State and pass it back next time)."""
+def render(jobs: Any, run_path: Path | None, last: Any, placeholder: str,
+           shown: Callable[[str], str] = str) -> tuple[list[Any], Any]:
+    """Updates for RunView.outputs and the new signature (store it in a gr.State and pass it back next time).
+
+    `shown` writes the texts as the viewer may see them (the workspace's: paths relative to its folder)."""
     if run_path is None or not (run_path / "config.json").exists():
         if last == "empty":
             return [gr.skip()] * 6, last
         return [placeholder, EMPTY_LOSS, EMPTY_LR, [], "", None], "empty"
     snap = live.read_snapshot(run_path)
     position = jobs.run_position(run_path)
-    status = live.progress_markdown(snap, position)
+    status = shown(live.progress_markdown(snap, position))
     signature = list(snap.signature())
     if signature == last:
         return [status] + [gr.skip()] * 5, last
     files = live.output_files(snap) or None
-    return [status, live.loss_frame(snap), live.lr_frame(snap), live.gallery_items(snap), live.log_tail(snap),
-            files], signature
+    return [status, live.loss_frame(snap), live.lr_frame(snap), live.gallery_items(snap),
+            shown(live.log_tail(snap)), files], signature

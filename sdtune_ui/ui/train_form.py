@@ -7,6 +7,7 @@ A dataset of several concepts is listed under the form (each concept's prompt, t
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +20,26 @@ from sdtune_ui.config import TrainConfig, preset_switch_values, preset_values
 from sdtune_ui.errors import ConfigError
 from sdtune_ui.methods import method_named, method_names
 from sdtune_ui.runs import RunDir
-from sdtune_ui.ui.common import user_errors
+from sdtune_ui.ui.common import discard_upload, errors_for, workspace_of
 from sdtune_ui.ui.form import Form
 
 INVALID = "field-invalid"  # CSS class of a widget whose value does not validate (ui/app.py styles it)
 USER_CHOSE = "user"        # `filled` marker: the values came from the user (a loaded config), keep them
 
 
-def settings_rows(run_path: Path) -> list[list[str]]:
-    """A run's settings for people: what it trains and on what, then everything not at its default."""
+def settings_rows(run_path: Path, shown: Callable[[str], str] = str) -> list[list[str]]:
+    """A run's settings for people: what it trains and on what, then everything not at its default (`shown`:
+    the texts as the viewer may see them, e.g. the dataset's folder relative to the workspace)."""
     config = RunDir(run_path).config()
     if not config:
         return []
     defaults = dataclasses.asdict(TrainConfig())
     first = ("model", "method", "data")
-    rows = [[name, _shown(config.get(name))] for name in first if name in config]
+    rows = [[name, shown(_shown(config.get(name)))] for name in first if name in config]
     for name, value in config.items():
         if name in first or name not in defaults or value == defaults[name]:
             continue
-        rows.append([name, _shown(value)])
+        rows.append([name, shown(_shown(value))])
     return rows
 
 
@@ -64,18 +66,31 @@ def problems_text(errors: dict[str, str], method: str) -> str:
 def wire(ctx: Any, options: Any, form: Form, *, notes: gr.Markdown, validation: gr.Markdown, vram: gr.Dropdown,
          use_presets: gr.Checkbox, demo: gr.Button, load: gr.UploadButton, edit_copy: gr.Button,
          watched: Any) -> dict[str, Any]:
-    """Connect the form's events; returns the dataset-follow event's arguments (the Dataset tab triggers it)."""
+    """Connect the form's events; returns the dataset-follow event's arguments (the Dataset tab triggers it).
+
+    The form names datasets of the workspace by name; `with_folder` gives the values with the dataset's folder,
+    as a run reads them."""
+    user_errors = errors_for(ctx)
     fields = form.components
     data_widget = form.widgets["data"]
     filled = gr.State({})     # what the form derived by itself (may be derived again)
     method_now = gr.State(form.widgets["method"].value)
     invalid = gr.State([])    # fields highlighted now
-    public_check = (lambda config: app_ops.check_public_config(config, ctx.data_dir)) if options.public else None
 
-    def check(config: TrainConfig) -> None:
-        if public_check is not None:
-            public_check(config)
-        app_ops.check_model_available(config)
+    def checks_for(workspace: Any) -> Callable[[TrainConfig], None]:
+        def check(config: TrainConfig) -> None:
+            if options.public:
+                app_ops.check_public_config(config, ctx.data_dir if workspace.admin else workspace.root)
+            elif not workspace.admin:
+                app_ops.check_public_config(config, workspace.root, limits=False)
+            app_ops.check_model_available(config)
+        return check
+
+    def with_folder(values: dict[str, Any], request: Any) -> dict[str, Any]:
+        return app_ops.dataset_by_name(values, workspace_of(ctx, request))
+
+    def hints_of(values: dict[str, Any], request: Any) -> Any:
+        return dataset_hints(str(with_folder(values, request).get("data") or ""))
 
     def changed(values: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
         return {name: value for name, value in values.items() if current.get(name) != value}
@@ -96,21 +111,21 @@ def wire(ctx: Any, options: Any, form: Form, *, notes: gr.Markdown, validation: 
                          f"recommends {'on' if hints.bucketing else 'off'} for this dataset).")
         return "\n\n".join(lines)
 
-    def on_method(method: str, adapter: str, apply_presets: bool, memory: str, previous: str, done: dict,
-                  *args: Any) -> list[Any]:
+    def on_method(request: gr.Request, method: str, adapter: str, apply_presets: bool, memory: str, previous: str,
+                  done: dict, *args: Any) -> list[Any]:
         current = form.values(args)
         # The memory preset is applied after the method's (and its adapter type's), so memory-saving settings win.
         presets = preset_switch_values(previous, method, memory, adapter) if apply_presets else {}
         values = {**current, **app_ops.widget_values(presets), "method": method, "adapter": adapter}
-        hints = dataset_hints(str(values.get("data") or ""))
+        hints = hints_of(values, request)
         settled = settle(values, hints, previous_method=previous, filled=done)
         update = changed(settled.values, current)
         return [*form.updates(update, method, settled.values.get("adapter")), method, settled.filled,
                 notes_for(settled.notes, settled.values, hints)]
 
-    def on_data(done: dict, *args: Any) -> list[Any]:
+    def on_data(request: gr.Request, done: dict, *args: Any) -> list[Any]:
         current = form.values(args)
-        hints = dataset_hints(str(current.get("data") or ""))
+        hints = hints_of(current, request)
         if done.get("bucketing") == USER_CHOSE:
             return [*[gr.skip()] * len(fields), {}, notes_for([], current, hints)]
         settled = settle(current, hints, filled=done, refill=True)
@@ -121,38 +136,46 @@ def wire(ctx: Any, options: Any, form: Form, *, notes: gr.Markdown, validation: 
         return form.updates(app_ops.widget_values(preset_values(vram=memory)))
 
     @user_errors
-    def on_demo(previous: str, done: dict, *args: Any) -> list[Any]:
+    def on_demo(request: gr.Request, previous: str, done: dict, *args: Any) -> list[Any]:
         current = form.values(args)
-        example = app_ops.load_example(ctx.datasets_dir)
+        workspace = workspace_of(ctx, request)
+        example = app_ops.load_example(workspace.datasets_dir)
         values = {**current, **app_ops.widget_values({**app_ops.DEMO_SETTINGS, **preset_values(vram="CPU")}),
-                  "data": str(example)}
+                  "data": example.name}
         hints = dataset_hints(str(example))
         settled = settle(values, hints, previous_method=previous, filled=done, refill=True)
         method = settled.values["method"]
         updates = form.updates(changed(settled.values, current), method, settled.values.get("adapter"))
-        choices = [(name, str(ctx.datasets_dir / name)) for name in app_ops.list_datasets(ctx.datasets_dir)]
-        updates[form.names.index("data")] = gr.update(choices=choices, value=str(example))
+        updates[form.names.index("data")] = gr.update(choices=workspace.dataset_names(), value=example.name)
         gr.Info(f"CPU demo settings: tiny-sd1, {escape_html(_label(method))}, the example dataset "
                 f"{escape_html(example.name)}.")
         return [*updates, "CPU", method, settled.filled, notes_for(settled.notes, settled.values, hints)]
 
-    def copy_of(config: TrainConfig) -> list[Any]:
+    def copy_of(config: TrainConfig, workspace: Any) -> list[Any]:
         values = app_ops.widget_values(config.to_dict())
+        # A dataset and a run of the workspace by their names, as the form lists them (a run's config names folders).
+        values["data"] = workspace.dataset_name(config.data) or config.data
+        values["init_from"] = workspace.run_name(config.init_from) or config.init_from
         return [*form.updates(values, config.method, config.adapter), config.method, {"bucketing": USER_CHOSE}]
 
     @user_errors
-    def on_load(file: str) -> list[Any]:
-        return copy_of(TrainConfig.load(file))
+    def on_load(file: str, request: gr.Request = None) -> list[Any]:
+        try:
+            return copy_of(TrainConfig.load(file), workspace_of(ctx, request))
+        finally:
+            discard_upload(ctx, file)
 
     @user_errors
-    def on_edit_copy(run_id: str) -> list[Any]:
-        run = app_ops.run_dir(ctx.runs_dir, run_id or "")
+    def on_edit_copy(run_id: str, request: gr.Request = None) -> list[Any]:
+        workspace = workspace_of(ctx, request)
+        run = app_ops.run_dir(workspace.runs_dir_of(run_id), run_id or "")
         gr.Info(f"The form now holds a copy of {escape_html(run_id)}'s settings; Start makes a new run.")
-        return copy_of(TrainConfig.from_dict(run.config()))
+        return copy_of(TrainConfig.from_dict(run.config()), workspace)
 
-    def on_validate(shown: list[str], *args: Any) -> list[Any]:
-        values = form.values(args)
-        errors, config = validation_report(values, check=check)
+    def on_validate(request: gr.Request, shown: list[str], *args: Any) -> list[Any]:
+        values = with_folder(form.values(args), request)
+        errors, config = validation_report(values, check=checks_for(workspace_of(ctx, request)))
+        errors = {name: workspace_of(ctx, request).shown(message) for name, message in errors.items()}
         text = problems_text(errors, str(values.get("method", ""))) if errors else ready_text(config)
         bad = sorted(name for name in errors if name in form.widgets)
         updates = [gr.skip()] * len(fields)
@@ -173,8 +196,10 @@ def wire(ctx: Any, options: Any, form: Form, *, notes: gr.Markdown, validation: 
                   api_visibility="private")
     data_widget.change(**follow)
     init_from = form.widgets["init_from"]
-    init_from.focus(lambda: gr.update(choices=init_from_choices(ctx.runs_dir)), None, init_from,
-                    show_progress="hidden", api_visibility="private")
+    def on_init_from_open(request: gr.Request = None) -> Any:
+        return gr.update(choices=init_from_choices(workspace_of(ctx, request).run_roots()))
+
+    init_from.focus(on_init_from_open, None, init_from, show_progress="hidden", api_visibility="private")
     validate = dict(fn=on_validate, inputs=[invalid, *fields], outputs=[validation, invalid, *fields],
                     show_progress="hidden", api_visibility="private")
     gr.on([w.change for w in fields], trigger_mode="always_last", **validate)

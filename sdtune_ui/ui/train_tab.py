@@ -26,7 +26,7 @@ from sdtune_ui.models import KNOWN_MODELS
 from sdtune_ui.runs import list_runs
 from sdtune_ui.train.memory import ESTIMATE_FIELDS
 from sdtune_ui.ui import run_view, train_form
-from sdtune_ui.ui.common import keep_on_failure, page_of, user_errors
+from sdtune_ui.ui.common import errors_for, keep_on_failure, page_of, workspace_of
 from sdtune_ui.ui.form import Form, build_form
 
 PLACEHOLDER = "No run yet: pick a dataset and press **Start training**."
@@ -52,31 +52,36 @@ def default_config(cpu: bool, vram: str, data: str = "") -> TrainConfig:
     return app_ops.config_from_values(values)
 
 
-def dataset_choices(ctx: Any) -> list[tuple[str, str]]:
-    return [(name, str(ctx.datasets_dir / name)) for name in app_ops.list_datasets(ctx.datasets_dir)]
+def dataset_choices(workspace: Any) -> list[str]:
+    """The datasets the form offers, by name (the runs read them from the workspace's folder)."""
+    return workspace.dataset_names()
 
 
-def default_dataset(ctx: Any) -> str:
-    """The example dataset when the app has it (a fresh install copies it in), else the first dataset."""
-    names = app_ops.list_datasets(ctx.datasets_dir)
-    name = EXAMPLE_DATASET.name if EXAMPLE_DATASET.name in names else (names[0] if names else "")
-    return str(ctx.datasets_dir / name) if name else ""
+def default_dataset(workspace: Any) -> str:
+    """The example dataset when the workspace has it (a fresh install copies it in), else the first dataset."""
+    names = workspace.dataset_names()
+    return EXAMPLE_DATASET.name if EXAMPLE_DATASET.name in names else (names[0] if names else "")
 
 
-def active_run(ctx: Any) -> Path | None:
-    """The run a fresh page should show: this app's running/queued one, else any run still running."""
+def active_run(ctx: Any, workspace: Any) -> Path | None:
+    """The run a fresh page should show: the workspace's running/queued one in this app, else any of its runs
+    still running."""
     for job in ctx.jobs.active():
-        if job.run_dir is not None:
+        if job.run_dir is not None and workspace.sees(job.run_dir):
             return job.run_dir
-    for run in list_runs(ctx.runs_dir)[:20]:
-        if live.read_snapshot(run.path).status in ("running", "queued", "starting"):
-            return run.path
+    for root in workspace.run_roots():
+        for run in list_runs(root)[:20]:
+            if live.read_snapshot(run.path).status in ("running", "queued", "starting"):
+                return run.path
     return None
 
 
 def build(ctx: Any, options: Any) -> TrainTab:
+    user_errors = errors_for(ctx)
     gpu = options.gpu
-    defaults = default_config(gpu.name is None, gpu.vram_preset, default_dataset(ctx))
+    # With a workspace per user, the datasets are filled in for the user when the page loads (app.py).
+    shared = None if ctx.workspaces.per_user else ctx.workspace()
+    defaults = default_config(gpu.name is None, gpu.vram_preset, default_dataset(shared) if shared else "")
     gr.Markdown(gpu.describe(), elem_id="gpu-info")
     with gr.Row():
         vram = gr.Dropdown(list(VRAM_PRESETS), value=gpu.vram_preset, label="Memory preset",
@@ -85,8 +90,9 @@ def build(ctx: Any, options: Any) -> TrainTab:
                                          "or adapter type", elem_id="use-method-presets")
         demo = gr.Button("Quick CPU demo settings (tiny-sd1, example dataset, ~1 min)", size="sm",
                          elem_id="demo-settings")
-    form = build_form(defaults, datasets=dataset_choices(ctx), allow_local_paths=options.allow_local_paths,
-                      runs=init_from_choices(ctx.runs_dir))
+    form = build_form(defaults, datasets=dataset_choices(shared) if shared else [],
+                      allow_local_paths=options.allow_local_paths,
+                      runs=init_from_choices(shared.run_roots() if shared else []))
     notes = gr.Markdown("", elem_id="form-notes")
     memory_line = gr.Markdown(app_ops.memory_estimate(defaults.to_dict(), gpu), elem_id="memory-estimate")
     gpus = app_ops.gpu_count()
@@ -127,30 +133,32 @@ def build(ctx: Any, options: Any) -> TrainTab:
         owner, user = page_of(request)
         job = app_ops.start_training(ctx, form.values(args), public=options.public,
                                      num_processes=int(num_processes or 1), multi_gpu_mode=mode, name=name or "",
-                                     owner=owner, user=user)
+                                     owner=owner, user=user, workspace=workspace_of(ctx, request))
         ahead = ctx.jobs.position(job)
         run_id = escape_html(job.run_dir.name)
         gr.Info(f"Run {run_id} queued behind {ahead} job(s)." if ahead else f"Run {run_id} started.")
         return job.run_dir.name
 
     @user_errors
-    def on_cancel(run_id: str) -> None:
+    def on_cancel(run_id: str, request: gr.Request = None) -> None:
         if not run_id:
             raise SdtuneError("No run to cancel.")
-        app_ops.cancel_run(ctx.jobs, ctx.runs_dir, run_id)
+        app_ops.cancel_run(ctx.jobs, workspace_of(ctx, request).runs_dir_of(run_id), run_id)
         gr.Info("Cancelling: the run stops after the current step and keeps a checkpoint to resume from.")
 
     @user_errors
     def on_resume(run_id: str, request: gr.Request = None) -> str:
         owner, user = page_of(request)
-        job = app_ops.resume_run(ctx.jobs, ctx.runs_dir, run_id, owner=owner, user=user)
+        runs_dir = workspace_of(ctx, request).runs_dir_of(run_id)
+        job = app_ops.resume_run(ctx.jobs, runs_dir, run_id, owner=owner, user=user)
         gr.Info(f"Run {escape_html(run_id)} queued to resume from its last checkpoint.")
         return job.run_dir.name
 
     @user_errors
     def on_resume_less_memory(run_id: str, request: gr.Request = None) -> str:
         owner, user = page_of(request)
-        job = app_ops.resume_run(ctx.jobs, ctx.runs_dir, run_id, memory_fallback=True, owner=owner, user=user)
+        runs_dir = workspace_of(ctx, request).runs_dir_of(run_id)
+        job = app_ops.resume_run(ctx.jobs, runs_dir, run_id, memory_fallback=True, owner=owner, user=user)
         gr.Info(f"Run {escape_html(run_id)} queued to resume with less memory (its log says what changed).")
         return job.run_dir.name
 
@@ -158,25 +166,26 @@ def build(ctx: Any, options: Any) -> TrainTab:
         return app_ops.memory_estimate(form.values(args), gpu)
 
     @user_errors
-    def on_save(*args: Any) -> Any:
-        config = app_ops.config_from_values(form.values(args))
-        folder = ctx.exports_dir / "configs"
+    def on_save(request: gr.Request, *args: Any) -> Any:
+        config = app_ops.config_from_values(form.values(args))  # the dataset by its name, as the form shows it
+        folder = workspace_of(ctx, request).exports_dir / "configs"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{config.method}-{time.strftime('%Y%m%d-%H%M%S')}.json"
         config.save(path)
         return gr.update(value=str(path), visible=True)
 
-    def on_tick(run_id: str, previous: Any, shown_settings: str) -> list[Any]:
+    def on_tick(run_id: str, previous: Any, shown_settings: str, request: gr.Request = None) -> list[Any]:
+        workspace = workspace_of(ctx, request)
         attach = gr.skip()
         if not run_id:
-            found = active_run(ctx)
+            found = active_run(ctx, workspace)
             if found is not None:
                 run_id = attach = found.name
-        path = app_ops.run_path(ctx.runs_dir, run_id)
-        updates, signature = run_view.render(ctx.jobs, path, previous, PLACEHOLDER)
+        path = app_ops.run_path(workspace.runs_dir_of(run_id), run_id)
+        updates, signature = run_view.render(ctx.jobs, path, previous, PLACEHOLDER, shown=workspace.shown)
         settings = [gr.skip(), gr.skip(), gr.skip()]
         if (run_id or "") != shown_settings:
-            rows = train_form.settings_rows(path) if path is not None else []
+            rows = train_form.settings_rows(path, workspace.shown) if path is not None else []
             settings = [gr.update(visible=bool(rows)), rows or [["", ""]], run_id or ""]
         return [attach, signature, *updates, *settings]
 
@@ -201,9 +210,9 @@ def build(ctx: Any, options: Any) -> TrainTab:
     return TrainTab(form, watched, view, tick_args, form_events)
 
 
-def refresh_datasets(ctx: Any, selected: str | None = None) -> Any:
+def refresh_datasets(workspace: Any, selected: str | None = None) -> Any:
     """An update for the form's dataset list (and its selection when a dataset was just made or picked)."""
-    choices = dataset_choices(ctx)
+    choices = dataset_choices(workspace)
     if selected:
-        return gr.update(choices=choices, value=str(ctx.datasets_dir / selected))
+        return gr.update(choices=choices, value=selected)
     return gr.update(choices=choices)
