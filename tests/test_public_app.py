@@ -122,3 +122,38 @@ def test_the_public_api_never_loads_pickles(public_app):
         client.predict(config={"model": "tiny-sd1", "data": "toy_robot", "allow_pickle": True},
                        api_name="/start_run")
     assert not ctx.jobs.active()
+
+
+def test_replies_show_paths_relative_to_the_data_folder(public_app):
+    import time
+
+    import httpx
+
+    ctx, client = public_app
+    data = ctx.data_dir
+    replies: list[object] = [client.predict(api_name="/load_example")]
+    replies.append(client.predict(name="toy_robot", method="lora", resolution=512, trigger_word="sks", instance="",
+                                  bucketing=False, api_name="/doctor"))
+    started = client.predict(config={"model": "tiny-sd1", "data": "toy_robot", "max_train_steps": 2,
+                                     "checkpointing_steps": 1, "validation_steps": 0}, api_name="/start_run")
+    deadline, status = time.monotonic() + 300, {}
+    while time.monotonic() < deadline:
+        status = client.predict(run_id=started["run_id"], api_name="/run_status")
+        if status["status"] in ("completed", "failed"):
+            break
+        time.sleep(0.5)
+    assert status["status"] == "completed", status
+    assert status["outputs"] and "checkpoint saved at step 1: checkpoints/step-1" in status["log"]
+    replies += [started, status, client.predict(api_name="/runs"), client.predict(current=None, api_name="/list_runs")]
+    replies.append(client.predict(source=started["run_id"], format_name="kohya", api_name="/export"))
+    gallery, message = client.predict(**{**GENERATE, "source": started["run_id"]}, api_name="/generate")
+    replies += [gallery, message]
+    for bad in (dict(run_id="nope", api_name="/run_status"),
+                dict(config={"data": "/etc", "model": "/root/model.safetensors"}, api_name="/start_run"),
+                dict(name="no-such-dataset", api_name="/export_zip")):
+        with pytest.raises(Exception) as err:
+            client.predict(**bad)
+        replies.append(err.value)
+    replies.append(httpx.get(f"{client.src}config", timeout=10).text)  # the page itself
+    for reply in replies:
+        assert str(data) not in str(reply) and str(data.resolve()) not in str(reply), str(reply)[:1000]

@@ -9,6 +9,7 @@ an admin's. No gradio here.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -136,10 +137,14 @@ class Workspaces:
     per_user: bool = False
     admins: frozenset[str] = field(default_factory=frozenset)
 
+    def whole(self) -> Workspace:
+        """The data folder's own workspace, which sees every user's (for the app itself: start-up, the CLI)."""
+        return Workspace(self.data_dir, self.data_dir, admin=True).create()
+
     def of(self, user: str = "") -> Workspace:
         """The workspace of a logged-in user ("" when the app has no passwords), created on first use."""
         if not self.per_user or user in self.admins:
-            return Workspace(self.data_dir, self.data_dir, user, admin=True).create()
+            return dataclasses.replace(self.whole(), user=user)
         if not user:
             raise SdtuneError("This app keeps a workspace per user: log in first.")
         workspace = Workspace(self.data_dir, self.data_dir / USERS_FOLDER / user_folder(user), user, admin=False)

@@ -37,13 +37,15 @@ class DoctorSection:
                       bucketing: bool, request: gr.Request = None) -> str:
             from sdtune_ui.data.doctor import diagnose
 
-            folder = workspace_of(ctx, request).dataset_folder(name)
+            workspace = workspace_of(ctx, request)
+            folder = workspace.dataset_folder(name)
             problem = bound_message(resolution or 512, 64, 4096)
             if problem:
                 raise ConfigError({"resolution": problem})
-            return diagnose(folder, method=method, resolution=int(resolution or 512),
-                            trigger=(trigger_word or "").strip() or None,
-                            instance_prompt=(instance or "").strip() or None, bucketing=bool(bucketing)).to_text()
+            report = diagnose(folder, method=method, resolution=int(resolution or 512),
+                              trigger=(trigger_word or "").strip() or None,
+                              instance_prompt=(instance or "").strip() or None, bucketing=bool(bucketing))
+            return workspace.shown(report.to_text())
 
         inputs = [self.dataset, self.method, self.resolution, self.trigger, self.instance_prompt, self.bucketing]
         keep_on_failure(self.go.click(on_doctor, inputs, self.report, api_name="doctor"), [self.report])

@@ -163,7 +163,7 @@ def build(ctx: Any, options: Any) -> DatasetTab:
         result = import_hub_dataset(root, repo_id or "", split=split or "train", max_images=int(most or 0) or None,
                                     public=options.public)
         update, name = listing(root, request)
-        return [update, result.to_text(), *show(name, request)]
+        return [update, workspace_of(ctx, request).shown(result.to_text()), *show(name, request)]
 
     @user_errors
     def on_caption(name: str, model: str, trigger_word: str, pre: str, post: str, redo: bool,
@@ -183,7 +183,7 @@ def build(ctx: Any, options: Any) -> DatasetTab:
 
         for item in wait_in_queue(ctx.jobs, f"Captioning {root.name}", work, request=request, takes_job=True):
             if isinstance(item, tuple):
-                yield [item[1].to_text(), *show(name, request)]
+                yield [workspace_of(ctx, request).shown(item[1].to_text()), *show(name, request)]
             else:
                 yield [item, *[gr.skip()] * len(shown)]
 

@@ -126,7 +126,7 @@ def create(args: argparse.Namespace, jobs: Any = None) -> tuple[Any, Any]:
     jobs = jobs or JobQueue(before_training=release_generation_memory)
     ctx = AppContext(data_dir=data_dir, jobs=jobs, is_space=bool(os.environ.get("SPACE_ID")),
                      workspaces=workspaces_for(args, data_dir), uploads=upload_folder_for(args, data_dir))
-    for runs_dir in ctx.workspace().run_roots():  # the data folder's workspace sees every user's runs
+    for runs_dir in ctx.workspaces.whole().run_roots():  # the data folder's workspace sees every user's runs
         release_orphaned_runs(runs_dir)
     if getattr(args, "resume_interrupted", False):
         resume_interrupted(ctx)
@@ -142,7 +142,7 @@ def resume_interrupted(ctx: Any) -> list[str]:
     from sdtune_ui.errors import SdtuneError
 
     queued = []
-    for runs_dir in ctx.workspace().run_roots():
+    for runs_dir in ctx.workspaces.whole().run_roots():
         for run_id in interrupted_runs(runs_dir):
             try:
                 resume_run(ctx.jobs, runs_dir, run_id)
