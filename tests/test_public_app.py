@@ -157,3 +157,15 @@ def test_replies_show_paths_relative_to_the_data_folder(public_app):
     replies.append(httpx.get(f"{client.src}config", timeout=10).text)  # the page itself
     for reply in replies:
         assert str(data) not in str(reply) and str(data.resolve()) not in str(reply), str(reply)[:1000]
+
+
+def test_a_public_app_imports_hub_datasets_only_where_its_owner_allows(public_app):
+    from sdtune_ui.ui.app import AppOptions
+
+    assert AppOptions().hub_import and not AppOptions(public=True).hub_import
+    assert AppOptions(public=True, allow_hub_import=True).hub_import
+    ctx, client = public_app
+    with pytest.raises(Exception, match="does not import Hub datasets"):
+        client.predict(name="from-hub", repo_id="lambdalabs/pokemon-blip-captions", split="train", most=10,
+                       api_name="/import_hub_dataset")
+    assert not (ctx.datasets_dir / "from-hub").exists()

@@ -35,10 +35,17 @@ class AppOptions:
     space_id: str | None = None
     has_hf_token: bool = False
     per_user: bool = False
+    allow_hub_import: bool = False  # on a public app, only when its owner allows it (--allow-hub-import)
 
     @property
     def allow_local_paths(self) -> bool:
         return not self.public and not self.per_user
+
+    @property
+    def hub_import(self) -> bool:
+        """Whether the Dataset tab imports Hub datasets: always locally; on a public app only where allowed (a
+        visitor makes the server download a dataset's files, which can be large)."""
+        return not self.public or self.allow_hub_import
 
     @property
     def show_duplicate(self) -> bool:
@@ -46,10 +53,14 @@ class AppOptions:
         return bool(self.space_id) and self.gpu.name is None
 
 
-def options_for(ctx: AppContext, *, share: bool = False, gpu: GpuInfo | None = None) -> AppOptions:
+def options_for(ctx: AppContext, *, share: bool = False, gpu: GpuInfo | None = None,
+                allow_hub_import: bool | None = None) -> AppOptions:
     space_id = os.environ.get("SPACE_ID") or None
+    if allow_hub_import is None:  # a Space sets it as a variable (SDTUNE_ALLOW_HUB_IMPORT=1)
+        allow_hub_import = os.environ.get("SDTUNE_ALLOW_HUB_IMPORT", "").lower() in ("1", "true", "yes")
     return AppOptions(public=bool(share or ctx.is_space or space_id), gpu=gpu or detect_gpu(), space_id=space_id,
-                      has_hf_token=bool(os.environ.get("HF_TOKEN")), per_user=ctx.workspaces.per_user)
+                      has_hf_token=bool(os.environ.get("HF_TOKEN")), per_user=ctx.workspaces.per_user,
+                      allow_hub_import=allow_hub_import)
 
 
 def space_notices(options: AppOptions) -> list[str]:

@@ -57,7 +57,8 @@ def build(ctx: Any, options: Any) -> DatasetTab:
             add = gr.Button("Add to dataset", variant="primary", elem_id="add-images")
     report = gr.Textbox(label="Report (pictures already in the dataset are skipped and listed)", lines=6,
                         elem_id="dataset-report")
-    with gr.Accordion("Import a Hugging Face dataset", open=False, elem_id="hub-import-fold"):
+    with gr.Accordion("Import a Hugging Face dataset", open=False, elem_id="hub-import-fold",
+                      visible=getattr(options, "hub_import", True)):
         with gr.Row():
             hub_repo = gr.Textbox(label="Dataset id", placeholder="user/dataset-name", elem_id="hub-dataset")
             hub_split = gr.Textbox("train", label="Split")
@@ -159,6 +160,9 @@ def build(ctx: Any, options: Any) -> DatasetTab:
 
     @user_errors
     def on_hub(name: str, repo_id: str, split: str, most: float, request: gr.Request = None) -> list[Any]:
+        if not getattr(options, "hub_import", True):
+            raise DatasetError("This public app does not import Hub datasets (its owner can allow it with "
+                               "--allow-hub-import); upload the images or a zip instead.")
         root = folder_of(name, request, create=True)
         result = import_hub_dataset(root, repo_id or "", split=split or "train", max_images=int(most or 0) or None,
                                     public=options.public)

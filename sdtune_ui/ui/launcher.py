@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Run as a public app (as --share and a Space do) when you expose it yourself, e.g. "
                              "behind a reverse proxy: no host folders or pickle files, and the public limits on "
                              "every setting.")
+    parser.add_argument("--allow-hub-import", action="store_true", default=None,
+                        help="Let a public app's Dataset tab import Hub datasets (the server downloads their files; "
+                             "at most 200 images are kept). Also SDTUNE_ALLOW_HUB_IMPORT=1.")
     parser.add_argument("--share-without-auth", action="store_true",
                         help="Allow --share without a password: anyone with the link can use your GPU and data.")
     parser.add_argument("--data-dir", default=None,
@@ -130,7 +133,8 @@ def create(args: argparse.Namespace, jobs: Any = None) -> tuple[Any, Any]:
         release_orphaned_runs(runs_dir)
     if getattr(args, "resume_interrupted", False):
         resume_interrupted(ctx)
-    demo = build_app(ctx, options_for(ctx, share=args.share or getattr(args, "public", False)))
+    demo = build_app(ctx, options_for(ctx, share=args.share or getattr(args, "public", False),
+                                      allow_hub_import=getattr(args, "allow_hub_import", None)))
     return ctx, demo
 
 
