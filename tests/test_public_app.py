@@ -60,6 +60,20 @@ def test_a_public_app_is_stricter_than_the_owners_machine(ctx):
     assert job.run_dir.is_dir()  # the same settings queue on the owner's own app
 
 
+def test_the_forms_live_check_names_the_field_and_its_limit(ctx):
+    from sdtune_ui.app.form_rules import validation_report
+
+    values = {"model": "tiny-sd1", "data": str(ctx.datasets_dir / "toy_robot"), "resolution": 2048.0,
+              "train_batch_size": 100_000.0}
+    errors, config = validation_report(values)  # the owner's machine: only what no GPU honours
+    assert config is None and set(errors) == {"train_batch_size"}
+    errors, _ = validation_report(values, check=lambda c: app_ops.check_public_config(c, ctx.data_dir))
+    assert "between 1 and 1,024" in errors["train_batch_size"]
+    errors, _ = validation_report({**values, "train_batch_size": 1.0},
+                                  check=lambda c: app_ops.check_public_config(c, ctx.data_dir))
+    assert set(errors) == {"resolution"} and "public app takes at most 1,024" in errors["resolution"]
+
+
 def test_every_number_has_limits_and_non_numbers_are_refused():
     numeric = [name for name, value in TrainConfig().to_dict().items()
                if isinstance(value, (int, float, list)) and not isinstance(value, bool)]

@@ -48,10 +48,14 @@ def test_discard_removes_handled_uploads_only_inside_the_folder(tmp_path):
     assert not handled.exists() and not handled.parent.exists() and outside.exists() and folder.root.is_dir()
 
 
-def test_the_app_deletes_an_upload_once_added_and_sweeps_before_each_upload(tmp_path):
+def test_the_app_deletes_an_upload_once_added_and_sweeps_before_each_upload(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))  # a 3 MB cap must not sweep other tests' files
     with running_app(tmp_path / "data", "--upload-cap", "3mb") as (ctx, url):
         root = ctx.uploads.root
-        assert root.is_dir() and not root.is_relative_to(ctx.data_dir)  # never served as the data folder
+        assert root == tmp_path / "uploads"
+        from sdtune_ui.app.uploads import app_upload_folder
+
+        assert not app_upload_folder(ctx.data_dir).is_relative_to(ctx.data_dir)  # never served as the data folder
         client = gradio_client.Client(url, verbose=False)
         import zipfile
 

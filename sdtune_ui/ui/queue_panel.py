@@ -26,7 +26,7 @@ def build(ctx: Any, options: Any) -> gr.Timer:
 
     def private_to(user: str) -> bool:
         # With a workspace per user, other users' jobs show as theirs, without what they are (run names, labels).
-        return ctx.workspaces.per_user and not ctx.workspace(user).admin
+        return ctx.workspaces.per_user and user not in ctx.workspaces.admins
 
     def on_tick(current: str | None, last: Any, request: gr.Request) -> list[Any]:
         viewer, user = page_of(request)
