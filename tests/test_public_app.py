@@ -183,3 +183,28 @@ def test_a_public_app_imports_hub_datasets_only_where_its_owner_allows(public_ap
         client.predict(name="from-hub", repo_id="lambdalabs/pokemon-blip-captions", split="train", most=10,
                        api_name="/import_hub_dataset")
     assert not (ctx.datasets_dir / "from-hub").exists()
+
+
+def test_the_docs_list_the_limits_the_code_applies():
+    import re
+    from pathlib import Path
+
+    from sdtune_ui.config import field_info
+    from sdtune_ui.generate.options import option_fields
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "PUBLIC_APP.md").read_text()
+    train, generation = doc.split("Generation (")[0], doc.split("Generation (")[1]
+
+    def number(text: str) -> float | None:
+        return None if text == "same" else float(text.replace(",", ""))
+
+    for table, fields in ((train, field_info()), (generation, option_fields())):
+        rows = {m[0]: m[1:] for m in re.findall(r"^\| `(\w+)`(?: \(lines\))? \| ([^|]+) \| ([^|]+) \| ([^|]+) \|$",
+                                                  table, re.MULTILINE)}
+        bounded = {f.name: f.metadata for f in fields if f.metadata.get("minimum") is not None
+                   and f.metadata.get("maximum") is not None}
+        assert set(rows) == set(bounded)
+        for name, (low, high, public) in rows.items():
+            meta = bounded[name]
+            assert (number(low.strip()), number(high.strip()), number(public.strip())) == (
+                meta["minimum"], meta["maximum"], meta["public_maximum"]), name
