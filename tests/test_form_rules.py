@@ -12,6 +12,7 @@ from PIL import Image
 
 from sdtune_ui.app import ops
 from sdtune_ui.app.form_rules import dataset_hints, settle, validation_report
+from sdtune_ui.app.workspace import Workspace
 from sdtune_ui.config import VRAM_PRESETS, TrainConfig, preset_switch_values
 from sdtune_ui.examples import EXAMPLE_DATASET
 from sdtune_ui.methods import method_names
@@ -117,7 +118,8 @@ def test_the_shown_validation_is_what_start_applies(tmp_path, monkeypatch):
     assert "needs the network once" in errors["model"]
     with pytest.raises(Exception, match="needs the network once"):
         ops.start_training(type("Ctx", (), {"datasets_dir": tmp_path, "data_dir": tmp_path, "runs_dir": tmp_path,
-                                            "jobs": None})(),
+                                            "jobs": None, "workspace": lambda self, user="": Workspace(
+                                                tmp_path, tmp_path)})(),
                            form_values(model="someone/never-downloaded"), public=False)
     assert not list(tmp_path.iterdir())  # no run folder for a model that cannot load
     assert TrainConfig().initializer_token == "dog"  # the default the form replaces with the dataset's class

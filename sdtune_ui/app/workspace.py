@@ -139,10 +139,11 @@ class Workspaces:
 
     def whole(self) -> Workspace:
         """The data folder's own workspace, which sees every user's (for the app itself: start-up, the CLI)."""
-        return Workspace(self.data_dir, self.data_dir, admin=True).create()
+        return Workspace(self.data_dir, self.data_dir, admin=True)
 
     def of(self, user: str = "") -> Workspace:
-        """The workspace of a logged-in user ("" when the app has no passwords), created on first use."""
+        """The workspace of a logged-in user ("" when the app has no passwords); a user's is made on first use,
+        with a copy of the example dataset (folders inside are made when something is written to them)."""
         if not self.per_user or user in self.admins:
             return dataclasses.replace(self.whole(), user=user)
         if not user:
@@ -152,4 +153,4 @@ class Workspaces:
             from sdtune_ui.app.ops import load_example
 
             load_example(workspace.create().datasets_dir)  # a new user can train at once, on the example
-        return workspace.create()
+        return workspace
