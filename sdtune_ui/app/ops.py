@@ -259,6 +259,16 @@ def check_public_config(config: TrainConfig, data_dir: Path, *, limits: bool = T
         raise ConfigError(errors)
 
 
+def check_workspace_rules(config: TrainConfig, workspace: Any, *, public: bool) -> None:
+    """What a run started by this workspace's user may read: a public app's visitor only the data folder (a user of
+    a per-user app only their workspace), within the public limits; a user of a per-user app (not an admin) the
+    same, with the usual limits. Admins and the owner of a local app: anything."""
+    if public:
+        check_public_config(config, workspace.data_dir if workspace.admin else workspace.root)
+    elif not workspace.admin:
+        check_public_config(config, workspace.root, limits=False)
+
+
 def check_model(model: str, *, allow_local_paths: bool) -> None:
     """Refuse at Start a base model that cannot load: not a demo name, a local model (when allowed) or a Hub
     id (user/name) that exists (offline: that is in this machine's Hugging Face cache)."""
@@ -479,12 +489,9 @@ def start_training(ctx: Any, values: dict[str, Any], *, public: bool, num_proces
     workspace = workspace or ctx.workspace(user)
     values = dataset_by_name(values, workspace)
     config = config_from_values(values)
-    if public:
-        check_public_config(config, workspace.root if not workspace.admin else ctx.data_dir)
-        if num_processes > max(1, gpu_count()):
-            raise ConfigError({"num_processes": "A public app runs at most one process per GPU."})
-    elif not workspace.admin:
-        check_public_config(config, workspace.root, limits=False)
+    check_workspace_rules(config, workspace, public=public)
+    if public and num_processes > max(1, gpu_count()):
+        raise ConfigError({"num_processes": "A public app runs at most one process per GPU."})
     check_model(config.model, allow_local_paths=not public and workspace.admin)
     if num_processes > 1 and multi_gpu_mode == "fsdp":
         if gpu_count() < num_processes:

@@ -79,10 +79,7 @@ def wire(ctx: Any, options: Any, form: Form, *, notes: gr.Markdown, validation: 
 
     def checks_for(workspace: Any) -> Callable[[TrainConfig], None]:
         def check(config: TrainConfig) -> None:
-            if options.public:
-                app_ops.check_public_config(config, ctx.data_dir if workspace.admin else workspace.root)
-            elif not workspace.admin:
-                app_ops.check_public_config(config, workspace.root, limits=False)
+            app_ops.check_workspace_rules(config, workspace, public=options.public)
             app_ops.check_model_available(config)
         return check
 
