@@ -31,6 +31,9 @@ LORA_TARGETS = ("attention", "attention_ff", "all")
 TI_PROPERTIES = ("object", "style", "captions")
 SAMPLING_CHOICES = ("auto", "repeats", "balanced")
 MAX_SEED = 2**32 - 1  # seeds are 32-bit everywhere (numpy, most tools); image i of a batch uses seed + i
+TIMESTEP_SAMPLING = ("logit_normal", "mode", "uniform")
+FLOW_LOSS_WEIGHTING = ("none", "sigma_sqrt", "cosmap")
+QUANTIZE_BASE = ("none", "nf4", "int8")
 
 
 def _field(default: Any, help: str, *, choices: tuple | None = None, advanced: bool = False,
@@ -53,7 +56,7 @@ def _field(default: Any, help: str, *, choices: tuple | None = None, advanced: b
 class TrainConfig:
     # What to train
     model: str = _field("tiny-sd1", "Base model: a Hub id, a local diffusers folder, a .safetensors file, "
-                        "or a built-in demo model (tiny-sd1, tiny-sd2-v, tiny-sdxl).")
+                        "or a built-in demo model (tiny-sd1, tiny-sd2-v, tiny-sdxl, tiny-sd3, tiny-flux).")
     method: str = _field(DEFAULT_METHOD, "Training method.", choices=methods.method_names())
     allow_pickle: bool = _field(False, "Allow loading pickle checkpoints (.ckpt/.bin), which can run code.",
                                 advanced=True)
@@ -168,6 +171,26 @@ class TrainConfig:
                               limits=(0, 1000))
     noise_offset: float = _field(0.0, "Noise offset (helps very dark/bright images; 0.05-0.1).", advanced=True,
                                  limits=(0, 1))
+
+    # Flow-matching models (SD3.5, Flux.1): how noise levels are drawn and weighted (UNet models ignore these)
+    timestep_sampling: str = _field("logit_normal", "SD3 / Flux only: how noise levels are drawn: logit_normal (the "
+                                    "SD3 paper's choice: mostly mid-range), mode (shaped by mode_scale) or uniform.",
+                                    choices=TIMESTEP_SAMPLING, advanced=True)
+    logit_mean: float = _field(0.0, "SD3 / Flux only: mean of logit_normal sampling.", advanced=True, limits=(-5, 5))
+    logit_std: float = _field(1.0, "SD3 / Flux only: spread of logit_normal sampling.", advanced=True,
+                              limits=(0, 10))
+    mode_scale: float = _field(1.29, "SD3 / Flux only: shape of mode sampling.", advanced=True, limits=(-5, 5))
+    flow_shift: float = _field(0.0, "SD3 / Flux only: push noise levels toward noise by this shift (SD3.5's sampler "
+                               "uses 3.0); 0 = the model's own (Flux's grows with the image size, as in its sampler).",
+                               advanced=True, limits=(0, 100))
+    flow_loss_weighting: str = _field("none", "SD3 / Flux only: weight each image's loss by its noise level: none, "
+                                      "sigma_sqrt or cosmap (the SD3 paper's).", choices=FLOW_LOSS_WEIGHTING,
+                                      advanced=True)
+    train_guidance_scale: float = _field(3.5, "Flux.1-dev only: the value its guidance embedding sees in training "
+                                         "(3.5, as the reference trainers use).", advanced=True, limits=(0, 100))
+    quantize_base: str = _field("none", "SD3 / Flux LoRA only: keep the frozen transformer quantised to save memory: "
+                                "nf4 (4-bit) or int8 through bitsandbytes (pip install sdtune_ui[quantize], CUDA); "
+                                "none = half precision.", choices=QUANTIZE_BASE, advanced=True, needs=(ADAPTER,))
 
     # Speed switches (each on by default where it helps)
     cache_latents: bool = _field(True, "Encode images with the VAE once, not every step.", advanced=True)
@@ -286,6 +309,10 @@ class TrainConfig:
                 errors["class_prompt"] = "Prior preservation needs a class prompt, e.g. 'a photo of a dog'."
             if self.num_class_images < 1:
                 errors["num_class_images"] = "Prior preservation needs at least 1 class image."
+        if self.logit_std <= 0:
+            errors["logit_std"] = "Must be greater than 0 (1 is typical)."
+        if self.flow_shift < 0:
+            errors["flow_shift"] = "Must be 0 (the model's own) or positive (3.0 is SD3.5's)."
         if self.snr_gamma < 0:
             errors["snr_gamma"] = "Must be 0 (off) or positive (5 is typical)."
         if self.checkpointing_steps < 0 or self.validation_steps < 0 or self.eval_steps < 0 or self.log_every < 1:

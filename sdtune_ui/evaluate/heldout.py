@@ -14,7 +14,7 @@ target), so SD1.x, SD2.x v-prediction and SDXL all work.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,12 +73,14 @@ def build_heldout_set(latents: torch.Tensor, prompts: Sequence[str], is_class: S
 
 @torch.no_grad()
 def heldout_loss(parts: Any, held: HeldOutSet, *, unet: Any = None, text_encoders: Sequence[Any] | None = None,
-                 batch_size: int = 8, dtype: torch.dtype | None = None) -> dict[str, float]:
+                 batch_size: int = 8, dtype: torch.dtype | None = None,
+                 encoded: Callable[[str], tuple[torch.Tensor, torch.Tensor | None]] | None = None) -> dict[str, float]:
     """{"loss": mean over training images, "loss_class": mean over class images (when there are any)}.
 
     `parts` is a ModelParts (family, tokenizers, noise scheduler); `unet` / `text_encoders` default to its
     own. `dtype`: the UNet's input dtype (default: its first parameter's; mixed-precision training passes the
-    compute dtype and runs this under autocast). Deterministic: same weights and set -> same numbers.
+    compute dtype and runs this under autocast). `encoded(prompt)`: (hidden, pooled) of an already encoded prompt
+    (batch of one), for runs whose text encoders were freed. Deterministic: same weights and set -> same numbers.
     """
     family, scheduler = parts.family, parts.noise_scheduler
     unet = unet if unet is not None else parts.unet
@@ -89,9 +91,12 @@ def heldout_loss(parts: Any, held: HeldOutSet, *, unet: Any = None, text_encoder
     unet.eval()
     conditioning = {}
     for prompt in dict.fromkeys(held.prompts):
-        ids = family.tokenize(parts.tokenizers, [prompt])
-        ids = [token_ids.to(next(encoder.parameters()).device) for token_ids, encoder in zip(ids, encoders)]
-        hidden, pooled = family.encode(encoders, ids)
+        if encoded is not None:
+            hidden, pooled = encoded(prompt)
+        else:
+            ids = family.tokenize(parts.tokenizers, [prompt])
+            ids = [token_ids.to(next(encoder.parameters()).device) for token_ids, encoder in zip(ids, encoders)]
+            hidden, pooled = family.encode(encoders, ids)
         conditioning[prompt] = (hidden.to(device), None if pooled is None else pooled.to(device))
     time_ids = family.time_ids(held.pixel_size, (0, 0), held.pixel_size)
     per = held.per_image
@@ -107,9 +112,8 @@ def heldout_loss(parts: Any, held: HeldOutSet, *, unet: Any = None, text_encoder
         if conditioning[held.prompts[images[0]]][1] is not None:
             pooled = torch.cat([conditioning[held.prompts[i]][1] for i in images]).to(dtype)
         batch_time_ids = None if time_ids is None else time_ids.expand(len(rows), -1).to(device, dtype)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        prediction = unet(noisy.to(dtype), timesteps, hidden,
-                          added_cond_kwargs=family.added_cond_kwargs(pooled, batch_time_ids), return_dict=False)[0]
+        noisy = family.noisy_latents(scheduler, latents, noise, timesteps)
+        prediction = family.predict(unet, noisy.to(dtype), timesteps, hidden, pooled, batch_time_ids)
         target = family.target(scheduler, latents, noise, timesteps)
         losses[start:start + len(rows)] = ((prediction.float() - target.float()) ** 2).mean(dim=(1, 2, 3)).cpu()
     unet.train(was_training)
@@ -153,4 +157,10 @@ class TrainingProbe:
 
         with speed.eager(), trainer.accelerator.autocast():
             mixed = trainer.accelerator.mixed_precision != "no"
-            return heldout_loss(trainer.parts, self.held, dtype=trainer.weight_dtype if mixed else None)
+            encoded = None
+            if trainer.text_encoders_freed:
+                def encoded(prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    hidden, pooled = trainer.text_cache[prompt]
+                    return hidden[None], None if pooled is None else pooled[None]
+            return heldout_loss(trainer.parts, self.held, dtype=trainer.weight_dtype if mixed else None,
+                                encoded=encoded)

@@ -23,12 +23,33 @@ class ModelParts:
     """The pieces of a pipeline the trainer works with, plus the family that knows how to drive them."""
 
     family: Family
-    unet: Any
+    unet: Any          # the denoiser: the UNet, or the transformer of SD3 / Flux (Family.denoiser)
     vae: Any
     text_encoders: list[Any]
     tokenizers: list[Any]
     noise_scheduler: Any
     pipeline: Any = field(repr=False)
+    # Pipeline component names of text_encoders, in order (text_encoder, text_encoder_2, ...).
+    text_encoder_names: list[str] = field(default_factory=list)
+
+    @property
+    def tunable_text_encoders(self) -> list[Any]:
+        """The text encoders a method may train (LoRA, new tokens, full): all of them, except those the family
+        keeps frozen (SD3's and Flux's T5)."""
+        keep = getattr(self.family, "tunable_text_encoders", None)
+        return [enc for i, enc in enumerate(self.text_encoders) if keep is None or i in keep]
+
+    @property
+    def tunable_tokenizers(self) -> list[Any]:
+        keep = getattr(self.family, "tunable_text_encoders", None)
+        return [tok for i, tok in enumerate(self.tokenizers) if keep is None or i in keep]
+
+    @property
+    def tunable_text_encoder_names(self) -> list[str]:
+        keep = getattr(self.family, "tunable_text_encoders", None)
+        names = self.text_encoder_names or [f"text_encoder{'' if i == 0 else f'_{i + 1}'}"
+                                            for i in range(len(self.text_encoders))]
+        return [name for i, name in enumerate(names) if keep is None or i in keep]
 
 
 @dataclass(frozen=True)
@@ -60,6 +81,23 @@ class Family:
     # diffusers pipeline classes (names, so importing a family does not import diffusers)
     pipeline_class_name: ClassVar[str] = "StableDiffusionPipeline"
     text_encoder_count: ClassVar[int] = 1
+    # The pipeline component that denoises (a UNet; a transformer for the DiT families) and its text encoders'
+    # component names in order (those a pipeline lacks are skipped).
+    denoiser: ClassVar[str] = "unet"
+    text_encoder_components: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2")
+    # Indices of the text encoders methods may train (None: all); textual-inversion files name one tensor per
+    # tunable encoder with these keys (() : one tensor under the token, the SD1/SD2 layout).
+    tunable_text_encoders: ClassVar[tuple[int, ...] | None] = None
+    embedding_keys: ClassVar[tuple[str, ...]] = ()
+    # Big frozen text encoders (T5-XXL): once the prompts (validation prompts included) are cached they are freed
+    # for the rest of the run instead of parked, and sample images are drawn from the cached embeddings.
+    frees_cached_text_encoders: ClassVar[bool] = False
+    # LoRA target modules of the denoiser per lora_targets choice (None: the adapter registry's UNet targets).
+    denoiser_lora_targets: ClassVar[dict[str, tuple[str, ...]] | None] = None
+    # Samplers: UNet families take any of the generation options' schedulers; flow-matching ones keep their own.
+    flow_matching: ClassVar[bool] = False
+    # The whole-step CUDA graph (train/graphed_step.py) was checked against the eager step on this family's models.
+    cuda_graph_checked: ClassVar[bool] = True
     # Conditioning: SDXL-like families add pooled text embeddings and size/crop time ids.
     uses_pooled_embeddings: ClassVar[bool] = False
     # Speed (train/speed.py): what compile_scope "auto" compiles, and from how many steps "auto" compiles at all
@@ -72,12 +110,28 @@ class Family:
     kohya_ldm_unet_names: ClassVar[bool] = False   # kohya names this family's UNet modules by the original layout
     card_tags: ClassVar[tuple[str, ...]] = ()
     license: ClassVar[str] = ""
+    license_name: ClassVar[str] = ""   # with license "other": the licence's id and where to read it (model card)
+    license_link: ClassVar[str] = ""
     # Memory: sizes of the standard checkpoint and the fitted activation cost (train/memory.py).
     memory: ClassVar[MemoryProfile | None] = None
 
     def __init__(self, prediction_type: str = "epsilon", native_resolution: int = 512):
         self.prediction_type = prediction_type
         self.native_resolution = native_resolution
+
+    @classmethod
+    def from_pipeline(cls, pipe: Any) -> Family:
+        """An instance for a loaded pipeline: prediction type from its scheduler, native size from its configs."""
+        prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+        vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        return cls(prediction_type, int(getattr(pipe, cls.denoiser).config.sample_size) * vae_scale)
+
+    def apply_training_settings(self, config: Any) -> None:  # noqa: B027 - an optional hook
+        """Take the run's settings this family's objective reads (flow matching: timestep sampling, guidance)."""
+
+    def training_notes(self, config: Any) -> list[str]:
+        """Lines for the run's log about what this family does differently with these settings."""
+        return []
 
     # ------------------------------------------------------------------ detection
     @classmethod
@@ -89,6 +143,12 @@ class Family:
     def matches_checkpoint_keys(cls, keys: set[str]) -> bool:
         """True when a single-file (original layout) checkpoint with these keys is this family's."""
         raise NotImplementedError
+
+    @classmethod
+    def memory_for_config(cls, config: dict | None) -> MemoryProfile | None:
+        """The memory profile of a checkpoint with this denoiser config (None: unknown), e.g. SD3.5 Medium or
+        Large; by default the family's standard checkpoint's."""
+        return cls.memory
 
     @classmethod
     def pipeline_class(cls) -> type:
@@ -117,12 +177,64 @@ class Family:
                  target_size: tuple[int, int]) -> torch.Tensor | None:
         return None
 
+    # ------------------------------------------------------------------ the objective (one training step)
+    @classmethod
+    def training_scheduler(cls, scheduler: Any) -> Any:
+        """The scheduler that adds training noise: DDPM with the model's own schedule (betas, prediction type)."""
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(scheduler.config)
+
+    def sample_timesteps(self, noise_scheduler: Any, count: int, generator: torch.Generator, device: Any,
+                         latent_size: tuple[int, int]) -> torch.Tensor:
+        """One timestep per image, uniform over the training schedule."""
+        return torch.randint(0, noise_scheduler.config.num_train_timesteps, (count,), generator=generator,
+                             device=device)
+
+    def noisy_latents(self, noise_scheduler: Any, latents: torch.Tensor, noise: torch.Tensor,
+                      timesteps: torch.Tensor) -> torch.Tensor:
+        return noise_scheduler.add_noise(latents, noise, timesteps)
+
     def target(self, noise_scheduler: Any, latents: torch.Tensor, noise: torch.Tensor,
                timesteps: torch.Tensor) -> torch.Tensor:
         """What the UNet learns to predict: the noise (epsilon) or the velocity (v-prediction)."""
         if self.prediction_type == "v_prediction":
             return noise_scheduler.get_velocity(latents, noise, timesteps)
         return noise
+
+    def loss_weights(self, noise_scheduler: Any, timesteps: torch.Tensor, config: Any) -> torch.Tensor | None:
+        """Per-image loss weights (None: unweighted). Min-SNR weighting (Hang et al. 2023) when snr_gamma is set:
+        down-weight the easy, low-noise timesteps."""
+        if not config.snr_gamma:
+            return None
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(noise_scheduler, timesteps)
+        denominator = snr + 1 if self.prediction_type == "v_prediction" else snr
+        return torch.clamp(snr, max=config.snr_gamma) / denominator
+
+    def predict(self, model: Any, noisy: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor,
+                pooled: torch.Tensor | None, time_ids: torch.Tensor | None) -> torch.Tensor:
+        """The denoiser's output for a batch, in the latents' layout (inputs already in the compute dtype)."""
+        return model(noisy, timesteps, hidden, added_cond_kwargs=self.added_cond_kwargs(pooled, time_ids),
+                     return_dict=False)[0]
+
+    # ------------------------------------------------------------------ sampling with cached prompts
+    def prompt_embedding_kwargs(self, hidden: torch.Tensor, pooled: torch.Tensor | None,
+                                negative: tuple[torch.Tensor, torch.Tensor | None] | None) -> dict[str, Any]:
+        """The pipeline call's arguments for already encoded prompts (sample images once the encoders are freed)."""
+        kwargs: dict[str, Any] = {"prompt_embeds": hidden}
+        if pooled is not None:
+            kwargs["pooled_prompt_embeds"] = pooled
+        if negative is not None:
+            kwargs["negative_prompt_embeds"] = negative[0]
+            if negative[1] is not None:
+                kwargs["negative_pooled_prompt_embeds"] = negative[1]
+        return kwargs
+
+    def sample_size_kwargs(self, resolution: int) -> dict[str, int]:
+        """Size arguments for sample images (UNet pipelines draw at their native size by default)."""
+        return {}
 
     # ------------------------------------------------------------------ key layouts
     @classmethod
@@ -157,6 +269,7 @@ def family_named(name: str) -> type[Family]:
 
 
 def family_for_unet_config(unet_config: dict) -> type[Family]:
+    """The family of a denoiser's config (a UNet's, or a transformer's with its `_class_name`)."""
     return next(cls for cls in family_classes() if cls.matches_unet_config(dict(unet_config)))
 
 
@@ -175,38 +288,42 @@ def family_of_model(model: str) -> type[Family]:
 
     source = resolve_model(model)
     path = Path(source).expanduser()
-    try:
-        if path.is_dir():
-            return family_for_unet_config(json.loads((path / "unet" / "config.json").read_text()))
-        if path.is_file() and path.suffix == ".safetensors":
-            from safetensors import safe_open
+    for denoiser in ("unet", "transformer"):
+        try:
+            if path.is_dir():
+                return family_for_unet_config(json.loads((path / denoiser / "config.json").read_text()))
+            if path.is_file() and path.suffix == ".safetensors":
+                from safetensors import safe_open
 
-            with safe_open(str(path), framework="pt") as handle:
-                return family_for_checkpoint_keys(handle.keys())
-        if source:
-            from huggingface_hub import hf_hub_download
+                with safe_open(str(path), framework="pt") as handle:
+                    return family_for_checkpoint_keys(handle.keys())
+            if source:
+                from huggingface_hub import hf_hub_download
 
-            return family_for_unet_config(json.loads(Path(hf_hub_download(source, "unet/config.json")).read_text()))
-    except Exception:  # noqa: BLE001 - offline, unknown or private repo, unreadable file: the fallback below
-        pass
+                config = Path(hf_hub_download(source, f"{denoiser}/config.json")).read_text()
+                return family_for_unet_config(json.loads(config))
+        except Exception:  # noqa: BLE001 - offline, unknown or private repo, unreadable file: the fallback below
+            continue
     return family_classes()[-1]
+
+
+def denoiser_of(pipe: Any) -> Any:
+    """A pipeline's denoising model: its UNet, or its transformer."""
+    model = getattr(pipe, "unet", None)
+    return model if model is not None else pipe.transformer
 
 
 def detect_family(pipe: Any) -> Family:
     """The family of a loaded pipeline, read from its configs (works for renamed and community models)."""
-    prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
-    vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    native = int(pipe.unet.config.sample_size) * vae_scale
-    return family_for_unet_config(pipe.unet.config)(prediction_type, native)
+    return family_for_unet_config(denoiser_of(pipe).config).from_pipeline(pipe)
 
 
 def model_parts(pipe: Any) -> ModelParts:
-    """Split a loaded pipeline into the parts the trainer uses, with a DDPM scheduler for training noise."""
-    from diffusers import DDPMScheduler
-
-    text_encoders = [enc for enc in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if enc is not None]
-    tokenizers = [tok for tok in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if tok is not None]
-    # Training always adds noise the DDPM way; the schedule (betas, prediction type) comes from the model.
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    return ModelParts(family=detect_family(pipe), unet=pipe.unet, vae=pipe.vae, text_encoders=text_encoders,
-                      tokenizers=tokenizers, noise_scheduler=noise_scheduler, pipeline=pipe)
+    """Split a loaded pipeline into the parts the trainer uses, with the family's scheduler for training noise."""
+    family = detect_family(pipe)
+    names = [name for name in family.text_encoder_components if getattr(pipe, name, None) is not None]
+    text_encoders = [getattr(pipe, name) for name in names]
+    tokenizers = [getattr(pipe, name.replace("text_encoder", "tokenizer")) for name in names]
+    return ModelParts(family=family, unet=getattr(pipe, family.denoiser), vae=pipe.vae, text_encoders=text_encoders,
+                      tokenizers=tokenizers, noise_scheduler=family.training_scheduler(pipe.scheduler), pipeline=pipe,
+                      text_encoder_names=names)

@@ -17,6 +17,7 @@ class SDXL(Family):
     pipeline_class_name = "StableDiffusionXLPipeline"
     text_encoder_count = 2
     uses_pooled_embeddings = True
+    embedding_keys = ("clip_l", "clip_g")
     # Its many identical transformer blocks compile fastest one by one (80 s, 7.1 steps/s on an H100), and
     # 400 steps win that time back (0.14 s per step instead of 0.38 eager).
     auto_compile_scope = "blocks"

@@ -130,7 +130,7 @@ class Method(ABC):
         """Models that have trainable parameters (wrapped for DDP, put in train mode)."""
         models = [parts.unet]
         if self.trains_text_encoders():
-            models += parts.text_encoders
+            models += parts.tunable_text_encoders
         return models
 
     def param_groups(self, parts: ModelParts) -> list[dict]:

@@ -54,11 +54,10 @@ class FullFineTune(Method):
         # Frozen parts may sit in half precision on the GPU; reload them untouched from the base model
         # and plug in the trained full-precision modules, so nothing is saved rounded.
         pipe = load_pipeline(self.config.model, allow_pickle=self.config.allow_pickle)
-        pipe.unet = parts.unet.to("cpu", torch.float32)
+        setattr(pipe, parts.family.denoiser, parts.unet.to("cpu", torch.float32))
         if self.trains_text_encoders():
-            pipe.text_encoder = parts.text_encoders[0].to("cpu", torch.float32)
-            if len(parts.text_encoders) > 1:
-                pipe.text_encoder_2 = parts.text_encoders[1].to("cpu", torch.float32)
+            for name, encoder in zip(parts.tunable_text_encoder_names, parts.tunable_text_encoders):
+                setattr(pipe, name, encoder.to("cpu", torch.float32))
         pipe.save_pretrained(out_dir, safe_serialization=True)
         return [out_dir / outputs.PIPELINE_MARKER]
 

@@ -46,7 +46,7 @@ class LoRA(Method):
         return list(named_trainable(parts).values())
 
     def save_output(self, parts: ModelParts, out_dir: Path) -> list[Path]:
-        models = {"unet": parts.unet}
+        models = {parts.family.denoiser: parts.unet}
         if self.trains_text_encoders():
-            models.update(zip(("text_encoder", "text_encoder_2"), parts.text_encoders))
+            models.update(zip(parts.tunable_text_encoder_names, parts.tunable_text_encoders))
         return [self.adapter.save(models, type(parts.pipeline), out_dir)]

@@ -43,7 +43,7 @@ class PivotalTuning(TextualInversion):
         return LoRA.advice_notes(subject, with_prior_preservation)
 
     def trained_models(self, parts: ModelParts) -> list[torch.nn.Module]:
-        return [parts.unet, *parts.text_encoders]
+        return [parts.unet, *parts.tunable_text_encoders]
 
     def prepare(self, parts: ModelParts) -> None:
         self.lora.prepare(parts)  # freezes everything, then adds the adapters

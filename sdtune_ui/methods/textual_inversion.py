@@ -113,22 +113,23 @@ class TextualInversion(Method):
         return ["textual inversion learns one new word; it cannot teach the model new details"]
 
     def full_precision_models(self, parts: ModelParts) -> list[torch.nn.Module]:
-        return list(parts.text_encoders)
+        return list(parts.tunable_text_encoders)
 
     def trains_text_encoders(self) -> bool:
         return True
 
     def trained_models(self, parts: ModelParts) -> list[torch.nn.Module]:
-        return list(parts.text_encoders)
+        return list(parts.tunable_text_encoders)
 
     def prepare(self, parts: ModelParts) -> None:
         super().prepare(parts)
         self.add_tokens(parts)
 
     def add_tokens(self, parts: ModelParts) -> None:
-        """Add the placeholder token(s) to every tokenizer and make only their embedding rows learn."""
+        """Add the placeholder token(s) to every tokenizer whose encoder can learn (CLIP; not T5) and make only their
+        embedding rows learn."""
         plan = token_plan(self.config)
-        for tokenizer, encoder in zip(parts.tokenizers, parts.text_encoders):
+        for tokenizer, encoder in zip(parts.tunable_tokenizers, parts.tunable_text_encoders):
             starts = []
             for token, initializer in plan:
                 names = vector_names(token, self.config.num_vectors)
@@ -153,9 +154,9 @@ class TextualInversion(Method):
         Call after prepare() and before the optimizer is built (carrying a token resizes the embeddings)."""
         started = []
         for token, tensors in embeddings.items():
-            if len(tensors) != len(parts.text_encoders):
+            if len(tensors) != len(parts.tunable_text_encoders):
                 raise ConfigError({"init_from": f"The embedding of {token} is for {len(tensors)} text encoder(s); "
-                                                f"this model has {len(parts.text_encoders)}."})
+                                                f"this model has {len(parts.tunable_text_encoders)}."})
             if token in self.tokens:
                 if tensors[0].shape[0] != self.config.num_vectors:
                     raise ConfigError({"init_from": f"{token} has {tensors[0].shape[0]} vector(s) there and "
@@ -163,7 +164,7 @@ class TextualInversion(Method):
                                                     f"{tensors[0].shape[0]}."})
                 rows = self._rows_of(token)
                 with torch.no_grad():
-                    for encoder, ids, tensor in zip(parts.text_encoders, self.token_ids, tensors):
+                    for encoder, ids, tensor in zip(parts.tunable_text_encoders, self.token_ids, tensors):
                         weight = encoder.get_input_embeddings().weight
                         weight[ids[rows]] = tensor.to(weight.device, weight.dtype)
                 started.append(token)
@@ -176,7 +177,8 @@ class TextualInversion(Method):
         return slice(index * self.config.num_vectors, (index + 1) * self.config.num_vectors)
 
     def _carry(self, parts: ModelParts, token: str, tensors: list[torch.Tensor]) -> None:
-        for k, (tokenizer, encoder, tensor) in enumerate(zip(parts.tokenizers, parts.text_encoders, tensors)):
+        for k, (tokenizer, encoder, tensor) in enumerate(zip(parts.tunable_tokenizers, parts.tunable_text_encoders,
+                                                             tensors)):
             names = vector_names(token, tensor.shape[0])
             if tokenizer.add_tokens(names) != len(names):
                 raise ConfigError({"init_from": f"The tokenizer already has {token}; it cannot be carried over."})
@@ -190,7 +192,7 @@ class TextualInversion(Method):
         self.carried[token] = [t.detach().float().cpu() for t in tensors]
 
     def param_groups(self, parts: ModelParts) -> list[dict]:
-        embeddings = [enc.get_input_embeddings().weight for enc in parts.text_encoders]
+        embeddings = [enc.get_input_embeddings().weight for enc in parts.tunable_text_encoders]
         return [{"params": embeddings, "lr": self.config.ti_learning_rate or self.config.learning_rate}]
 
     def prompt(self, caption: str, generator: torch.Generator, token: str = "") -> str:
@@ -222,7 +224,7 @@ class TextualInversion(Method):
     def after_optimizer_step(self, parts: ModelParts) -> None:
         # Weight decay and Adam touch every row of the embedding matrix; put the old rows back.
         with torch.no_grad():
-            for encoder, ids, original in zip(parts.text_encoders, self.token_ids, self.original_embeddings):
+            for encoder, ids, original in zip(parts.tunable_text_encoders, self.token_ids, self.original_embeddings):
                 weight = encoder.get_input_embeddings().weight
                 keep = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
                 keep[ids] = False
@@ -230,7 +232,7 @@ class TextualInversion(Method):
 
     def learned_embeddings(self, parts: ModelParts) -> list[torch.Tensor]:
         return [enc.get_input_embeddings().weight[ids].detach().float().cpu()
-                for enc, ids in zip(parts.text_encoders, self.token_ids)]
+                for enc, ids in zip(parts.tunable_text_encoders, self.token_ids)]
 
     def trainable_state(self, parts: ModelParts) -> dict[str, torch.Tensor]:
         state = {f"embeddings_{i}": emb for i, emb in enumerate(self.learned_embeddings(parts))}
@@ -247,7 +249,7 @@ class TextualInversion(Method):
             if token not in self.carried:
                 self._carry(parts, token, tensors)
         with torch.no_grad():
-            for i, (encoder, ids) in enumerate(zip(parts.text_encoders, self.token_ids)):
+            for i, (encoder, ids) in enumerate(zip(parts.tunable_text_encoders, self.token_ids)):
                 weight = encoder.get_input_embeddings().weight
                 weight[ids] = state[f"embeddings_{i}"].to(weight.device, weight.dtype)
 
@@ -259,11 +261,12 @@ class TextualInversion(Method):
         per_token = {token: [emb[self._rows_of(token)] for emb in learned] for token in self.tokens}
         per_token.update(self.carried)
         paths: list[Path] = []
+        keys = parts.family.embedding_keys
         for token, tensors in per_token.items():
-            if len(tensors) == 1:
+            if keys:  # one set of vectors per CLIP encoder (SDXL, SD3: clip_l, clip_g; Flux: clip_l), as tools key them
+                state = dict(zip(keys, tensors, strict=True))
+            else:
                 state = {token: tensors[0]}
-            else:  # two text encoders (SDXL): one set of vectors each, keyed as the community formats do
-                state = {"clip_l": tensors[0], "clip_g": tensors[1]}
             path = out_dir / outputs.embeddings_file(token, first=not paths, taken=[p.name for p in paths])
             save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"token": token})
             paths.append(path)

@@ -22,6 +22,10 @@ KNOWN_MODELS = {
     "stabilityai/stable-diffusion-2-1-base": "SD 2.1 base (512px)",
     "stabilityai/stable-diffusion-xl-base-1.0": "SDXL 1.0 (1024px)",
     "riffusion/riffusion-model-v1": "Riffusion (SD1.x architecture)",
+    "stabilityai/stable-diffusion-3.5-medium": "SD 3.5 Medium (1024px, flow matching; gated, accept its licence)",
+    "stabilityai/stable-diffusion-3.5-large": "SD 3.5 Large (8B, 1024px; gated)",
+    "black-forest-labs/FLUX.1-dev": "Flux.1 dev (12B, 1024px; gated, non-commercial licence)",
+    "black-forest-labs/FLUX.1-schnell": "Flux.1 schnell (12B, distilled to ~4 steps; Apache-2.0)",
 }
 
 

@@ -1,4 +1,4 @@
-"""Built-in offline demo models: tiny SD1-, SD2-v- and SDXL-shaped pipelines built from configs in code.
+"""Built-in offline demo models: tiny SD1-, SD2-v-, SDXL-, SD3- and Flux-shaped pipelines built from configs in code.
 
 Nothing here can be downloaded, so the demo, the tests and the docs use pipelines with the real
 architectures at toy width. Each is built once with a fixed seed, saved with `save_pretrained` to the
@@ -19,7 +19,7 @@ import torch
 from sdtune_ui.paths import cache_dir
 from sdtune_ui.runs import is_main_process
 
-TINY_MODELS = ("tiny-sd1", "tiny-sd2-v", "tiny-sdxl")
+TINY_MODELS = ("tiny-sd1", "tiny-sd2-v", "tiny-sdxl", "tiny-sd3", "tiny-flux")
 
 # A few whole words get one token each, so short prompts tokenise like real CLIP prompts and a
 # textual-inversion initializer such as "dog" is a single token.
@@ -145,6 +145,10 @@ def build_tiny_pipeline(name: str):
 
     if name not in TINY_MODELS:
         raise ValueError(f"unknown tiny model {name!r}; choose one of {', '.join(TINY_MODELS)}")
+    if name in ("tiny-sd3", "tiny-flux"):  # the flow-matching transformers (tiny_flow.py)
+        from sdtune_ui.models import tiny_flow
+
+        return tiny_flow.build(name)
     torch.manual_seed(0)
     sd_betas = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
     tokenizer = _clip_tokenizer()

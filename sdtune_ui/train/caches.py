@@ -1,5 +1,6 @@
 """The caches a run builds once before its first step: latents (VAE) and prompt embeddings (text encoders), and
-the frozen encoders parked in CPU memory afterwards. A mixin of Trainer (it reads the trainer's parts and data)."""
+the frozen encoders parked in CPU memory afterwards, or freed when the family says they are too big to keep (T5-XXL:
+SD3, Flux). A mixin of Trainer (it reads the trainer's parts and data)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ class Caches:
 
     def _all_prompts(self) -> set[str]:
         # Items carry the prompts they train with (train/setup.py: per concept; class items their set's).
-        return {""} | {item.caption for item in self.data.items + self.data.class_items}
+        prompts = {""} | {item.caption for item in self.data.items + self.data.class_items}
+        if self.parts.family.frees_cached_text_encoders:  # sample images are drawn from cached prompts then
+            prompts.update(self.method.expand_prompt(p) for p in self.config.validation_prompts)
+        return prompts
 
     @torch.no_grad()
     def _encode_all_prompts(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
@@ -36,11 +40,40 @@ class Caches:
         return cache
 
     def _park_cached_encoders(self) -> list[torch.nn.Module]:
+        """Move the encoders whose outputs are cached off the GPU (or free the text encoders, see _free...)."""
+        text_encoders = list(self.parts.text_encoders) if self.text_cache is not None else []
+        if text_encoders and self.parts.family.frees_cached_text_encoders:
+            self._free_text_encoders()
+            text_encoders = []
         if self.accelerator.device.type != "cuda":
             return []
-        parked = ([self.parts.vae] if self.latent_cache is not None else []) + (
-            list(self.parts.text_encoders) if self.text_cache is not None else [])
+        parked = ([self.parts.vae] if self.latent_cache is not None else []) + text_encoders
         for module in parked:
             module.to("cpu")
         torch.cuda.empty_cache()
         return parked
+
+    def _free_text_encoders(self) -> None:
+        """Release the frozen text encoders' weights for the rest of the run, on the GPU and in CPU memory alike
+        (their modules stay, on the meta device): everything they would encode is in the prompt cache."""
+        for encoder in self.parts.text_encoders:
+            encoder.to("meta")
+        self.log(f"Prompts cached; the text encoders ({', '.join(self.parts.text_encoder_names)}) are freed until "
+                 "the run ends (sample images use the cached prompts)")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @property
+    def text_encoders_freed(self) -> bool:
+        return self.text_cache is not None and self.parts.family.frees_cached_text_encoders
+
+    def cached_prompt_kwargs(self, prompt: str) -> dict:
+        """The pipeline's arguments for a cached prompt and the empty negative prompt (batch of one)."""
+        hidden, pooled = self.text_cache[prompt]
+        empty_hidden, empty_pooled = self.text_cache[""]
+
+        def one(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor[None]
+
+        return self.parts.family.prompt_embedding_kwargs(one(hidden), one(pooled), (one(empty_hidden),
+                                                                                    one(empty_pooled)))

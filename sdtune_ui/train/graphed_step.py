@@ -35,10 +35,12 @@ MAX_SHAPES = 4     # graphs kept at once (one per aspect bucket); other shapes r
 
 
 def capture_plan(config: TrainConfig, *, device_type: str, processes: int, sharded: bool,
-                 mixed_precision: str) -> tuple[bool, str]:
+                 mixed_precision: str, family: Any = None) -> tuple[bool, str]:
     """(capture?, why): whether the trainer captures its step as a CUDA graph, and the reason for the log."""
     if config.cuda_graph == "off":
         return False, "cuda_graph is off"
+    if family is not None and not family.cuda_graph_checked:
+        return False, f"the captured step was not yet checked against the eager one on {family.label}"
     if device_type != "cuda":
         return False, "CUDA graphs need a CUDA GPU"
     if processes > 1 or sharded:

@@ -25,7 +25,7 @@ from sdtune_ui.data.datasets import Example, LoadedDataset, load_class_examples,
 from sdtune_ui.data.formats import read_captions, read_dataset_info
 from sdtune_ui.data.layouts import DatasetScan
 from sdtune_ui.errors import ConfigError, DatasetError
-from sdtune_ui.families import ModelParts, model_parts
+from sdtune_ui.families import ModelParts, family_of_model, model_parts
 from sdtune_ui.methods import FULL_WEIGHTS, INSTANCE_PROMPT, TOKENS, make_method
 from sdtune_ui.methods.textual_inversion import STYLE_TEMPLATES, token_plan
 from sdtune_ui.models.loading import load_pipeline, resolve_model
@@ -236,6 +236,9 @@ def load_training_inputs(config: TrainConfig, accelerator: Any, log: Callable[[s
     parts = model_parts(pipe)
     resolution = config.resolution or parts.family.native_resolution
     log(f"Model family {parts.family.name} ({parts.family.prediction_type}), resolution {resolution}")
+    parts.family.apply_training_settings(config)
+    for note in parts.family.training_notes(config):
+        log(note)
 
     class_examples: list[Example] = []
     class_of: dict[str, str] = {}
@@ -302,8 +305,10 @@ def component_dtypes(config: TrainConfig, weight_dtype: torch.dtype) -> torch.dt
     if weight_dtype == torch.float32:
         return torch.float32
     # Ask the method which models it keeps in full precision, with component names standing in for the models.
-    probe = ModelParts(family=None, unet="unet", vae="vae", text_encoders=["text_encoder", "text_encoder_2"],
-                       tokenizers=[], noise_scheduler=None, pipeline=None)
+    family = family_of_model(config.model)
+    names = list(family.text_encoder_components)
+    probe = ModelParts(family=family, unet=family.denoiser, vae="vae", text_encoders=names, tokenizers=names,
+                       noise_scheduler=None, pipeline=None, text_encoder_names=names)
     try:
         full_precision = [name for name in make_method(config).full_precision_models(probe) if isinstance(name, str)]
     except (AttributeError, TypeError):   # a method that looks inside the models: load everything in float32

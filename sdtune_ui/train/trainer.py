@@ -149,7 +149,8 @@ class Trainer(Caches, StepSpeed, Resumes):
         self.total_steps = cfg.max_train_steps or cfg.num_train_epochs * math.ceil(
             self.batches_per_epoch / cfg.gradient_accumulation_steps)
         self.graph_plan = graphed_step.capture_plan(cfg, device_type=acc.device.type, processes=acc.num_processes,
-                                                    sharded=self.sharded, mixed_precision=self.mixed_precision)
+                                                    sharded=self.sharded, mixed_precision=self.mixed_precision,
+                                                    family=parts.family)
         self._compile_if_it_pays()
         groups = self.method.param_groups(parts)
         if cfg.scale_lr:
@@ -219,8 +220,8 @@ class Trainer(Caches, StepSpeed, Resumes):
         if cfg.noise_offset:
             noise = noise + cfg.noise_offset * torch.randn(latent_shape[:2] + (1, 1), generator=self.noise_generator,
                                                            device=acc.device)
-        timesteps = torch.randint(0, self.parts.noise_scheduler.config.num_train_timesteps, (len(all_items),),
-                                  generator=self.noise_generator, device=acc.device)
+        timesteps = self.parts.family.sample_timesteps(self.parts.noise_scheduler, len(all_items), self.noise_generator,
+                                                       acc.device, latent_shape[2:])
 
         # This process's slice: its share of the instance items and of the class items.
         rank, world = acc.process_index, acc.num_processes
@@ -246,10 +247,9 @@ class Trainer(Caches, StepSpeed, Resumes):
                 pooled = torch.stack([self.text_cache[p][1] for p in prompts])
         else:
             input_ids = [ids.to(device) for ids in family.tokenize(parts.tokenizers, prompts)]
-        time_ids = None
-        if family.uses_pooled_embeddings:  # SDXL-like: the image's size and crop condition the UNet too
-            time_ids = torch.stack([family.time_ids(it.original_size, it.crop_top_left, it.bucket[::-1])
-                                    for it in items]).to(device)
+        # SDXL: the image's size and crop condition the UNet too (families without time ids give None)
+        sizes = [family.time_ids(it.original_size, it.crop_top_left, it.bucket[::-1]) for it in items]
+        time_ids = torch.stack(sizes).to(device) if sizes[0] is not None else None
         return Batch(latents.to(device), hidden, pooled, input_ids, time_ids, noise, timesteps, num_class,
                      [it.name for it in items], prompts)
 
@@ -259,27 +259,23 @@ class Trainer(Caches, StepSpeed, Resumes):
 
     # ------------------------------------------------------------------ one step
     def compute_loss(self, batch: Batch) -> torch.Tensor:
+        """The family's objective: noise the latents, predict, compare with the family's target (noise, velocity
+        or flow), weighted per image as the family says (min-SNR, flow-matching weightings)."""
         cfg, parts, family = self.config, self.parts, self.parts.family
         scheduler = parts.noise_scheduler
         latents = batch.latents.float()
-        noisy = scheduler.add_noise(latents, batch.noise, batch.timesteps)
+        noisy = family.noisy_latents(scheduler, latents, batch.noise, batch.timesteps)
         hidden, pooled = batch.hidden, batch.pooled
         if hidden is None:
             hidden, pooled = family.encode(self.text_encoders, batch.input_ids)
         unet_dtype = self.weight_dtype if self.accelerator.mixed_precision != "no" else torch.float32
-        added = family.added_cond_kwargs(pooled, batch.time_ids)
-        prediction = self.unet(noisy.to(unet_dtype), batch.timesteps, hidden.to(unet_dtype),
-                                added_cond_kwargs=added, return_dict=False)[0]
+        prediction = family.predict(self.unet, noisy.to(unet_dtype), batch.timesteps, hidden.to(unet_dtype), pooled,
+                                    batch.time_ids)
         target = family.target(scheduler, latents, batch.noise, batch.timesteps)
         per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        if cfg.snr_gamma:
-            from diffusers.training_utils import compute_snr
-
-            # Min-SNR weighting (Hang et al. 2023): down-weight the easy, low-noise timesteps.
-            snr = compute_snr(scheduler, batch.timesteps)
-            denominator = snr + 1 if family.prediction_type == "v_prediction" else snr
-            weight = torch.clamp(snr, max=cfg.snr_gamma) / denominator
-            per_sample = per_sample * weight
+        weights = family.loss_weights(scheduler, batch.timesteps, cfg)
+        if weights is not None:
+            per_sample = per_sample * weights
         if batch.num_class:
             instance, prior = per_sample[:-batch.num_class], per_sample[-batch.num_class:]
             return instance.mean() + cfg.prior_loss_weight * prior.mean()
@@ -427,7 +423,9 @@ class Trainer(Caches, StepSpeed, Resumes):
             module.to(self.accelerator.device)
         with speed.eager():  # sampling's shapes differ from training's: no recompiling for a few images
             samples = sample_images(self.parts.pipeline, self.config, self.method, self.step,
-                                    self.run.samples_dir, self.accelerator, self.weight_dtype, save=main)
+                                    self.run.samples_dir, self.accelerator, self.weight_dtype, save=main,
+                                    size=self.parts.family.sample_size_kwargs(self.resolution),
+                                    encoded=self.cached_prompt_kwargs if self.text_encoders_freed else None)
         for path, prompt in samples:
             self.emit("sample", step=self.step, path=str(path.relative_to(self.run.path)), prompt=prompt)
         for module in self.parked:

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from sdtune_ui.config import TrainConfig
 
 METADATA_KEY = "lora_adapter_metadata"   # diffusers' metadata key: the peft config of each component, flattened
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")   # the key prefixes of a diffusers LoRA file
+COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")   # the key prefixes of a diffusers LoRA file
+DENOISERS = ("unet", "transformer")
 
 UNET_TARGETS = {
     "attention": ["to_q", "to_k", "to_v", "to_out.0"],
@@ -77,9 +78,10 @@ class Adapter:
         raise NotImplementedError
 
     def add_to(self, parts: ModelParts, *, text_encoders: bool) -> None:
-        """Add trainable adapters to the UNet (and the text encoders)."""
-        parts.unet.add_adapter(self.peft_config(UNET_TARGETS[self.config.lora_targets]))
-        for encoder in parts.text_encoders if text_encoders else []:
+        """Add trainable adapters to the denoiser (and the text encoders that can train: CLIP, not T5)."""
+        targets = (parts.family.denoiser_lora_targets or UNET_TARGETS)[self.config.lora_targets]
+        parts.unet.add_adapter(self.peft_config(list(targets)))
+        for encoder in parts.tunable_text_encoders if text_encoders else []:
             encoder.add_adapter(self.peft_config(TEXT_ENCODER_TARGETS))
 
     def save(self, models: dict[str, torch.nn.Module], pipeline_class: Any, out_dir: Path) -> Path:
@@ -180,7 +182,7 @@ def peft_usage_lines(config_class: str, weight_name: str) -> list[str]:
         f'with safe_open(hf_hub_download("REPO_ID", "{weight_name}"), "pt") as file:',
         f'    settings = json.loads(file.metadata()["{METADATA_KEY}"])',
         "    weights = {key: file.get_tensor(key) for key in file.keys()}",
-        'for part in ("unet", "text_encoder", "text_encoder_2"):',
+        'for part in ("unet", "transformer", "text_encoder", "text_encoder_2"):',
         '    tensors = {k[len(part) + 1:]: v for k, v in weights.items() if k.startswith(part + ".")}',
         "    if tensors:",
         "        model = getattr(pipe, part)",
@@ -227,7 +229,7 @@ def portable_keys(component: str, state: dict[str, torch.Tensor]) -> dict[str, t
     diffusers 0.35 (transformers 4) and ComfyUI only know `text_model.encoder.layers…`, and diffusers 0.42 strips
     the prefix again where the model lacks it.
     """
-    if component == "unet":
+    if component in DENOISERS:
         return state
     return {key if key.startswith(("text_model.", "text_projection.")) else f"text_model.{key}": value
             for key, value in state.items()}
