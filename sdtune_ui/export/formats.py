@@ -177,7 +177,7 @@ class ToolFiles:
         from sdtune_ui.export.kohya import save_kohya_lora
 
         unet_config = None
-        if self.family.kohya_ldm_unet_names:
+        if self.family.kohya_ldm_unet_names or self.family.kohya_original_layout:
             unet_config = self._unet_config() if callable(self._unet_config) else self._unet_config
         target = self.out / f"{self.lora_name}.safetensors"
         config = self.config
@@ -238,17 +238,21 @@ def _card_files(written: list[Path], out: Path) -> list[str]:
 
 
 def _unet_config(config: dict) -> dict:
+    """The base model's denoiser config (its UNet's, or its transformer's), read without loading weights if it can."""
     import json
 
+    from sdtune_ui.export.model_card import family_of
     from sdtune_ui.models import resolve_model
 
+    denoiser = family_of(config).denoiser
     folder = Path(resolve_model(config.get("model", ""))).expanduser()
     try:
-        return json.loads((folder / "unet" / "config.json").read_text())
+        return json.loads((folder / denoiser / "config.json").read_text())
     except OSError:
+        from sdtune_ui.families import denoiser_of
         from sdtune_ui.models import load_pipeline
 
-        return dict(load_pipeline(config["model"], allow_pickle=bool(config.get("allow_pickle"))).unet.config)
+        return dict(denoiser_of(load_pipeline(config["model"], allow_pickle=bool(config.get("allow_pickle")))).config)
 
 
 def zip_export(paths: list[Path], zip_path: str | Path) -> Path:

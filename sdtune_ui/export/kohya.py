@@ -67,6 +67,15 @@ def adapter_to_kohya(state: dict[str, torch.Tensor], configs: dict[str, dict[str
     except ValueError as err:
         raise SdtuneError(f"This file is not a diffusers/peft {adapter.label} file ({err}); nothing to "
                           "convert.") from err
+    if family.kohya_original_layout:   # SD3, Flux: the original transformer layout, fused projections
+        from sdtune_ui.export.kohya_flow import flow_lora_to_kohya
+
+        if unet_config is None:
+            raise SdtuneError(f"Converting a {family.label} LoRA needs the base model's transformer config.")
+        return flow_lora_to_kohya(modules, configs, adapter, family=family, denoiser_config=unet_config,
+                                  fallback_alpha=fallback_alpha,
+                                  te_name=lambda component, module: kohya_module_name(component, module,
+                                                                                      family=family))
     out: dict[str, torch.Tensor] = {}
     for (component, module), tensors in modules.items():
         config = dict(configs.get(component, {}))
@@ -113,7 +122,7 @@ def save_kohya_lora(source: str | Path, target: str | Path, *, family: type[Fami
         raise SdtuneError(f"{Path(source).name} holds no LoRA or other adapter weights; nothing to convert.")
     kohya = adapter_to_kohya(state, configs, adapter, family=family, fallback_alpha=fallback_alpha,
                              unet_config=unet_config)
-    unet_config_values = configs.get("unet", {})
+    unet_config_values = configs.get(family.denoiser, {})
     alpha = unet_config_values.get(adapter.alpha_field) or fallback_alpha
     meta = kohya_metadata(family=family, rank=int(unet_config_values.get("r") or lora_rank(state)),
                           alpha=float(alpha) if alpha else None, base_model=base_model)

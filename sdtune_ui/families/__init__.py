@@ -4,6 +4,7 @@ from sdtune_ui.families import flux, sd1, sd2, sd3, sdxl  # noqa: F401 - importi
 from sdtune_ui.families.base import (
     Family,
     ModelParts,
+    denoiser_of,
     detect_family,
     family_classes,
     family_for_checkpoint_keys,
@@ -18,6 +19,7 @@ from sdtune_ui.families.base import (
 __all__ = [
     "Family",
     "ModelParts",
+    "denoiser_of",
     "detect_family",
     "family_classes",
     "family_for_checkpoint_keys",

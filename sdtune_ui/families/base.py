@@ -84,6 +84,10 @@ class Family:
     # The pipeline component that denoises (a UNet; a transformer for the DiT families) and its text encoders'
     # component names in order (those a pipeline lacks are skipped).
     denoiser: ClassVar[str] = "unet"
+    # Transformer families: the denoiser's diffusers class, and the repo whose configs and other components complete a
+    # single file that holds the transformer alone (models/loading.py).
+    denoiser_class_name: ClassVar[str] = ""
+    standard_repo: ClassVar[str] = ""
     text_encoder_components: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2")
     # Indices of the text encoders methods may train (None: all); textual-inversion files name one tensor per
     # tunable encoder with these keys (() : one tensor under the token, the SD1/SD2 layout).
@@ -108,6 +112,7 @@ class Family:
     kohya_base_version: ClassVar[str] = ""
     kohya_is_v2: ClassVar[bool] = False
     kohya_ldm_unet_names: ClassVar[bool] = False   # kohya names this family's UNet modules by the original layout
+    kohya_original_layout: ClassVar[bool] = False  # a transformer named by its original layout (export/kohya_flow.py)
     card_tags: ClassVar[tuple[str, ...]] = ()
     license: ClassVar[str] = ""
     license_name: ClassVar[str] = ""   # with license "other": the licence's id and where to read it (model card)

@@ -25,6 +25,7 @@ FLOW = "flow_matching"   # the prediction type the log and the model card show
 
 class FlowMatchingFamily(Family):
     flow_matching = True
+    kohya_original_layout = True
     uses_pooled_embeddings = True       # the transformer takes a pooled text vector (the trainer caches it)
     denoiser = "transformer"
     frees_cached_text_encoders = True
@@ -124,3 +125,24 @@ class FlowMatchingFamily(Family):
 
     def sample_size_kwargs(self, resolution: int) -> dict[str, int]:
         return {"height": resolution, "width": resolution}
+
+    # ------------------------------------------------------------------ the original layout (families/flow_layout.py)
+    single_file_prefix: ClassVar[str] = ""
+
+    @classmethod
+    def original_modules(cls, config: dict) -> dict[str, Any]:
+        """diffusers module path -> flow_layout.Slot (its module, or slice, in the original layout)."""
+        raise NotImplementedError
+
+    @classmethod
+    def original_norms(cls, config: dict) -> dict[str, str]:
+        raise NotImplementedError
+
+    @classmethod
+    def original_transformer_state(cls, transformer: Any) -> dict[str, torch.Tensor]:
+        """The transformer's weights as a single-file checkpoint in the original layout has them."""
+        from sdtune_ui.families.flow_layout import original_state
+
+        config = dict(transformer.config)
+        return original_state(transformer.state_dict(), cls.original_modules(config), cls.original_norms(config),
+                              cls.single_file_prefix)

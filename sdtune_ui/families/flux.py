@@ -22,6 +22,8 @@ class Flux(FlowMatchingFamily):
     label = "Flux.1"
     priority = 40
     pipeline_class_name = "FluxPipeline"
+    denoiser_class_name = "FluxTransformer2DModel"
+    standard_repo = "black-forest-labs/FLUX.1-dev"
     text_encoder_count = 2
     text_encoder_components = ("text_encoder", "text_encoder_2")
     tunable_text_encoders = (0,)            # CLIP-L; T5 stays frozen
@@ -101,6 +103,18 @@ class Flux(FlowMatchingFamily):
                                 negative: tuple[torch.Tensor, torch.Tensor | None] | None) -> dict[str, Any]:
         # FluxPipeline reads a negative prompt only for true CFG (true_cfg_scale > 1), which samples do not use.
         return {"prompt_embeds": hidden, "pooled_prompt_embeds": pooled}
+
+    @classmethod
+    def original_modules(cls, config: dict) -> dict[str, Any]:
+        from sdtune_ui.families.flow_layout import flux_module_map
+
+        return flux_module_map(config)
+
+    @classmethod
+    def original_norms(cls, config: dict) -> dict[str, str]:
+        from sdtune_ui.families.flow_layout import flux_norm_map
+
+        return flux_norm_map(config)
 
     @classmethod
     def ldm_text_encoder_state(cls, pipe: Any) -> dict[str, torch.Tensor]:

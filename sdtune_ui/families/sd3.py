@@ -39,6 +39,8 @@ class SD3(FlowMatchingFamily):
     label = "Stable Diffusion 3.5"
     priority = 30
     pipeline_class_name = "StableDiffusion3Pipeline"
+    denoiser_class_name = "SD3Transformer2DModel"
+    standard_repo = "stabilityai/stable-diffusion-3.5-medium"
     text_encoder_count = 3
     text_encoder_components = ("text_encoder", "text_encoder_2", "text_encoder_3")
     tunable_text_encoders = (0, 1)          # CLIP-L and CLIP-G; T5 stays frozen
@@ -98,6 +100,20 @@ class SD3(FlowMatchingFamily):
                 pooled: torch.Tensor | None, time_ids: torch.Tensor | None) -> torch.Tensor:
         return model(hidden_states=noisy, timestep=timesteps, encoder_hidden_states=hidden,
                      pooled_projections=pooled.to(hidden.dtype), return_dict=False)[0]
+
+    single_file_prefix = "model.diffusion_model."
+
+    @classmethod
+    def original_modules(cls, config: dict) -> dict[str, Any]:
+        from sdtune_ui.families.flow_layout import sd3_module_map
+
+        return sd3_module_map(config)
+
+    @classmethod
+    def original_norms(cls, config: dict) -> dict[str, str]:
+        from sdtune_ui.families.flow_layout import sd3_norm_map
+
+        return sd3_norm_map(config)
 
     @classmethod
     def ldm_text_encoder_state(cls, pipe: Any) -> dict[str, torch.Tensor]:

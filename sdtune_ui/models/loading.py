@@ -57,21 +57,42 @@ def read_state_dict(path: str | Path, *, allow_pickle: bool = False) -> dict:
     # weights_only refuses arbitrary objects even when the user allowed pickle files.
     return torch.load(path, map_location="cpu", weights_only=True)
 
-def _pipeline_class_for_single_file(path: Path):
-    """The pipeline class of the family the checkpoint's keys belong to (no name guessing)."""
+def _family_of_single_file(path: Path):
+    """The family the checkpoint's keys belong to (no name guessing)."""
     from sdtune_ui.families import family_classes, family_for_checkpoint_keys
 
     if path.suffix.lower() != ".safetensors":
-        return family_classes()[-1].pipeline_class()  # pickle files are not opened just to look at their keys
+        return family_classes()[-1]  # pickle files are not opened just to look at their keys
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
-        return family_for_checkpoint_keys(handle.keys()).pipeline_class()
+        return family_for_checkpoint_keys(handle.keys())
+
+
+def _from_single_file(path: Path, family: type, dtype: torch.dtype, config: str | None):
+    """A pipeline from one checkpoint file. Transformer checkpoints (Flux, SD3) often hold the transformer alone:
+    it is read from the file and the other components from the config folder or repo (the family's standard one
+    unless `config` names another)."""
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    pipeline_class = family.pipeline_class()
+    extra = {"config": config} if config else {}
+    try:
+        return pipeline_class.from_single_file(str(path), dtype=dtype, **extra)
+    except SingleFileComponentError:
+        if not family.denoiser_class_name:
+            raise
+    import diffusers
+
+    source = config or family.standard_repo
+    denoiser = getattr(diffusers, family.denoiser_class_name).from_single_file(
+        str(path), config=source, subfolder=family.denoiser, dtype=dtype)
+    return pipeline_class.from_pretrained(source, dtype=dtype, **{family.denoiser: denoiser})
 
 
 def load_pipeline(name: str, *, dtype: torch.dtype | dict[str, torch.dtype] = torch.float32,
                   allow_pickle: bool = False, single_file_config: str | None = None):
-    """Load a Stable Diffusion pipeline (SD1.x, SD2.x or SDXL) from any of the accepted sources.
+    """Load a pipeline of any registered family (SD1.x, SD2.x, SDXL, SD3.5, Flux.1) from any accepted source.
 
     `dtype` may map component names to dtypes ({"unet": torch.float32, "default": torch.bfloat16}), so each
     part is read straight into the precision it trains in (a single file is read in float32 then).
@@ -85,10 +106,9 @@ def load_pipeline(name: str, *, dtype: torch.dtype | dict[str, torch.dtype] = to
     try:
         if path.is_file():
             refuse_pickle(path, allow_pickle)
-            pipeline_class = _pipeline_class_for_single_file(path)
-            extra = {"config": resolve_model(single_file_config)} if single_file_config else {}
             single_dtype = torch.float32 if isinstance(dtype, dict) else dtype
-            pipe = pipeline_class.from_single_file(str(path), dtype=single_dtype, **extra)
+            config = resolve_model(single_file_config) if single_file_config else None
+            pipe = _from_single_file(path, _family_of_single_file(path), single_dtype, config)
         else:
             pipe = _from_pretrained(DiffusionPipeline, source, path, dtype, allow_pickle)
     except ModelLoadError:
