@@ -81,13 +81,20 @@ def _usage(family: type[Family], config: dict, *, pipeline: bool, lora_file: str
         lines += adapters.adapter_of_run(config).usage_lines(lora_file)
     token = config.get("placeholder_token") or "<token>"
     if embedding_file:
-        if family.text_encoder_count > 1:  # one set of vectors per text encoder
+        if family.embedding_keys:  # one set of vectors per CLIP text encoder
             lines += ["from huggingface_hub import hf_hub_download", "from safetensors.torch import load_file",
-                      f'state = load_file(hf_hub_download("REPO_ID", "{embedding_file}"))',
-                      f'pipe.load_textual_inversion(state["clip_l"], token="{token}", '
-                      "text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)",
-                      f'pipe.load_textual_inversion(state["clip_g"], token="{token}", '
-                      "text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)"]
+                      f'state = load_file(hf_hub_download("REPO_ID", "{embedding_file}"))']
+            pairs = list(zip(family.embedding_keys, family.tunable_components()))
+            if hasattr(family.pipeline_class(), "load_textual_inversion"):
+                lines += [f'pipe.load_textual_inversion(state["{key}"], token="{token}", text_encoder=pipe.{encoder}, '
+                          f"tokenizer=pipe.{tokenizer})" for key, (tokenizer, encoder) in pairs]
+            else:  # no textual-inversion loader on this pipeline (SD3): add the token rows directly
+                lines += [f"# {pipeline_class} has no load_textual_inversion: add the token to each CLIP encoder"]
+                for key, (tokenizer, encoder) in pairs:
+                    lines += [f'pipe.{tokenizer}.add_tokens("{token}")',
+                              f"pipe.{encoder}.resize_token_embeddings(len(pipe.{tokenizer}))",
+                              f"pipe.{encoder}.get_input_embeddings().weight.data["
+                              f'pipe.{tokenizer}.convert_tokens_to_ids("{token}")] = state["{key}"][0]']
         else:
             lines.append(f'pipe.load_textual_inversion("REPO_ID", weight_name="{embedding_file}", token="{token}")')
     prompt = (trigger_words(config) or ["a photo"])[-1]
@@ -116,6 +123,7 @@ def build_model_card(config: dict, *, files: list[str], samples: list[tuple[str,
         library_name="diffusers",
         pipeline_tag="text-to-image",
         license=family.license,
+        **({"license_name": family.license_name, "license_link": family.license_link} if family.license_name else {}),
         tags=list(dict.fromkeys(tags)),
         instance_prompt=triggers[0] if triggers else None,
         widget=[{"text": prompt, "output": {"url": path}} for path, prompt in (samples or [])] or None,

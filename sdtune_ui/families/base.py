@@ -150,6 +150,14 @@ class Family:
         raise NotImplementedError
 
     @classmethod
+    def tunable_components(cls) -> list[tuple[str, str]]:
+        """(tokenizer, text encoder) pipeline component names of the encoders that can learn (CLIP; not T5), in
+        order: where textual-inversion vectors go (a pipeline may lack the later ones)."""
+        keep = cls.tunable_text_encoders
+        names = [name for i, name in enumerate(cls.text_encoder_components) if keep is None or i in keep]
+        return [(name.replace("text_encoder", "tokenizer"), name) for name in names]
+
+    @classmethod
     def memory_for_config(cls, config: dict | None) -> MemoryProfile | None:
         """The memory profile of a checkpoint with this denoiser config (None: unknown), e.g. SD3.5 Medium or
         Large; by default the family's standard checkpoint's."""

@@ -53,6 +53,14 @@ class FlowMatchingFamily(Family):
         if config.snr_gamma:
             notes.append("snr_gamma (min-SNR) is for noise-prediction models; flow matching uses "
                          "flow_loss_weighting instead, so it is ignored here.")
+        from sdtune_ui.methods import TOKENS
+
+        if config.has(TOKENS):
+            notes.append("Textual inversion learns the new token in the CLIP encoder(s) only: T5 gets no new token "
+                         "(not supported for T5; it reads the token as plain text).")
+        if config.train_text_encoder:
+            notes.append("train_text_encoder trains the CLIP encoder(s); T5 stays frozen (training it is not "
+                         "supported).")
         if config.noise_offset:
             notes.append("noise_offset was made for noise-prediction models; on flow matching it shifts the "
                          "target too (use with care).")

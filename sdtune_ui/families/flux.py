@@ -63,6 +63,11 @@ class Flux(FlowMatchingFamily):
 
     def training_notes(self, config: Any) -> list[str]:
         notes = super().training_notes(config)
+        from sdtune_ui.methods import ADAPTER, TOKENS
+
+        if config.has(TOKENS) and not config.has(ADAPTER):
+            notes.append("Flux reads CLIP-L only through its pooled vector, so a token learned there alone has a weak "
+                         "effect: pivotal tuning (LoRA + token) teaches Flux a concept better.")
         if self.guidance_embeds:
             notes.append(f"Guidance embedding (Flux.1-dev): trained at guidance {config.train_guidance_scale}")
         return notes

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from sdtune_ui.errors import ModelLoadError, SdtuneError
+from sdtune_ui.families import detect_family
 from sdtune_ui.generate.artifacts import Artifact, read_state_dict
 from sdtune_ui.generate.options import GenerationOptions
 from sdtune_ui.methods import adapters
@@ -122,6 +123,7 @@ class GenerationEngine:
         self._pristine_text: list[tuple[Any, int]] = []  # (tokenizer copy, vocab rows) before any embedding
         self._fused: tuple | None = None
         self._disabled = False                          # every loaded adapter is at scale 0 (switched off)
+        self._expansions: dict[str, str] = {}          # multi-vector tokens the pipeline does not expand itself
 
     # ------------------------------------------------------------------------------------ models
     def load_model(self, model: str, *, allow_pickle: bool = False) -> Any:
@@ -136,6 +138,7 @@ class GenerationEngine:
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(self.device)
         self.model_key = key
+        self._family = detect_family(pipe)
         self._scheduler_config = copy.deepcopy(pipe.scheduler.config)
         self._original_scheduler = pipe.scheduler
         return self.pipe
@@ -147,6 +150,7 @@ class GenerationEngine:
         self._adapters.clear()
         self._embeddings.clear()
         self._pristine_text = []
+        self._expansions = {}
         self._fused = None
         self._disabled = False
         from diffusers.training_utils import free_memory
@@ -155,9 +159,7 @@ class GenerationEngine:
 
     @property
     def family(self) -> str:
-        from sdtune_ui.families import detect_family
-
-        return detect_family(self.pipe).name if self.pipe is not None else ""
+        return self._family.name if self.pipe is not None else ""
 
     # ------------------------------------------------------------------------------------ artifacts
     def prepare(self, model: str, artifacts: Sequence[Artifact] = (), *, allow_pickle: bool = False,
@@ -233,10 +235,9 @@ class GenerationEngine:
             self._embeddings[artifact.path] = self._load_embedding(artifact, allow_pickle)
 
     def _text_pairs(self) -> list[tuple[str, str]]:
-        pairs = [("tokenizer", "text_encoder")]
-        if getattr(self.pipe, "text_encoder_2", None) is not None:
-            pairs.append(("tokenizer_2", "text_encoder_2"))
-        return pairs
+        """(tokenizer, text encoder) of the encoders that take new tokens (CLIP; not T5)."""
+        return [(tok, enc) for tok, enc in self._family.tunable_components()
+                if getattr(self.pipe, enc, None) is not None]
 
     def _reset_embeddings(self) -> None:
         if not self._pristine_text:
@@ -248,6 +249,7 @@ class GenerationEngine:
                 setattr(self.pipe, tok_name, copy.deepcopy(tokenizer))
                 getattr(self.pipe, enc_name).resize_token_embeddings(rows)
         self._embeddings.clear()
+        self._expansions = {}
 
     def _load_embedding(self, artifact: Artifact, allow_pickle: bool) -> list[str]:
         path = Path(artifact.path)
@@ -255,27 +257,47 @@ class GenerationEngine:
             raise ModelLoadError(f"Embedding file {artifact.path} not found.")
         state = read_state_dict(path, allow_pickle=allow_pickle)
         token = artifact.token or path.stem
-        pipe = self.pipe
+        family = self._family
         try:
-            if {"clip_l", "clip_g"} <= set(state):
-                if getattr(pipe, "text_encoder_2", None) is None:
-                    raise ModelLoadError(f"{path.name} is an SDXL embedding; load an SDXL base model to use it.")
-                pipe.load_textual_inversion(state["clip_l"], token=token, text_encoder=pipe.text_encoder,
-                                            tokenizer=pipe.tokenizer)
-                pipe.load_textual_inversion(state["clip_g"], token=token, text_encoder=pipe.text_encoder_2,
-                                            tokenizer=pipe.tokenizer_2)
+            if family.embedding_keys:   # one tensor per CLIP encoder: SDXL and SD3 clip_l + clip_g, Flux clip_l
+                missing = [key for key in family.embedding_keys if key not in state]
+                if missing:
+                    raise ModelLoadError(f"{path.name} is not a {family.label} embedding (it has no "
+                                         f"{', '.join(missing)}); use one trained for {family.label}.")
+                for key, (tok, enc) in zip(family.embedding_keys, self._text_pairs()):
+                    self._add_embedding(state[key], token, tok, enc)
             else:
-                if getattr(pipe, "text_encoder_2", None) is not None:
-                    raise ModelLoadError(f"{path.name} is an SD1/SD2 embedding; it cannot be used with SDXL.")
+                if {"clip_l", "clip_g"} & set(state):
+                    raise ModelLoadError(f"{path.name} is an embedding for two text encoders (SDXL, SD3); it cannot "
+                                         f"be used with {family.label}.")
                 tensor = state.get("emb_params")
                 if tensor is None and "string_to_param" in state:
                     tensor = state["string_to_param"]["*"]
                 if tensor is None:
                     tensor = next(iter(state.values()))
-                pipe.load_textual_inversion(tensor if tensor.ndim == 2 else tensor[None], token=token)
+                self._add_embedding(tensor, token, "tokenizer", "text_encoder")
         except ValueError as err:
             raise ModelLoadError(f"Could not load the embedding {path.name}: {err}") from err
         return [token]
+
+    def _add_embedding(self, tensor: torch.Tensor, token: str, tokenizer_name: str, encoder_name: str) -> None:
+        """diffusers' load_textual_inversion where the pipeline has it; SD3's pipeline has none, so the token rows are
+        added the same way here (and multi-vector tokens expanded in prompts, which its pipeline does not do)."""
+        pipe = self.pipe
+        vectors = tensor if tensor.ndim == 2 else tensor[None]
+        tokenizer, encoder = getattr(pipe, tokenizer_name), getattr(pipe, encoder_name)
+        if hasattr(pipe, "load_textual_inversion"):
+            pipe.load_textual_inversion(vectors, token=token, text_encoder=encoder, tokenizer=tokenizer)
+            return
+        tokens = [token] + [f"{token}_{i}" for i in range(1, len(vectors))]
+        if tokenizer.add_tokens(tokens) != len(tokens):
+            raise ValueError(f"the tokenizer already has {token}")
+        encoder.resize_token_embeddings(len(tokenizer))
+        weight = encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            weight[tokenizer.convert_tokens_to_ids(tokens)] = vectors.to(weight.device, weight.dtype)
+        if len(tokens) > 1:
+            self._expansions[token] = " ".join(tokens)
 
     @property
     def tokens(self) -> list[str]:
@@ -297,7 +319,9 @@ class GenerationEngine:
         with self._lock:
             started = time.perf_counter()
             pipe = self.prepare(model, artifacts, allow_pickle=allow_pickle, fuse=options.fuse_lora)
-            scheduler = make_scheduler(options.scheduler, self._scheduler_config)
+            # Flow-matching models (SD3, Flux) keep their own flow-matching sampler whatever is chosen.
+            flow = self._family.flow_matching
+            scheduler = None if flow else make_scheduler(options.scheduler, self._scheduler_config)
             pipe.scheduler = scheduler if scheduler is not None else self._original_scheduler
             seeds = [options.seed + i for i in range(options.num_images)]
             # One generator per image, on the device that draws the noise: reproducible per seed and device.
@@ -312,8 +336,11 @@ class GenerationEngine:
                     step_callback(step + 1, options.steps)
                     return tensors
                 kwargs["callback_on_step_end"] = on_step
+            prompt = options.prompt
+            for token, expanded in self._expansions.items():
+                prompt = prompt.replace(token, expanded)
             try:
-                images = pipe(options.prompt, negative_prompt=options.negative_prompt or None,
+                images = pipe(prompt, negative_prompt=options.negative_prompt or None,
                               num_inference_steps=options.steps, guidance_scale=options.guidance,
                               num_images_per_prompt=options.num_images, generator=generators, **kwargs).images
             except torch.OutOfMemoryError as err:

@@ -37,7 +37,8 @@ class GenerationOptions:
     prompt: str = _field("", "What to draw; use the run's trigger words.", label="Prompt")
     negative_prompt: str = _field("", "What to keep out of the image.", label="Negative prompt")
     scheduler: str = _field("dpm++", "Sampler: DPM-Solver++ (good images in ~25 steps), Euler, Euler ancestral, "
-                            "DDIM, UniPC, or the model's own.", label="Scheduler", choices=SCHEDULERS)
+                            "DDIM, UniPC, or the model's own (SD3 and Flux always use their own flow-matching "
+                            "sampler).", label="Scheduler", choices=SCHEDULERS)
     steps: int = _field(25, "Denoising steps (20-30 is typical).", label="Steps", minimum=1, maximum=150, step=1,
                         public_maximum=50)
     guidance: float = _field(7.5, "Classifier-free guidance scale (5-9 is typical).", label="Guidance scale",

@@ -55,9 +55,10 @@ class Caches:
 
     def _free_text_encoders(self) -> None:
         """Release the frozen text encoders' weights for the rest of the run, on the GPU and in CPU memory alike
-        (their modules stay, on the meta device): everything they would encode is in the prompt cache."""
-        for encoder in self.parts.text_encoders:
+        (their modules stay, on the meta device; the pipeline has none): everything they would encode is cached."""
+        for name, encoder in zip(self.parts.text_encoder_names, self.parts.text_encoders):
             encoder.to("meta")
+            setattr(self.parts.pipeline, name, None)   # sampling finds its device from the modules it has
         self.log(f"Prompts cached; the text encoders ({', '.join(self.parts.text_encoder_names)}) are freed until "
                  "the run ends (sample images use the cached prompts)")
         if torch.cuda.is_available():
