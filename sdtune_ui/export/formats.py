@@ -111,8 +111,12 @@ def export_run(run_dir: str | Path, format: str, out_dir: str | Path, *, step: i
     def single_file() -> None:
         target = out / f"{name}.safetensors"
         written.append(_single_file(Path(by_kind[PIPELINE].path), target, half))
-        notes.append(f"`{target.name}` is a single-file checkpoint in the original layout "
-                     "(AUTOMATIC1111, ComfyUI, `from_single_file`).")
+        if family.kohya_original_layout:
+            notes.append(f"`{target.name}` is the {family.label} transformer alone in the original layout (ComfyUI's "
+                         "diffusion-model loader, `from_single_file` with the base model's other components).")
+        else:
+            notes.append(f"`{target.name}` is a single-file checkpoint in the original layout "
+                         "(AUTOMATIC1111, ComfyUI, `from_single_file`).")
 
     if format == "diffusers":
         for artifact in found.artifacts:

@@ -174,8 +174,14 @@ def save_single_file(pipe: Any, path: str | Path, *, half: bool = False) -> Path
     """Write the pipeline as one `.safetensors` checkpoint (fp16 when `half`, as most shared checkpoints are)."""
     from safetensors.torch import save_file
 
+    from sdtune_ui.families import detect_family
+
     path = Path(path)
-    state = pipeline_to_ldm_state(pipe)
+    family = detect_family(pipe)
+    if family.kohya_original_layout:   # SD3, Flux: the transformer alone (what ComfyUI's diffusion-model loader reads)
+        state = family.original_transformer_state(pipe.transformer)
+    else:
+        state = pipeline_to_ldm_state(pipe)
     dtype = torch.float16 if half else torch.float32
     tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
                for k, v in state.items()}

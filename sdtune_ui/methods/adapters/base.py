@@ -90,7 +90,10 @@ class Adapter:
 
         arguments: dict[str, Any] = {}
         for component, model in models.items():
-            arguments[f"{component}_lora_layers"] = portable_keys(component, get_peft_model_state_dict(model))
+            # Adapters only: a resized vocabulary (pivotal tuning's new tokens) would otherwise put the whole token
+            # embedding into the file; the tokens are saved as their own embedding file.
+            layers = get_peft_model_state_dict(model, save_embedding_layers=False)
+            arguments[f"{component}_lora_layers"] = portable_keys(component, layers)
             arguments[f"{component}_lora_adapter_metadata"] = self.file_config(model.peft_config["default"])
         pipeline_class.save_lora_weights(str(out_dir), weight_name=self.file_name, safe_serialization=True,
                                          **arguments)
