@@ -15,7 +15,7 @@ from sdtune_ui.generate.artifacts import run_artifacts
 from sdtune_ui.generate.engine import GenerationEngine
 from sdtune_ui.generate.options import GenerationOptions
 from sdtune_ui.models import load_pipeline
-from tests.flow_helpers import COMMON, METHOD_SETTINGS, latents, one_torch_thread
+from tests.flow_helpers import COMMON, METHOD_SETTINGS, one_torch_thread
 from tests.train_helpers import INSTANCE_PROMPT, TI_PROMPT, run_training
 
 __all__ = ["one_torch_thread"]
