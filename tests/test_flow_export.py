@@ -28,7 +28,8 @@ def runs(tmp_path_factory, sdtune_home):
 
     root = tmp_path_factory.mktemp("flow_runs")
     settings = {"flux_lora": ("tiny-flux", METHOD_SETTINGS["lora"]),
-                "sd3_pivotal": ("tiny-sd3", dict(METHOD_SETTINGS["pivotal"], lora_targets="all", train_text_encoder=True)),
+                "sd3_pivotal": ("tiny-sd3", dict(METHOD_SETTINGS["pivotal"], lora_targets="all",
+                                                 train_text_encoder=True)),
                 "sd3_full": ("tiny-sd3", METHOD_SETTINGS["full"])}
     return {name: run_training(TrainConfig(model=model, data=str(EXAMPLE_DATASET), **{**COMMON, **values}),
                                root / name) for name, (model, values) in settings.items()}
