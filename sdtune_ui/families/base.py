@@ -119,6 +119,9 @@ class Family:
     license_link: ClassVar[str] = ""
     # Memory: sizes of the standard checkpoint and the fitted activation cost (train/memory.py).
     memory: ClassVar[MemoryProfile | None] = None
+    # Memory presets of this family by GPU size (TrainConfig VRAM_PRESETS names), applied over the generic ones; each
+    # chosen so that train/memory.py's estimate of a LoRA run fits (tests/test_flow_presets.py).
+    memory_presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, prediction_type: str = "epsilon", native_resolution: int = 512):
         self.prediction_type = prediction_type

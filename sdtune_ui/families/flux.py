@@ -44,6 +44,15 @@ class Flux(FlowMatchingFamily):
         lora_params_per_rank={"attention": 1_634_304, "attention_ff": 3_385_344, "all": 5_372_992},
         text_encoder_lora_params_per_rank=73_728, token_embedding_params=(37_945_344,),
         activation_gib_per_megapixel=None)
+    # Estimated (activations borrowed from SD1.x, not yet measured): Flux.1 LoRA rank 16 at 1024 px needs ~26 GiB in
+    # bf16 even with gradient checkpointing, ~14 with an int8 base, ~8 with NF4 (7.4 at 512 px with 8-bit AdamW).
+    memory_presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "8 GB": dict(mixed_precision="bf16", gradient_checkpointing=True, train_batch_size=1, optimizer="adamw8bit",
+                     quantize_base="nf4", resolution=512),
+        "12 GB": dict(mixed_precision="bf16", gradient_checkpointing=True, train_batch_size=1, quantize_base="nf4"),
+        "16 GB": dict(mixed_precision="bf16", gradient_checkpointing=True, train_batch_size=1, quantize_base="nf4"),
+        "24 GB+": dict(mixed_precision="bf16", gradient_checkpointing=True, train_batch_size=1, quantize_base="int8"),
+    }
 
     def __init__(self, prediction_type: str = "flow_matching", native_resolution: int = 1024):
         super().__init__(prediction_type, native_resolution)

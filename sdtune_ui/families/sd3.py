@@ -55,6 +55,15 @@ class SD3(FlowMatchingFamily):
     license_name = "stabilityai-ai-community"
     license_link = "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium/blob/main/LICENSE.md"
     memory = SD35_MEDIUM
+    # Estimated (activations borrowed from SD1.x, not yet measured): SD3.5 Medium LoRA rank 16 at 1024 px needs
+    # ~10 GiB with GPU overheads, ~6 with gradient checkpointing, ~2.6 with an NF4 base as well.
+    memory_presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "8 GB": dict(mixed_precision="bf16", gradient_checkpointing=True, train_batch_size=1, optimizer="adamw8bit",
+                     quantize_base="nf4"),
+        "12 GB": dict(mixed_precision="bf16", gradient_checkpointing=True, train_batch_size=1),
+        "16 GB": dict(mixed_precision="bf16", gradient_checkpointing=False, train_batch_size=1),
+        "24 GB+": dict(mixed_precision="bf16", gradient_checkpointing=False, train_batch_size=2),
+    }
 
     def __init__(self, prediction_type: str = "flow_matching", native_resolution: int = 1024):
         super().__init__(prediction_type, native_resolution)

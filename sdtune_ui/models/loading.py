@@ -7,6 +7,7 @@ loaded, so they are refused unless the user explicitly allows them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -91,13 +92,14 @@ def _from_single_file(path: Path, family: type, dtype: torch.dtype, config: str 
 
 
 def load_pipeline(name: str, *, dtype: torch.dtype | dict[str, torch.dtype] = torch.float32,
-                  allow_pickle: bool = False, single_file_config: str | None = None):
+                  allow_pickle: bool = False, single_file_config: str | None = None, quantization: Any = None):
     """Load a pipeline of any registered family (SD1.x, SD2.x, SDXL, SD3.5, Flux.1) from any accepted source.
 
     `dtype` may map component names to dtypes ({"unet": torch.float32, "default": torch.bfloat16}), so each
     part is read straight into the precision it trains in (a single file is read in float32 then).
     A single-file checkpoint needs its architecture's configs; diffusers fetches the standard ones from the
     Hub unless `single_file_config` names a diffusers folder or repo to take them from (offline use).
+    `quantization`: a diffusers PipelineQuantizationConfig (train/quantize.py), for folders and Hub ids.
     """
     from diffusers import DiffusionPipeline
 
@@ -105,12 +107,17 @@ def load_pipeline(name: str, *, dtype: torch.dtype | dict[str, torch.dtype] = to
     path = Path(source).expanduser()
     try:
         if path.is_file():
+            if quantization is not None:
+                raise ModelLoadError("A quantised base is loaded from a diffusers folder or Hub id; convert the single "
+                                     "file first (python -m sdtune_ui train ... saves nothing quantised), or set "
+                                     "quantize_base to none.")
             refuse_pickle(path, allow_pickle)
             single_dtype = torch.float32 if isinstance(dtype, dict) else dtype
             config = resolve_model(single_file_config) if single_file_config else None
             pipe = _from_single_file(path, _family_of_single_file(path), single_dtype, config)
         else:
-            pipe = _from_pretrained(DiffusionPipeline, source, path, dtype, allow_pickle)
+            pipe = _from_pretrained(DiffusionPipeline, source, path, dtype, allow_pickle,
+                                    **({"quantization_config": quantization} if quantization is not None else {}))
     except ModelLoadError:
         raise
     except Exception as err:
@@ -132,11 +139,11 @@ def load_pipeline(name: str, *, dtype: torch.dtype | dict[str, torch.dtype] = to
 
 
 def _from_pretrained(pipeline_class, source: str, path: Path, dtype: torch.dtype | dict[str, torch.dtype],
-                     allow_pickle: bool):
+                     allow_pickle: bool, **extra: Any):
     if path.is_dir() and not (path / "model_index.json").exists():
         raise ModelLoadError(f"{path} is a folder but not a diffusers pipeline (no model_index.json).")
     try:
-        return pipeline_class.from_pretrained(source, dtype=dtype, use_safetensors=True)
+        return pipeline_class.from_pretrained(source, dtype=dtype, use_safetensors=True, **extra)
     except (OSError, ValueError) as err:
         if "safetensors" not in str(err).lower():
             raise
@@ -145,7 +152,7 @@ def _from_pretrained(pipeline_class, source: str, path: Path, dtype: torch.dtype
                 f"{source} has no safetensors weights, only pickle files, which can run arbitrary code "
                 "when loaded. Allow pickle explicitly (--allow-pickle) if you trust its source."
             ) from err
-        return pipeline_class.from_pretrained(source, dtype=dtype, use_safetensors=False)
+        return pipeline_class.from_pretrained(source, dtype=dtype, use_safetensors=False, **extra)
 
 
 def unavailable_offline(name: str) -> str | None:

@@ -25,6 +25,7 @@ from typing import Any
 from sdtune_ui.config import TrainConfig, optimizer_available
 from sdtune_ui.families import Family, family_classes
 from sdtune_ui.methods import ADAPTER, FULL_WEIGHTS, TOKENS, adapters
+from sdtune_ui.train.quantize import BYTES_PER_PARAMETER
 
 GIB = 2**30
 # Bytes of optimizer state per trainable parameter: AdamW two fp32 moments; 8-bit AdamW two uint8 moments;
@@ -89,7 +90,7 @@ def estimate_memory(config: TrainConfig, family: type[Family] | Family | None = 
     native = None
     if family is None:
         family, native = family_for_estimate(config.model), native_resolution_of(config.model)
-    profile = family.memory
+    profile = family.memory_for_config(denoiser_config_of(config.model)) if isinstance(family, type) else family.memory
     notes: list[str] = []
     if profile is None:
         return MemoryEstimate(0.0, notes=[f"No memory profile for {family.label}."], summary=family.label)
@@ -101,6 +102,8 @@ def estimate_memory(config: TrainConfig, family: type[Family] | Family | None = 
     half = 4 if config.mixed_precision == "no" else 2  # "auto" is bf16 or fp16 on a GPU
     state_bytes = 4 + 4 + OPTIMIZER_STATE_BYTES.get(config.optimizer, 8)   # fp32 weight, gradient, optimizer
     encoders = sum(profile.text_encoder_params)
+    keep = family.tunable_text_encoders   # encoders methods may train (CLIP); the others (T5) stay frozen
+    tunable = sum(n for i, n in enumerate(profile.text_encoder_params) if keep is None or i in keep)
 
     frozen = 0.0      # bytes of weights on the GPU that get no gradient
     trainable = 0.0   # trainable parameters with their own fp32 weights
@@ -108,14 +111,16 @@ def estimate_memory(config: TrainConfig, family: type[Family] | Family | None = 
     if config.has(FULL_WEIGHTS):
         trainable += profile.unet_params
     else:
-        frozen += profile.unet_params * half
+        quantized = config.quantize_base != "none" and config.has(ADAPTER)
+        frozen += profile.unet_params * (BYTES_PER_PARAMETER[config.quantize_base] if quantized else half)
     if config.has(ADAPTER):
         per_rank = profile.lora_params_per_rank.get(config.lora_targets, max(profile.lora_params_per_rank.values()))
         trainable += config.rank * per_rank
         if config.train_text_encoder:
             trainable += config.rank * profile.text_encoder_lora_params_per_rank
     if config.has(TOKENS):
-        frozen += encoders * 4  # the encoders stay in fp32; whole embedding matrices get gradients
+        # the CLIP encoders stay in fp32 (whole embedding matrices get gradients); T5, frozen, in half precision
+        frozen += tunable * 4 + (encoders - tunable) * half
         embeddings = sum(profile.token_embedding_params)
     elif config.has(FULL_WEIGHTS) and config.train_text_encoder:
         trainable += encoders
@@ -202,6 +207,30 @@ def native_resolution_of(model: str) -> int | None:
         return None
     scale = 2 ** (len(vae["block_out_channels"]) - 1) if vae and "block_out_channels" in vae else 8
     return int(unet["sample_size"]) * scale
+
+
+@functools.lru_cache(maxsize=64)
+def denoiser_config_of(model: str) -> dict | None:
+    """The base model's transformer config when it is on this machine (a folder, or the Hugging Face cache), which
+    tells SD3.5 Medium from Large; None for UNet models and unknown ones."""
+    import json
+    from pathlib import Path
+
+    from sdtune_ui.models.loading import resolve_model
+
+    source = resolve_model(model)
+    try:
+        folder = Path(source).expanduser()
+        if folder.is_dir():
+            path = folder / "transformer" / "config.json"
+        else:
+            import huggingface_hub
+
+            cached = huggingface_hub.try_to_load_from_cache(source, "transformer/config.json")
+            path = Path(cached) if isinstance(cached, str) else None
+        return json.loads(path.read_text()) if path is not None and path.exists() else None
+    except Exception:  # noqa: BLE001 - not a folder, not cached, not an id: the family's standard checkpoint
+        return None
 
 
 @functools.lru_cache(maxsize=64)

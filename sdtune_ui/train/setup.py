@@ -62,6 +62,15 @@ def weight_dtype_for(mixed_precision: str) -> torch.dtype:
                                                                torch.float32)
 
 
+def move_to_device(module: torch.nn.Module, device: Any, dtype: torch.dtype) -> None:
+    """Move a model to the training device in its training dtype; quantised ones (train/quantize.py) keep the dtypes
+    they were loaded in (diffusers refuses to cast them)."""
+    if getattr(module, "is_quantized", False):
+        module.to(device)
+    else:
+        module.to(device, dtype=dtype)
+
+
 # ---------------------------------------------------------------------------------------------- the config
 def apply_dataset_info(config: TrainConfig) -> TrainConfig:
     """Fill what the user left empty from the dataset (and the run it starts from), before validation:
@@ -229,8 +238,14 @@ def load_training_inputs(config: TrainConfig, accelerator: Any, log: Callable[[s
     stop_if_cancelled()
     log(f"Loading {config.model}")
     if pipeline is None:
-        dtypes = component_dtypes(config, weight_dtype_for(config.mixed_precision))
-        pipeline = load_pipeline(config.model, allow_pickle=config.allow_pickle, dtype=dtypes)
+        from sdtune_ui.train.quantize import check_quantization, quantization_config
+
+        family = family_of_model(config.model)
+        check_quantization(config, family, cuda=accelerator.device.type == "cuda")
+        weight_dtype = weight_dtype_for(config.mixed_precision)
+        dtypes = component_dtypes(config, weight_dtype)
+        pipeline = load_pipeline(config.model, allow_pickle=config.allow_pickle, dtype=dtypes,
+                                 quantization=quantization_config(config, family, weight_dtype))
     pipe = pipeline
     pipe.set_progress_bar_config(disable=True)
     parts = model_parts(pipe)

@@ -27,7 +27,13 @@ from sdtune_ui.train import compile_cache, graphed_step, sharding, speed
 from sdtune_ui.train.caches import Caches
 from sdtune_ui.train.data import TrainingData
 from sdtune_ui.train.resume import Resumes
-from sdtune_ui.train.setup import build_optimizer, load_training_inputs, resolve_mixed_precision, weight_dtype_for
+from sdtune_ui.train.setup import (
+    build_optimizer,
+    load_training_inputs,
+    move_to_device,
+    resolve_mixed_precision,
+    weight_dtype_for,
+)
 from sdtune_ui.train.step_speed import StepSpeed
 
 
@@ -104,7 +110,7 @@ class Trainer(Caches, StepSpeed, Resumes):
         keep_fp32 = {id(m) for m in self.method.full_precision_models(parts)}
 
         def to_device(module: torch.nn.Module) -> None:
-            module.to(acc.device, dtype=torch.float32 if id(module) in keep_fp32 else self.weight_dtype)
+            move_to_device(module, acc.device, torch.float32 if id(module) in keep_fp32 else self.weight_dtype)
 
         for module in (parts.vae, *parts.text_encoders):
             to_device(module)

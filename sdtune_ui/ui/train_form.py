@@ -16,7 +16,7 @@ import gradio as gr
 from sdtune_ui.app import ops as app_ops
 from sdtune_ui.app.form_rules import dataset_hints, init_from_choices, settle, validation_report
 from sdtune_ui.app.text import code, error_markdown, escape_html, escape_markdown
-from sdtune_ui.config import TrainConfig, preset_switch_values, preset_values
+from sdtune_ui.config import TrainConfig, family_memory_preset, preset_switch_values, preset_values
 from sdtune_ui.errors import ConfigError
 from sdtune_ui.methods import method_named, method_names
 from sdtune_ui.runs import RunDir
@@ -112,7 +112,8 @@ def wire(ctx: Any, options: Any, form: Form, *, notes: gr.Markdown, validation: 
                   done: dict, *args: Any) -> list[Any]:
         current = form.values(args)
         # The memory preset is applied after the method's (and its adapter type's), so memory-saving settings win.
-        presets = preset_switch_values(previous, method, memory, adapter) if apply_presets else {}
+        presets = (preset_switch_values(previous, method, memory, adapter, current.get("model"))
+                   if apply_presets else {})
         values = {**current, **app_ops.widget_values(presets), "method": method, "adapter": adapter}
         hints = hints_of(values, request)
         settled = settle(values, hints, previous_method=previous, filled=done)
@@ -129,8 +130,12 @@ def wire(ctx: Any, options: Any, form: Form, *, notes: gr.Markdown, validation: 
         update = {k: v for k, v in changed(settled.values, current).items() if k != "data"}
         return [*form.updates(update), settled.filled, notes_for(settled.notes, settled.values, hints)]
 
-    def on_vram(memory: str) -> list[Any]:
-        return form.updates(app_ops.widget_values(preset_values(vram=memory)))
+    def on_vram(memory: str, model: str, method: str) -> list[Any]:
+        return form.updates(app_ops.widget_values(preset_values(vram=memory, model=model, method=method)))
+
+    def on_model(memory: str, model: str, method: str) -> list[Any]:
+        family_preset = family_memory_preset(model, memory, method) if memory else {}
+        return form.updates(app_ops.widget_values(family_preset)) if family_preset else [gr.skip()] * len(fields)
 
     @user_errors
     def on_demo(request: gr.Request, previous: str, done: dict, *args: Any) -> list[Any]:
@@ -185,7 +190,10 @@ def wire(ctx: Any, options: Any, form: Form, *, notes: gr.Markdown, validation: 
     method_inputs = [form.widgets["method"], form.widgets["adapter"], use_presets, vram, method_now, filled, *fields]
     for switch in (form.widgets["method"], form.widgets["adapter"]):
         switch.input(on_method, method_inputs, [*fields, *state_out], show_progress="hidden")
-    vram.input(on_vram, vram, fields, show_progress="hidden")
+    vram.input(on_vram, [vram, form.widgets["model"], form.widgets["method"]], fields, show_progress="hidden")
+    # A model whose family has memory presets of its own (SD3.5, Flux.1) gets them for this GPU when picked.
+    form.widgets["model"].input(on_model, [vram, form.widgets["model"], form.widgets["method"]], fields,
+                                show_progress="hidden")
     demo.click(on_demo, [method_now, filled, *fields], [*fields, vram, *state_out], show_progress="hidden")
     load.upload(on_load, load, [*fields, method_now, filled])
     edit_copy.click(on_edit_copy, watched, [*fields, method_now, filled], api_visibility="private")
