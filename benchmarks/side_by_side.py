@@ -2,8 +2,11 @@
 
     python benchmarks/side_by_side.py --peer-scripts DIR --work /tmp/sbs --out results.jsonl \\
         sd15:lora:400 sd15:lora:400:again sd15:ti:400 sd15:dreambooth:400 sdxl:lora:400 sd15:lora:1000
+    python benchmarks/side_by_side.py --peer-scripts DIR ... sd35m:lora:100 flux:lora:100 flux:lora:100:small
 
-Each row is MODEL:METHOD:STEPS (":again" = only our second run of a row measured before: warm caches).
+Each row is MODEL:METHOD:STEPS (":again" = only our second run of a row measured before: warm caches; ":small" =
+only ours, with the memory savers of the smallest configuration: gradient checkpointing, Adafactor, and an NF4 base
+where bitsandbytes is installed). Models: sd15, sdxl, sd35m (SD3.5 Medium), flux (Flux.1-dev), all at batch 1.
 The same random full-size weights (full_size.py, saved once as a diffusers folder), the same 5 random images,
 batch 1, bf16, no validation, no intermediate checkpoints. The peer runs under `accelerate launch`, ours is
 `python -m sdtune_ui train`. For each it records the wall time from process start to the saved output (the
@@ -29,11 +32,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-RESOLUTION = {"sd15": 512, "sdxl": 1024}
+RESOLUTION = {"sd15": 512, "sdxl": 1024, "sd35m": 1024, "flux": 1024}
+PEER_LORA_SCRIPTS = {"sd15": "train_dreambooth_lora.py", "sdxl": "train_dreambooth_lora_sdxl.py",
+                     "sd35m": "train_dreambooth_lora_sd3.py", "flux": "train_dreambooth_lora_flux.py"}
 PROMPT = "a photo of sks dog"
 # Rough process times on an H200 (s), to skip a row that cannot finish before the deadline.
 ESTIMATE = {("sd15", "lora"): (32, 0.24, 25, 0.05), ("sd15", "ti"): (32, 0.19, 25, 0.06),
-            ("sd15", "dreambooth"): (40, 0.22, 35, 0.08), ("sdxl", "lora"): (83, 0.38, 45, 0.15)}
+            ("sd15", "dreambooth"): (40, 0.22, 35, 0.08), ("sdxl", "lora"): (83, 0.38, 45, 0.15),
+            # not measured yet: guesses from the sizes (loading ~34 GB of bf16 weights for Flux)
+            ("sd35m", "lora"): (120, 0.5, 90, 0.5), ("flux", "lora"): (240, 1.2, 180, 1.2)}
 
 
 # ---------------------------------------------------------------------------------------------- set-up
@@ -48,6 +55,8 @@ def save_weights(model: str, folder: Path) -> None:
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         pipe = build(model)
+    if model in ("sd35m", "flux"):   # saved in bf16 as released (Flux in fp32 would be 48 GB on disk)
+        pipe.to(torch.bfloat16)
     pipe.to("cpu").save_pretrained(folder, safe_serialization=True)
 
 
@@ -85,7 +94,7 @@ def peer_command(scripts: Path, model: str, method: str, steps: int, weights: Pa
               "--mixed_precision", "bf16", "--checkpointing_steps", "1000000", "--seed", "0"]
     dreambooth = ["--instance_data_dir", str(images), "--instance_prompt", PROMPT]
     if method == "lora":
-        script = "train_dreambooth_lora_sdxl.py" if model == "sdxl" else "train_dreambooth_lora.py"
+        script = PEER_LORA_SCRIPTS[model]
         args = [*dreambooth, "--learning_rate", "1e-4", "--rank", "4"]
     elif method == "dreambooth":
         script, args = "train_dreambooth.py", [*dreambooth, "--learning_rate", "5e-6"]
@@ -96,6 +105,16 @@ def peer_command(scripts: Path, model: str, method: str, steps: int, weights: Pa
     else:
         raise ValueError(method)
     return [*launch, str(scripts / script), *common, *args]
+
+
+def smallest_memory_flags() -> list[str]:
+    """Our flags for the smallest memory configuration that trains: checkpointing, Adafactor, an NF4 base if it can."""
+    import importlib.util
+
+    flags = ["--gradient-checkpointing", "--optimizer", "adafactor"]
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        flags += ["--quantize-base", "nf4"]
+    return flags
 
 
 def our_command(model: str, method: str, steps: int, weights: Path, images: Path, out: Path,
@@ -199,14 +218,14 @@ def run_process(command: list[str], out: Path, log_path: Path, timeout: float, e
 def measure_row(row: str, args: argparse.Namespace, env: dict, peers: dict) -> dict:
     model, method, steps, *flags = row.split(":")
     steps = int(steps)
-    again = "again" in flags
+    again = "again" in flags or "small" in flags   # rows of ours alone
     work = Path(args.work)
     weights = Path(args.weights) if args.weights else ensure_weights(model, work)
     images = ensure_images(model, work)
     key = (model, method, steps)
     result = {"vs": "diffusers", "model": model, "method": method, "steps": steps, "batch": 1,
               "resolution": RESOLUTION[model], "precision": "bf16", "images": 5,
-              "run": "second (warm caches)" if again else "first"}
+              "run": "smallest memory" if "small" in flags else "second (warm caches)" if again else "first"}
     remaining = args.deadline - time.time() if args.deadline else 1e9
     fixed_peer, step_peer, fixed_ours, step_ours = ESTIMATE[(model, method)]
     need = fixed_ours + step_ours * steps + (0 if again or args.ours_only else fixed_peer + step_peer * steps)
@@ -221,13 +240,15 @@ def measure_row(row: str, args: argparse.Namespace, env: dict, peers: dict) -> d
         peers[key]["steady_it_s"] = peer_steady_rate(log, steps)
         peers[key]["log_tail"] = log[-1500:] if peers[key]["returncode"] != 0 else None
         remaining = args.deadline - time.time() if args.deadline else 1e9
-    out = work / f"ours-{name}{'-again' if again else ''}"
-    ours = run_process(our_command(model, method, steps, weights, images, out, args.ours_extra.split()), out,
-                       work / f"ours-{name}{'-again' if again else ''}.log", remaining, env)
+    suffix = "-small" if "small" in flags else "-again" if again else ""
+    out = work / f"ours-{name}{suffix}"
+    extra = args.ours_extra.split() + (smallest_memory_flags() if "small" in flags else [])
+    ours = run_process(our_command(model, method, steps, weights, images, out, extra), out,
+                       work / f"ours-{name}{suffix}.log", remaining, env)
     if (out / "events.jsonl").exists():
         ours.update(our_details(out))
     if ours["returncode"] != 0:
-        ours["log_tail"] = (work / f"ours-{name}{'-again' if again else ''}.log").read_text(errors="replace")[-3000:]
+        ours["log_tail"] = (work / f"ours-{name}{suffix}.log").read_text(errors="replace")[-3000:]
     peer = peers.get(key)
     result.update(ours=ours, peer=peer)
     if peer and peer.get("wall_s") and ours.get("wall_s"):
