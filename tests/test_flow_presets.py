@@ -92,3 +92,18 @@ def test_training_with_a_quantised_base_stops_before_loading_when_it_cannot_be_h
     assert train(config, tmp_path / "run") == "failed"
     message = [e for e in RunDir(tmp_path / "run").read_events() if e["kind"] == "status"][-1]["message"]
     assert "quantize_base" in message or "bitsandbytes" in message or "CUDA" in message
+
+
+@pytest.mark.parametrize(("config_file", "model"), [("fsdp_sd3.yaml", "tiny-sd3"), ("fsdp_flux.yaml", "tiny-flux")])
+def test_fsdp_configs_for_the_transformers_name_their_real_blocks(config_file, model):
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    import sdtune_ui
+    from sdtune_ui.models import load_pipeline
+
+    config = load_config_from_file(str(Path(sdtune_ui.__file__).parent / "accelerate_configs" / config_file))
+    wrapped = set(config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(","))
+    present = {type(module).__name__ for module in load_pipeline(model).transformer.modules()}
+    assert wrapped <= present
