@@ -123,3 +123,18 @@ def test_unet_families_keep_their_noise_prediction_objective():
     snr = compute_snr(scheduler, timesteps)
     torch.testing.assert_close(sd1.loss_weights(scheduler, timesteps, config), torch.clamp(snr, max=5.0) / snr)
     assert sd1.loss_weights(scheduler, timesteps, TrainConfig(data="x")) is None
+
+
+def test_schnell_shaped_flux_trains_without_a_guidance_embedding(flux):
+    from diffusers import FluxTransformer2DModel
+
+    config = {k: v for k, v in flux.transformer.config.items() if not k.startswith("_")}
+    schnell = FluxTransformer2DModel(**{**config, "guidance_embeds": False})
+    pipe = FluxPipeline(**{**flux.components, "transformer": schnell})
+    family = detect_family(pipe)
+    assert family.name == "flux" and not family.guidance_embeds
+    with torch.no_grad():
+        out = family.predict(schnell, torch.randn(1, 4, 8, 8), torch.tensor([500.0]), torch.randn(1, 5, 64),
+                             torch.randn(1, 32), None)
+    assert out.shape == (1, 4, 8, 8)
+    assert not any("Guidance embedding" in note for note in family.training_notes(TrainConfig(data="x")))
