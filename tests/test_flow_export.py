@@ -164,3 +164,16 @@ def test_memory_profile_counts_the_transformer_of_the_checkpoint():
     assert sd3.memory_for_config({"num_layers": 24}).unet_params < 3e9 < sd3.memory_for_config(
         {"num_layers": 38}).unet_params
     assert model_parts(load_pipeline("tiny-flux")).family.memory.unet_params > 1e10
+
+
+def test_a_flow_run_is_scored_per_checkpoint_with_images_and_the_held_out_loss(runs):
+    from sdtune_ui.evaluate.evaluation import EvalSettings, evaluate_run
+
+    engine = GenerationEngine(device="cpu", dtype=torch.float32)
+    settings = EvalSettings(metrics=("clip-t", "dino", "loss"), clip_model="tiny-clip", dino_model="tiny-dino",
+                            num_images=1, inference_steps=2, size=32)
+    result = evaluate_run(runs["flux_lora"].path, settings=settings, engine=engine)
+    assert [(r["source"], r["step"]) for r in result.records] == [("base", 0), ("checkpoint", 2), ("output", 3)]
+    for record in result.records:
+        assert {"clip_t", "loss"} <= set(record["metrics"]) and record["metrics"]["loss"] > 0
+    assert result.records[0]["metrics"]["loss"] != result.records[-1]["metrics"]["loss"]
