@@ -173,7 +173,7 @@ def test_a_flow_run_is_scored_per_checkpoint_with_images_and_the_held_out_loss(r
     settings = EvalSettings(metrics=("clip-t", "dino", "loss"), clip_model="tiny-clip", dino_model="tiny-dino",
                             num_images=1, inference_steps=2, size=32)
     result = evaluate_run(runs["flux_lora"].path, settings=settings, engine=engine)
-    assert [(r["source"], r["step"]) for r in result.records] == [("base", 0), ("checkpoint", 2), ("output", 3)]
-    for record in result.records:
+    assert [(r["source"], r["step"]) for r in result.scores] == [("base", 0), ("checkpoint", 2), ("output", 3)]
+    for record in result.scores:
         assert {"clip_t", "loss"} <= set(record["metrics"]) and record["metrics"]["loss"] > 0
-    assert result.records[0]["metrics"]["loss"] != result.records[-1]["metrics"]["loss"]
+    assert result.scores[0]["metrics"]["loss"] != result.scores[-1]["metrics"]["loss"]
