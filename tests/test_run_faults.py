@@ -186,6 +186,7 @@ def test_cli_train_prints_the_estimate_beside_the_gpu(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(core, "train", lambda config, run_dir, **kwargs: "completed")
     monkeypatch.setattr(app_ops, "detect_gpu", lambda: GpuInfo("Tiny GPU", 8.0))
+    monkeypatch.setattr(app_ops, "check_model_available", lambda config: None)  # the Hub is off in tests
     data = tmp_path / "data"
     shutil.copytree(__import__("sdtune_ui.examples", fromlist=["x"]).EXAMPLE_DATASET, data)
     args = ["train", "--model", "stable-diffusion-v1-5/stable-diffusion-v1-5", "--data", str(data),

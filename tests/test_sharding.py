@@ -88,24 +88,28 @@ def test_the_shipped_accelerate_configs_load_and_name_real_unet_blocks(name):
 
 
 def test_the_app_refuses_fsdp_without_gpus_or_for_lora(toy_dataset, tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
     from sdtune_ui.app import ops as app_ops
+    from sdtune_ui.app.jobs import JobQueue
+    from sdtune_ui.ui.context import AppContext
 
-    ctx = SimpleNamespace(datasets_dir=tmp_path / "datasets", runs_dir=tmp_path / "runs", data_dir=tmp_path)
-    full = quick_config(toy_dataset, method="full").to_dict()
-    monkeypatch.setattr(app_ops, "gpu_count", lambda: 0)
-    with pytest.raises(ConfigError, match="needs 2"):
-        app_ops.start_training(ctx, full, public=False, num_processes=2, multi_gpu_mode="fsdp")
-    monkeypatch.setattr(app_ops, "gpu_count", lambda: 2)
-    lora = quick_config(toy_dataset, method="lora").to_dict()
-    with pytest.raises(ConfigError, match="DDP config"):
-        app_ops.start_training(ctx, lora, public=False, num_processes=2, multi_gpu_mode="fsdp")
-    for bad in (99, "two"):
-        with pytest.raises(ConfigError, match="num_processes"):
-            app_ops.start_training(ctx, full, public=False, num_processes=bad)
-    with pytest.raises(ConfigError, match="multi_gpu_mode"):
-        app_ops.start_training(ctx, full, public=False, num_processes=2, multi_gpu_mode="zero9")
+    jobs = JobQueue(lambda config, run_dir, cancel=None: "completed")  # nothing may reach it: every start is refused
+    ctx = AppContext(data_dir=tmp_path, jobs=jobs)
+    try:
+        full = quick_config(toy_dataset, method="full").to_dict()
+        monkeypatch.setattr(app_ops, "gpu_count", lambda: 0)
+        with pytest.raises(ConfigError, match="needs 2"):
+            app_ops.start_training(ctx, full, public=False, num_processes=2, multi_gpu_mode="fsdp")
+        monkeypatch.setattr(app_ops, "gpu_count", lambda: 2)
+        lora = quick_config(toy_dataset, method="lora").to_dict()
+        with pytest.raises(ConfigError, match="DDP config"):
+            app_ops.start_training(ctx, lora, public=False, num_processes=2, multi_gpu_mode="fsdp")
+        for bad in (99, "two"):
+            with pytest.raises(ConfigError, match="num_processes"):
+                app_ops.start_training(ctx, full, public=False, num_processes=bad)
+        with pytest.raises(ConfigError, match="multi_gpu_mode"):
+            app_ops.start_training(ctx, full, public=False, num_processes=2, multi_gpu_mode="zero9")
+    finally:
+        jobs.close()
 
 
 def test_a_checkpoint_missing_trainable_weights_is_refused_with_a_message():

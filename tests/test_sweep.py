@@ -112,20 +112,21 @@ def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch)
 
     original = Trainer.compute_loss
 
-    def out_of_memory_at_5e4(self, batch):
+    def diverges_at_2e3_and_runs_out_of_memory_at_5e4(self, batch):
         if self.config.learning_rate == 5e-4:
             raise torch.OutOfMemoryError("CUDA out of memory (forced by the test)")
-        return original(self, batch)
+        loss = original(self, batch)
+        return loss * float("nan") if self.config.learning_rate == 2e-3 else loss
 
-    monkeypatch.setattr(Trainer, "compute_loss", out_of_memory_at_5e4)
-    spec = SweepSpec(TrainConfig(**BASE), [1e6, 5e-4, 1e-3], [2, 4], tmp_path / "sweep",
+    monkeypatch.setattr(Trainer, "compute_loss", diverges_at_2e3_and_runs_out_of_memory_at_5e4)
+    spec = SweepSpec(TrainConfig(**BASE), [2e-3, 5e-4, 1e-3], [2, 4], tmp_path / "sweep",
                      metric="dino", settings=EvalSettings(metrics=("dino",), **FAST_EVAL))
     updates = []
     data = run_sweep(spec, progress=updates.append)
 
     trials = {t["name"]: t for t in data["trials"]}
     assert [t["status"] for t in data["trials"]] == ["failed", "failed", "completed"]
-    assert "The loss became nan" in trials["lr-1e06"]["reason"]
+    assert "The loss became nan" in trials["lr-0.002"]["reason"]
     assert "ran out of memory" in trials["lr-0.0005"]["reason"]
     assert data["status"] == "completed" and all(safe_name(name) == name for name in trials)
     assert [(c["trial"], c["step"]) for c in sorted(data["results"], key=lambda c: c["step"])] == [
