@@ -55,6 +55,14 @@ def test_evaluation_settings_from_widgets_and_api_callers(tmp_path):
         app_eval.eval_settings({"num_images": float("inf")})
     with pytest.raises(SdtuneError, match="unknown metric"):
         app_eval.eval_settings({"metrics": ["dino", "beauty"]})
+    # An evaluation generates images: the Generate tab's limits, stricter on a public app.
+    assert app_eval.eval_settings({"num_images": 8, "inference_steps": 100}).num_images == 8
+    with pytest.raises(SdtuneError) as err:
+        app_eval.eval_settings({"num_images": 8, "inference_steps": 100}, public=True)
+    assert "num_images: This public app takes at most 4 (got 8)" in str(err.value)
+    assert "inference_steps: This public app takes at most 50 (got 100)" in str(err.value)
+    with pytest.raises(SdtuneError, match="num_images: Must be between 1 and 16 .got 100,000"):
+        app_eval.eval_settings({"num_images": 100_000})
     # A folder on the host is a feature model only where the app may read host paths.
     assert app_eval.eval_settings({"clip_model": str(tmp_path)}).clip_model == str(tmp_path)
     with pytest.raises(SdtuneError, match="CLIP model .*Hub id"):
@@ -222,3 +230,22 @@ def test_the_trainers_probes_reach_the_run_view_once_per_step(tmp_path):
     events.emit("metric", step=4, source="checkpoint", metrics={"loss": 0.5})   # evaluate's: metrics.jsonl
     assert read_snapshot(run.path).probes == [{"step": 2, "metrics": {"loss": 0.8}},
                                               {"step": 4, "metrics": {"loss": 0.6}}]
+
+
+def test_a_sweeps_trials_keep_within_what_the_app_lets_its_user_run(tmp_path):
+    from sdtune_ui.app.ops import load_example
+    from sdtune_ui.app.workspace import Workspaces
+
+    workspace = Workspaces(tmp_path / "data").whole()
+    load_example(workspace.create().datasets_dir)
+    values = {"model": "tiny-sd1", "method": "lora", "data": "toy_robot", "resolution": 32}
+    fast = {"clip_model": "tiny-clip", "dino_model": "tiny-dino", "num_images": 2, "inference_steps": 3}
+    spec = sweeps.spec_for(workspace, values, "1e-3, 1e-2", "2, 4", "", "dino", fast, public=True,
+                           allow_local_paths=False)
+    assert spec.base.data == str(workspace.datasets_dir / "toy_robot") and spec.steps == [2, 4]
+    # The base config is within the public limits, but a trial would train 100,000 steps.
+    with pytest.raises(SdtuneError, match="max_train_steps"):
+        sweeps.spec_for(workspace, values, "1e-3", "2, 100000", "", "dino", fast, public=True,
+                        allow_local_paths=False)
+    assert sweeps.spec_for(workspace, values, "1e-3", "2, 100000", "", "dino", fast, public=False,
+                           allow_local_paths=True).steps == [2, 100000]

@@ -43,9 +43,10 @@ PLOT_SERIES = {"checkpoints": "#4c78a8", "base model": "#9d9d9d", "training prob
 
 
 # ---------------------------------------------------------------------------------------------- settings
-def eval_settings(values: dict | None, *, allow_local_paths: bool = True) -> EvalSettings:
-    """EvalSettings from widget or API values: unknown names refused, numbers converted, feature models checked
-    (a public app loads only the built-in tiny ones or Hub ids, never a host folder)."""
+def eval_settings(values: dict | None, *, allow_local_paths: bool = True, public: bool = False) -> EvalSettings:
+    """EvalSettings from widget or API values: unknown names refused, numbers converted and within the limits of
+    generation (`public`: a public app's), feature models checked (where the app may not read host paths, only
+    the built-in tiny ones or Hub ids)."""
     from sdtune_ui.evaluate.tiny import TINY_FEATURE_MODELS
 
     if values is not None and not isinstance(values, dict):
@@ -73,6 +74,7 @@ def eval_settings(values: dict | None, *, allow_local_paths: bool = True) -> Eva
             raise SdtuneError(f"Evaluation setting {name}: {value!r} is not a valid value "
                               f"(like {default!r}).") from None
     settings = dataclasses.replace(defaults, **changes).validate()
+    _check_limits(settings, public=public)
     for kind, model in (("CLIP", settings.clip_model), ("DINO", settings.dino_model)):
         if model in TINY_FEATURE_MODELS or (HUB_ID.match(model) and ".." not in model):
             continue
@@ -82,6 +84,22 @@ def eval_settings(values: dict | None, *, allow_local_paths: bool = True) -> Eva
         raise SdtuneError(f"{kind} model {model[:100]!r}: give a Hub id (user/name){where}, or "
                           f"{' / '.join(TINY_FEATURE_MODELS)} for the offline demo.")
     return settings
+
+
+def _check_limits(settings: EvalSettings, *, public: bool) -> None:
+    """An evaluation generates images like the Generate tab does: the same limits on steps, images and size."""
+    from sdtune_ui.errors import ConfigError
+    from sdtune_ui.generate.options import GenerationOptions
+
+    names = {"steps": "inference_steps", "width": "size", "height": "size", "num_images": "num_images",
+             "guidance": "guidance", "seed": "seed"}
+    try:
+        GenerationOptions(steps=settings.inference_steps, num_images=settings.num_images, width=settings.size,
+                          height=settings.size, guidance=settings.guidance, seed=settings.seed).validate(public=public)
+    except ConfigError as err:
+        problems = {names.get(name, name): message for name, message in err.field_errors.items()}
+        raise SdtuneError("Evaluation settings: " + " ".join(f"{name}: {message}" for name, message in
+                                                              problems.items())) from None
 
 
 # ---------------------------------------------------------------------------------------------- evaluate

@@ -119,12 +119,15 @@ def spec_for(workspace: Any, config_values: dict, learning_rates: Any, steps: An
     """A sweep over settings from the form or an API caller, checked like a run the app starts in `workspace`
     (app/workspace.py): what its trials may read, and which feature models its evaluations may load."""
     from sdtune_ui.app.evaluation import eval_settings
-    from sdtune_ui.app.ops import checked_config
+    from sdtune_ui.app.ops import check_workspace_rules, checked_config
 
     config = checked_config(config_values, workspace, public=public)
-    measured = eval_settings(settings, allow_local_paths=allow_local_paths)
+    measured = eval_settings(settings, allow_local_paths=allow_local_paths, public=public)
     folder = sweeps_dir(workspace.runs_dir) / "new"   # start_sweep gives it its own folder
-    return make_spec(config, learning_rates, steps, ranks, metric, measured, folder)
+    spec = make_spec(config, learning_rates, steps, ranks, metric, measured, folder)
+    for trial in spec.trials():   # each trial's steps, rate and rank within what this app's user may run
+        check_workspace_rules(spec.trial_config(trial).validate(), workspace, public=public)
+    return spec
 
 
 def start_sweep(jobs: Any, runs_dir: Path, spec: SweepSpec, *, name: str = "", owner: str = "",

@@ -27,7 +27,8 @@ def register(ctx: Any, options: Any) -> None:
         fid_features, max_drift, seed, guidance); `checkpoints`: all, last, or steps like "200,400".
         """
         owner, user = page_of(request)
-        measured = app_eval.eval_settings(settings, allow_local_paths=options.allow_local_paths)
+        measured = app_eval.eval_settings(settings, allow_local_paths=options.allow_local_paths,
+                                          public=options.public)
         runs_dir = workspace_of(ctx, request).runs_dir_of(run_id)
         job = app_eval.submit_evaluation(ctx.jobs, runs_dir, run_id, measured, checkpoints=checkpoints or "all",
                                          owner=owner, user=user)

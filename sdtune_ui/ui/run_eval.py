@@ -153,7 +153,7 @@ def wire(ctx: Any, options: Any, section: EvalSection, run_id: Any) -> None:
         if not run:
             raise SdtuneError(NO_RUN)
         settings = app_eval.eval_settings(section.settings.values(values),
-                                          allow_local_paths=options.allow_local_paths)
+                                          allow_local_paths=options.allow_local_paths, public=options.public)
         owner, user = page_of(request)
         runs_dir = workspace_of(ctx, request).runs_dir_of(run)
         job = app_eval.submit_evaluation(ctx.jobs, runs_dir, run, settings, checkpoints=checkpoints or "all",
