@@ -14,7 +14,6 @@ from apphelpers import running_app
 from generate_helpers import one_torch_thread  # noqa: F401 - autouse fixture (one torch thread)
 
 gradio_client = pytest.importorskip("gradio_client")
-pytestmark = pytest.mark.slow   # the app's start, a tiny run, its evaluation and a sweep: minutes on 2 cores
 
 # Offline feature models and fast generation (as tests/test_evaluate_run.py's FAST_EVAL).
 FAST_EVAL = dict(clip_model="tiny-clip", dino_model="tiny-dino", num_images=2, inference_steps=3, size=32,

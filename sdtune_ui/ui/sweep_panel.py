@@ -58,12 +58,11 @@ def build(ctx: Any, options: Any, form: Any, watched: Any) -> None:
         picked = gr.Dropdown(first, value=None, label="Sweep", allow_custom_value=True, elem_id="sweep-picked")
         status = gr.Markdown("", elem_id="sweep-status")
         best = gr.Markdown("", elem_id="sweep-best")
-        with gr.Row():
-            table = gr.Dataframe(headers=sweeps.RESULT_COLUMNS, interactive=False, wrap=True, scale=3,
-                                 elem_id="sweep-results", label="Results, best first",
-                                 column_widths=["5%", "11%", "10%", "7%", "7%", "10%", "10%", "17%", "23%"])
-            heatmap = gr.Image(label="Heatmap: learning rate x steps", type="filepath", interactive=False, scale=2,
-                               elem_id="sweep-heatmap")
+        heatmap = gr.Image(label="Heatmap: learning rate x steps", type="filepath", interactive=False, height=320,
+                           elem_id="sweep-heatmap")
+        table = gr.Dataframe(headers=sweeps.RESULT_COLUMNS, interactive=False, wrap=True, elem_id="sweep-results",
+                             label="Results, best first",
+                             column_widths=["4%", "12%", "9%", "5%", "5%", "8%", "8%", "14%", "35%"])
         with gr.Row(equal_height=True):
             run_name = gr.Textbox("", label="Name of the promoted run (optional)", elem_id="sweep-promote-name")
             promote = gr.Button("Promote the winner", elem_id="sweep-promote")
