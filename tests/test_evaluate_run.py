@@ -144,6 +144,8 @@ def test_app_entry_points_run_through_the_job_queue(run):
         assert run_metrics(runs_dir, run_id) == {"rows": [], "best": None, "promoted_from_step": None}
         job = submit_evaluation(jobs, runs_dir, run_id, EvalSettings(metrics=("dino", "loss"), **FAST_EVAL))
         assert job.wait(120) and job.error is None, job.error
+        # The queue panel showed its progress: base, checkpoint 3 and the output.
+        assert (job.unit, job.done_count, job.total_count) == ("checkpoint", 3, 3)
         shown = run_metrics(runs_dir, run_id)
         assert {(r["source"], r["step"], r["metric"]) for r in shown["rows"]} == {
             (source, step, metric) for source, step in (("base", 0), ("checkpoint", 3), ("output", 6))
@@ -155,6 +157,8 @@ def test_app_entry_points_run_through_the_job_queue(run):
         assert run_metrics(runs_dir, run_id)["promoted_from_step"] == 3
         with pytest.raises(SdtuneError, match="not a run id"):
             run_metrics(runs_dir, "../elsewhere")
+        with pytest.raises(SdtuneError, match=r"nothing saved at step\(s\) 5"):   # refused before it queues
+            submit_evaluation(jobs, runs_dir, run_id, checkpoints="5")
     finally:
         jobs.close()
 

@@ -185,6 +185,28 @@ def test_overfitting_grid_two_checkpoints_four_prompts(engine):
     assert scaled.size == grid_layout((32, 32), rows=2, cols=1).size
 
 
+def test_overfitting_grid_rows_carry_the_evaluation_scores(engine, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from sdtune_ui.generate import overfitting
+
+    run = tmp_path / "lora-run"
+    shutil.copytree(trained_run("lora"), run)
+    from sdtune_ui.evaluate import EvalSettings
+
+    settings = EvalSettings(num_images=2, inference_steps=3).to_dict()
+    scores = [("base", 0, 0.30, 0.0), ("checkpoint", 3, 0.45, 0.01), ("output", 6, 0.50, 0.20)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps({
+        "source": source, "step": step, "metrics": {"dino": dino, "class_drift": drift}, "settings": settings,
+        "t": step}) + "\n" for source, step, dino, drift in scores))
+    labels = []
+    monkeypatch.setattr(overfitting, "make_grid", lambda rows, row_labels, col_labels: labels.extend(row_labels))
+    overfitting_grid(run, steps=[3, None], prompts=["a photo of sks robot"], engine=engine, options=opts("unused"))
+    # Step 3 wins: the output scores higher but its class drifted 0.20 toward the subject.
+    assert labels == ["step 3\nbest\nDINO 0.450\ndrift 0.010", "final\nDINO 0.500\ndrift 0.200"]
+
+
 def test_default_grid_prompts_from_the_run_tokens():
     assert default_grid_prompts({"method": "dreambooth", "instance_prompt": "a photo of sks dog",
                                  "class_prompt": "a photo of a dog"}) == [

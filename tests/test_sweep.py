@@ -164,8 +164,8 @@ def test_sweep_settings_are_checked_before_anything_runs(tmp_path):
 
 
 def test_a_sweep_job_in_the_queue_is_cancelled_through_the_job(tmp_path):
-    from sdtune_ui.app.evaluation import estimate, list_sweeps, new_sweep_dir, submit_sweep, sweep_result
     from sdtune_ui.app.jobs import JobQueue
+    from sdtune_ui.app.sweeps import estimate, list_sweeps, new_sweep_dir, submit_sweep, sweep_result
 
     runs_dir = tmp_path / "runs"
     spec = SweepSpec(TrainConfig(**BASE), [1e-3, 1e-2], [1, 2], new_sweep_dir(runs_dir),

@@ -42,6 +42,7 @@ class RunSnapshot:
     samples: list[dict] = field(default_factory=list)      # {"step", "path" (absolute), "prompt"}
     logs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)       # paths relative to the run folder
+    probes: list[dict] = field(default_factory=list)       # the trainer's held-out loss ({"step", "metrics"})
     started: float | None = None
     updated: float | None = None
     event_count: int = 0
@@ -129,6 +130,11 @@ def _apply(snap: RunSnapshot, event: dict, root: Path) -> None:
     elif kind == "output":
         snap.outputs = [str(name) for name in event.get("files", [])]
         snap.logs.append("output: " + ", ".join(snap.outputs))
+    elif kind == "metric" and event.get("source") == "training":
+        step = int(event.get("step", 0))
+        # As for losses: a resumed run measures again from its checkpoint, the newer values count.
+        snap.probes = [probe for probe in snap.probes if probe["step"] < step]
+        snap.probes.append({"step": step, "metrics": dict(event.get("metrics") or {})})
     elif kind == "log":
         snap.logs.append(f"{event.get('level', 'info')}: {event.get('message', '')}")
 

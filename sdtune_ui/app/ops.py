@@ -457,6 +457,17 @@ def resume_run(jobs: Any, runs_dir: Path, run_id: str, *, memory_fallback: bool 
     return jobs.submit_training(config, run.path, owner=owner, user=user)
 
 
+def checked_config(values: dict[str, Any], workspace: Any, *, public: bool) -> TrainConfig:
+    """Settings from the form or an API caller, checked as every run the app starts is (a sweep's trials too):
+    `data` may name a dataset of the workspace; what it may read follows the workspace's rules."""
+    if not isinstance(values, dict):
+        raise ConfigError({"config": "Give the settings as a JSON object of TrainConfig fields."})
+    config = config_from_values(dataset_by_name(values, workspace))
+    check_workspace_rules(config, workspace, public=public)
+    check_model(config.model, allow_local_paths=not public and workspace.admin)
+    return config
+
+
 def start_training(ctx: Any, values: dict[str, Any], *, public: bool, num_processes: int = 1,
                    multi_gpu_mode: str = "ddp", name: str = "", owner: str = "", user: str = "",
                    workspace: Any = None) -> Any:
@@ -484,15 +495,10 @@ def start_training(ctx: Any, values: dict[str, Any], *, public: bool, num_proces
     if multi_gpu_mode not in ACCELERATE_CONFIGS:
         choices = ", ".join(ACCELERATE_CONFIGS)
         raise ConfigError({"multi_gpu_mode": f"Choose one of {choices} (got {multi_gpu_mode!r})."})
-    if not isinstance(values, dict):
-        raise ConfigError({"config": "Give the settings as a JSON object of TrainConfig fields."})
     workspace = workspace or ctx.workspace(user)
-    values = dataset_by_name(values, workspace)
-    config = config_from_values(values)
-    check_workspace_rules(config, workspace, public=public)
+    config = checked_config(values, workspace, public=public)
     if public and num_processes > max(1, gpu_count()):
         raise ConfigError({"num_processes": "A public app runs at most one process per GPU."})
-    check_model(config.model, allow_local_paths=not public and workspace.admin)
     if num_processes > 1 and multi_gpu_mode == "fsdp":
         if gpu_count() < num_processes:
             raise ConfigError({"multi_gpu_mode": f"FSDP shards the model over GPUs and needs {num_processes} of "

@@ -2,15 +2,64 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from sdtune_ui.evaluate.evaluation import read_metrics
-from sdtune_ui.evaluate.selection import HIGHER_IS_BETTER, promoted_step
+from sdtune_ui.evaluate.evaluation import EvalSettings, comparable, read_metrics
+from sdtune_ui.evaluate.selection import HIGHER_IS_BETTER, best_checkpoint, default_metric, promoted_step
 
 LABELS = {"dino": "subject fidelity, DINO", "clip_i": "subject fidelity, CLIP-I", "clip_t": "prompt fidelity, CLIP-T",
           "class_preservation": "class preservation", "class_drift": "class drift toward the subject",
           "fid": "FID vs training images", "kid": "KID vs training images", "loss": "held-out denoising loss",
           "loss_class": "held-out loss, class images"}
+
+
+# The few scores a grid row's label has room for.
+SHORT = {"dino": "DINO {:.3f}", "clip_i": "CLIP-I {:.3f}", "clip_t": "CLIP-T {:.3f}", "class_drift": "drift {:.3f}",
+         "loss": "loss {:.4f}"}
+
+
+def latest_records(run_dir: str | Path) -> list[dict]:
+    """metrics.jsonl's records measured like the newest one: scores from other settings are not comparable."""
+    records = read_metrics(run_dir)
+    scored = [r for r in records if r.get("source") != "base"] or records
+    if not scored:
+        return []
+    settings = max(scored, key=lambda r: r.get("t") or 0).get("settings") or {}
+    known = {f.name for f in dataclasses.fields(EvalSettings)}
+    try:
+        reference = EvalSettings(**{k: v for k, v in settings.items() if k in known})
+    except TypeError:  # written by another version: keep them all
+        return records
+    if isinstance(reference.metrics, list):
+        reference = dataclasses.replace(reference, metrics=tuple(reference.metrics))
+    return [r for r in records if comparable(r, reference)]
+
+
+def max_drift_of(records: list[dict]) -> float:
+    """The drift limit the newest evaluation used (the default when none says)."""
+    limits = [(r.get("settings") or {}).get("max_drift") for r in records]
+    return next((float(x) for x in reversed(limits) if isinstance(x, (int, float))), EvalSettings.max_drift)
+
+
+def score_notes(run_dir: str | Path) -> dict[int | None, str]:
+    """Short score lines for an overfitting grid's rows, keyed by checkpoint step (None: the final output):
+    "DINO 0.412 / drift 0.010", the best checkpoint marked. Empty before any evaluation."""
+    records = latest_records(run_dir)
+    if not records:
+        return {}
+    measured = [name.replace("_", "-") for r in records for name in r["metrics"]]
+    best = best_checkpoint(records, default_metric(measured), max_drift=max_drift_of(records))
+    notes: dict[int | None, str] = {}
+    for record in records:
+        if record["source"] not in ("checkpoint", "output"):
+            continue
+        parts = [fmt.format(record["metrics"][key]) for key, fmt in SHORT.items()
+                 if record["metrics"].get(key) is not None]
+        if best is not None and (best.source, best.step) == (record["source"], record["step"]):
+            parts.insert(0, "best")
+        notes[None if record["source"] == "output" else int(record["step"])] = "\n".join(parts)
+    return notes
 
 
 def metric_rows(run_dir: str | Path) -> list[dict]:

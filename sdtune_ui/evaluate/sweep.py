@@ -156,7 +156,7 @@ def _status_message(run: RunDir) -> str:
     return statuses[-1].get("message", "") if statuses else ""
 
 
-def _setup_seconds(run: RunDir) -> float | None:
+def setup_seconds(run: RunDir) -> float | None:
     """Seconds from the run's start to its first step: model loading, data, latent and text caching."""
     events = run.read_events()
     start = next((e["t"] for e in reversed(events) if e.get("kind") == "status" and e.get("status") == "starting"),
@@ -195,7 +195,7 @@ def _run_trial(spec: SweepSpec, trial: Trial, train_fn: Callable[..., str],
     except SdtuneError as err:
         status, reason = "failed", str(err)
     record.update(status=status, reason=reason)
-    record["seconds"] = {"train": round(time.perf_counter() - started, 2), "setup": _setup_seconds(run)}
+    record["seconds"] = {"train": round(time.perf_counter() - started, 2), "setup": setup_seconds(run)}
     return record
 
 

@@ -53,11 +53,12 @@ def _font(size: int) -> Any:
     return ImageFont.load_default(size=size)
 
 
-def _wrapped(text: str, width_px: int, font_size: int) -> list[str]:
+def _wrapped(text: str, width_px: int, font_size: int, max_lines: int = MAX_LABEL_LINES) -> list[str]:
+    """Lines of a label that fit the width (a newline in the label starts a new line)."""
     chars = max(4, int(width_px / (font_size * 0.55)))
-    lines = textwrap.wrap(text, chars) or [""]
-    if len(lines) > MAX_LABEL_LINES:
-        lines = lines[:MAX_LABEL_LINES]
+    lines = [line for part in text.split("\n") for line in textwrap.wrap(part, chars)] or [""]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
         lines[-1] = lines[-1][: max(1, chars - 1)] + "…"
     return lines
 
@@ -81,7 +82,8 @@ def make_grid(rows: Sequence[Sequence[Any]], *, row_labels: Sequence[str], col_l
             draw.text((x, 4 + n * layout.line_height), line, fill=TEXT, font=font)
     for r, (row, label) in enumerate(zip(rows, row_labels, strict=True)):
         top = layout.header_height + r * layout.cell_height
-        for n, line in enumerate(_wrapped(label, layout.label_width - 8, layout.font_size)):
+        row_lines = max(MAX_LABEL_LINES, (layout.cell_height - 8) // layout.line_height)
+        for n, line in enumerate(_wrapped(label, layout.label_width - 8, layout.font_size, row_lines)):
             draw.text((4, top + 4 + n * layout.line_height), line, fill=TEXT, font=font)
         for c, image in enumerate(row):
             cell = image.convert("RGB").resize((layout.cell_width, layout.cell_height), Image.NEAREST)

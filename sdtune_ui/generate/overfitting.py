@@ -3,7 +3,8 @@
 The study answers "did it learn my subject without forgetting the class?": the instance prompt (and the
 subject in a new context) should show the subject, while the plain class prompt should still show a
 generic member of the class and an unrelated prompt should be untouched. Picking the checkpoint where
-both hold is the whole point of saving several.
+both hold is the whole point of saving several. Once the run was evaluated (`evaluate`), each row's label
+carries its scores (subject fidelity, class drift, held-out loss) and the best checkpoint is marked.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def overfitting_grid(run_dir: str | Path, steps: Sequence[int | None] | None = N
     `max_checkpoints`) plus the final output when there is one. `progress(done, total)` is called after each
     image; `cancel()` returning True stops the grid (raises Cancelled) between images and denoising steps.
     """
+    from sdtune_ui.evaluate.report import score_notes
     from sdtune_ui.generate.artifacts import artifacts_in_folder, checkpoint_steps, run_artifacts
     from sdtune_ui.generate.engine import default_engine
     from sdtune_ui.generate.options import GenerationOptions
@@ -85,6 +87,7 @@ def overfitting_grid(run_dir: str | Path, steps: Sequence[int | None] | None = N
         if cancel is not None and cancel():
             raise Cancelled(f"Grid cancelled after {done} of {total} image(s).")
 
+    notes = score_notes(run.path)   # the evaluation's scores of each row, where the run was evaluated
     rows, labels = [], []
     for step in steps:
         check()
@@ -105,5 +108,6 @@ def overfitting_grid(run_dir: str | Path, steps: Sequence[int | None] | None = N
                     progress(done, total)
             rows.append(row)
             name = "final" if step is None else f"step {step}"
-            labels.append(f"{name} · scale {scale:g}" if len(scales) > 1 else name)
+            name = f"{name} · scale {scale:g}" if len(scales) > 1 else name
+            labels.append(f"{name}\n{notes[step]}" if notes.get(step) and scale == 1.0 else name)
     return make_grid(rows, row_labels=labels, col_labels=prompts)

@@ -12,6 +12,7 @@ import gradio as gr
 
 from sdtune_ui.app import live
 from sdtune_ui.app import ops as app_ops
+from sdtune_ui.ui import api_eval
 from sdtune_ui.ui.common import errors_for, page_of, workspace_of
 
 
@@ -60,3 +61,4 @@ def register(ctx: Any, options: Any) -> None:
     gr.api(run_status, api_name="run_status", concurrency_limit=None)
     gr.api(cancel_run, api_name="cancel_run_by_id")
     gr.api(runs, api_name="runs", concurrency_limit=None)
+    api_eval.register(ctx, options)  # metrics and sweeps

@@ -116,20 +116,26 @@ def wait_in_queue(jobs: Any, label: str, fn: Callable[..., Any], poll_s: float =
     target = fn if takes_job else (lambda job: fn())
     job = jobs.submit_job(label, target, owner=owner, user=user, stops_with_page=stops_with_page)
     try:
-        while not job.wait(poll_s):
-            ahead = jobs.position(job)
-            if ahead:
-                yield f"{label}: waiting for the GPU ({ahead} job(s) ahead)..."
-            elif job.total_count:
-                yield f"{label}: {job.unit} {job.done_count} of {job.total_count}..."
-            else:
-                yield f"{label}: running..."
+        yield from watch_job(jobs, job, label, poll_s)
     finally:
         if not job.done_event.is_set() and stops_with_page:
             jobs.cancel_job(job)
+    yield ("done", job.result)
+
+
+def watch_job(jobs: Any, job: Any, label: str, poll_s: float = 0.5) -> Iterator[str]:
+    """A line about a queued job every `poll_s` until it ends: its place in the queue while it waits, then the
+    progress it reports. The job's exception is raised here."""
+    while not job.wait(poll_s):
+        ahead = jobs.position(job)
+        if ahead:
+            yield f"{label}: waiting for the GPU ({ahead} job(s) ahead)..."
+        elif job.total_count:
+            yield f"{label}: {job.unit} {job.done_count} of {job.total_count}..."
+        else:
+            yield f"{label}: running..."
     if job.error is not None:
         raise job.error
-    yield ("done", job.result)
 
 
 # Words of field names spelled as people write them.

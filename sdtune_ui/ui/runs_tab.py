@@ -11,7 +11,7 @@ from sdtune_ui.app import live
 from sdtune_ui.app import ops as app_ops
 from sdtune_ui.app.text import escape_html
 from sdtune_ui.errors import SdtuneError
-from sdtune_ui.ui import run_view
+from sdtune_ui.ui import run_eval, run_view
 from sdtune_ui.ui.common import errors_for, keep_on_failure, page_of, workspace_of
 
 PLACEHOLDER = "Pick a run in the list to see its curves, samples and outputs."
@@ -53,10 +53,12 @@ def build(ctx: Any, options: Any, watched: gr.BrowserState) -> None:
         row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
         return frame.iloc[row]["run"] if row is not None and row < len(frame) else gr.skip()
 
-    def on_view(run_id: str | None, previous: Any, request: gr.Request = None) -> list[Any]:
+    def on_view(run_id: str | None, previous: Any, metric: str | None = None, step: str | None = None,
+                request: gr.Request = None) -> list[Any]:
         workspace = workspace_of(ctx, request)
         path = app_ops.run_path(workspace.runs_dir_of(run_id), run_id)
-        updates, signature = run_view.render(ctx.jobs, path, previous, PLACEHOLDER, shown=workspace.shown)
+        updates, signature = run_view.render(ctx.jobs, path, previous, PLACEHOLDER, metric, step,
+                                             shown=workspace.shown)
         return [signature, *updates]
 
     @user_errors
@@ -85,21 +87,24 @@ def build(ctx: Any, options: Any, watched: gr.BrowserState) -> None:
             raise SdtuneError("Pick a run first.")
         return gr.update(visible=True)
 
-    view_io = dict(fn=on_view, inputs=[selected, last], outputs=[last, *view.outputs], show_progress="hidden")
+    view_io = dict(fn=on_view, inputs=[selected, last, *view.inputs], outputs=[last, *view.outputs],
+                   show_progress="hidden")
     def on_refresh(current: str | None, request: gr.Request = None) -> list[Any]:
         return listing(workspace_of(ctx, request), current)
 
     refresh.click(on_refresh, selected, [table, selected], api_name="list_runs")
     table.select(on_select, table, selected, api_visibility="private")
     selected.change(**view_io, api_visibility="private")
-    def on_tick(current: str | None, previous: Any, shown_rows: Any, request: gr.Request = None) -> list[Any]:
+    def on_tick(current: str | None, previous: Any, shown_rows: Any, metric: str | None = None,
+                step: str | None = None, request: gr.Request = None) -> list[Any]:
         frame, choices = listing(workspace_of(ctx, request), current)
         rows = frame.values.tolist()
         # Re-sending an unchanged table would reset the user's scroll position and open dropdown.
         table_updates = [gr.skip(), gr.skip()] if rows == shown_rows else [frame, choices]
-        return [*table_updates, rows, *on_view(current, previous, request)]
+        return [*table_updates, rows, *on_view(current, previous, metric, step, request)]
 
-    timer.tick(on_tick, [selected, last, shown], [table, selected, shown, last, *view.outputs],
+    run_eval.wire(ctx, options, view.scores, selected)
+    timer.tick(on_tick, [selected, last, shown, *view.inputs], [table, selected, shown, last, *view.outputs],
                show_progress="hidden", concurrency_limit=None, api_visibility="private")
     keep_on_failure(resume.click(on_resume, selected, watched, api_name="resume_run"), [watched])
     cancel.click(on_cancel, selected, None, api_name="cancel_run")

@@ -25,7 +25,7 @@ from sdtune_ui.methods import DEFAULT_METHOD
 from sdtune_ui.models import KNOWN_MODELS
 from sdtune_ui.runs import list_runs
 from sdtune_ui.train.memory import ESTIMATE_FIELDS
-from sdtune_ui.ui import run_view, train_form
+from sdtune_ui.ui import run_eval, run_view, sweep_panel, train_form
 from sdtune_ui.ui.common import errors_for, keep_on_failure, page_of, workspace_of
 from sdtune_ui.ui.form import Form, build_form
 
@@ -116,6 +116,7 @@ def build(ctx: Any, options: Any) -> TrainTab:
     config_file = gr.File(label="Saved config", visible=False)
     watched = gr.BrowserState("", storage_key="sdtune-watched-run")
     last = gr.State(None)
+    sweep_panel.build(ctx, options, form, watched)
     gr.Markdown("### Live view")
     view = run_view.build_run_view("live", PLACEHOLDER)
     with gr.Accordion("Settings of this run (read-only)", open=False, visible=False,
@@ -174,7 +175,8 @@ def build(ctx: Any, options: Any) -> TrainTab:
         config.save(path)
         return gr.update(value=str(path), visible=True)
 
-    def on_tick(run_id: str, previous: Any, shown_settings: str, request: gr.Request = None) -> list[Any]:
+    def on_tick(run_id: str, previous: Any, shown_settings: str, metric: str | None = None,
+                step: str | None = None, request: gr.Request = None) -> list[Any]:
         workspace = workspace_of(ctx, request)
         attach = gr.skip()
         if not run_id:
@@ -182,7 +184,8 @@ def build(ctx: Any, options: Any) -> TrainTab:
             if found is not None:
                 run_id = attach = found.name
         path = app_ops.run_path(workspace.runs_dir_of(run_id), run_id)
-        updates, signature = run_view.render(ctx.jobs, path, previous, PLACEHOLDER, shown=workspace.shown)
+        updates, signature = run_view.render(ctx.jobs, path, previous, PLACEHOLDER, metric, step,
+                                             shown=workspace.shown)
         settings = [gr.skip(), gr.skip(), gr.skip()]
         if (run_id or "") != shown_settings:
             rows = train_form.settings_rows(path, workspace.shown) if path is not None else []
@@ -191,10 +194,11 @@ def build(ctx: Any, options: Any) -> TrainTab:
 
     # ---------------------------------------------------------------- wiring
     tick_outputs = [watched, last, *view.outputs, settings_fold, run_settings, settings_of]
-    tick_args = dict(fn=on_tick, inputs=[watched, last, settings_of], outputs=tick_outputs,
+    tick_args = dict(fn=on_tick, inputs=[watched, last, settings_of, *view.inputs], outputs=tick_outputs,
                      show_progress="hidden", concurrency_limit=None)
     started = start.click(on_start, [processes, multi_gpu_mode, run_name, *fields], watched, api_name="start_training")
     started.then(**{**tick_args, "inputs": [watched, gr.State(None), gr.State("")]})
+    run_eval.wire(ctx, options, view.scores, watched)
     keep_on_failure(started, [watched])
     cancel.click(on_cancel, watched, None, api_name="cancel_training")
     keep_on_failure(resume.click(on_resume, watched, watched, api_name="resume_training"), [watched])
