@@ -25,6 +25,7 @@ from sdtune_ui.runs import EventLog, NullEventLog, RunDir
 from sdtune_ui.train import checkpoint as ckpt
 from sdtune_ui.train import compile_cache, graphed_step, sharding, speed
 from sdtune_ui.train.caches import Caches
+from sdtune_ui.train.conditioning import Conditioning, masked_mean
 from sdtune_ui.train.data import TrainingData
 from sdtune_ui.train.resume import Resumes
 from sdtune_ui.train.setup import (
@@ -49,9 +50,14 @@ class Batch:
     num_class: int
     names: list[str]
     prompts: list[str]
+    # Beyond latents and prompts (train/conditioning.py); None where the run has no use for them.
+    inpaint_mask: torch.Tensor | None = None     # [B, 1, h, w] where an inpainting model repaints
+    masked_latents: torch.Tensor | None = None   # [B, 4, h, w] latents of the picture with that region blanked
+    loss_mask: torch.Tensor | None = None        # [B, 1, h, w] weights of the masked loss
+    control: torch.Tensor | None = None          # [B, 3, H, W] ControlNet condition pictures in [0, 1]
 
 
-class Trainer(Caches, StepSpeed, Resumes):
+class Trainer(Caches, Conditioning, StepSpeed, Resumes):
     def __init__(self, config: TrainConfig, run: RunDir, *, events: EventLog | None = None,
                  cancel: Callable[[], bool] | None = None, pipeline: object | None = None):
         self.config = config
@@ -129,11 +135,14 @@ class Trainer(Caches, StepSpeed, Resumes):
         self.text_cache = (self._encode_all_prompts() if cfg.cache_text_embeddings
                            and not self.method.trains_text_encoders() else None)
         # Cached encoders are only needed again for sample images: park them in CPU memory meanwhile.
+        self._prepare_conditioning()
         self.parked = self._park_cached_encoders() if cfg.offload_frozen_encoders else []
         self._phase("caches", "Latents and prompts cached", started)
 
         started = time.perf_counter()
         to_device(parts.unet)  # its adapters move with it; trainable ones go back to fp32 next
+        if parts.controlnet is not None:
+            parts.controlnet.to(acc.device)   # trained: stays float32
         if cfg.channels_last:
             parts.unet.to(memory_format=torch.channels_last)
         if cfg.has(ADAPTER):
@@ -187,6 +196,7 @@ class Trainer(Caches, StepSpeed, Resumes):
         # The forward pass must go through the wrappers: DDP all-reduces gradients only for calls it sees.
         wrapped = {id(model): wrapper for model, wrapper in zip(trained, self.wrapped_models)}
         self.unet = wrapped.get(id(parts.unet), parts.unet)
+        self.controlnet = wrapped.get(id(parts.controlnet), parts.controlnet)
         self.text_encoders = [wrapped.get(id(encoder), encoder) for encoder in parts.text_encoders]
         # Under FSDP the parameters were replaced; accelerate clips them only as the sharded model's own list.
         self.trainable_params = (list(self.unet.parameters()) if self.sharded
@@ -211,6 +221,7 @@ class Trainer(Caches, StepSpeed, Resumes):
         # Host-side choices for the whole global batch, so every process draws the same numbers.
         flips = torch.randint(len(all_items[0].pixels), (len(all_items),), generator=self.data_generator).tolist()
         drops = (torch.rand(len(all_items), generator=self.data_generator) < cfg.caption_dropout).tolist()
+        variants = self._draw_mask_variants(len(all_items))
         prompts = []
         for item, drop in zip(all_items, drops):
             if drop:
@@ -238,9 +249,10 @@ class Trainer(Caches, StepSpeed, Resumes):
         items = [all_items[i] for i in mine]
         picks = torch.tensor(mine, device=acc.device)
         return self._assemble(items, [flips[i] for i in mine], [prompts[i] for i in mine],
-                              noise[picks], timesteps[picks], per if num_class else 0)
+                              noise[picks], timesteps[picks], per if num_class else 0,
+                              None if variants is None else [variants[i] for i in mine])
 
-    def _assemble(self, items, flips, prompts, noise, timesteps, num_class) -> Batch:
+    def _assemble(self, items, flips, prompts, noise, timesteps, num_class, variants=None) -> Batch:
         parts, family, device = self.parts, self.parts.family, self.accelerator.device
         if self.latent_cache is not None:
             latents = torch.stack([self.latent_cache[self._cache_index[id(it)]][f] for it, f in zip(items, flips)])
@@ -256,8 +268,9 @@ class Trainer(Caches, StepSpeed, Resumes):
         # SDXL: the image's size and crop condition the UNet too (families without time ids give None)
         sizes = [family.time_ids(it.original_size, it.crop_top_left, it.bucket[::-1]) for it in items]
         time_ids = torch.stack(sizes).to(device) if sizes[0] is not None else None
+        extra = self._conditioning_inputs(items, flips, variants, tuple(latents.shape[-2:]))
         return Batch(latents.to(device), hidden, pooled, input_ids, time_ids, noise, timesteps, num_class,
-                     [it.name for it in items], prompts)
+                     [it.name for it in items], prompts, **extra)
 
     @property
     def _vae_scale(self) -> int:
@@ -275,10 +288,14 @@ class Trainer(Caches, StepSpeed, Resumes):
         if hidden is None:
             hidden, pooled = family.encode(self.text_encoders, batch.input_ids)
         unet_dtype = self.weight_dtype if self.accelerator.mixed_precision != "no" else torch.float32
-        prediction = family.predict(self.unet, noisy.to(unet_dtype), batch.timesteps, hidden.to(unet_dtype), pooled,
-                                    batch.time_ids)
+        sample = family.unet_sample(noisy, batch.inpaint_mask, batch.masked_latents)
+        residuals = self._controlnet_residuals(noisy, batch, hidden, family.added_cond_kwargs(pooled, batch.time_ids),
+                                               unet_dtype)
+        prediction = family.predict(self.unet, sample.to(unet_dtype), batch.timesteps, hidden.to(unet_dtype), pooled,
+                                    batch.time_ids, **residuals)
         target = family.target(scheduler, latents, batch.noise, batch.timesteps)
-        per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        errors = F.mse_loss(prediction.float(), target.float(), reduction="none")
+        per_sample = masked_mean(errors, batch.loss_mask, cfg.unmasked_weight)
         weights = family.loss_weights(scheduler, batch.timesteps, cfg)
         if weights is not None:
             per_sample = per_sample * weights
@@ -427,11 +444,13 @@ class Trainer(Caches, StepSpeed, Resumes):
             model.eval()
         for module in self.parked:
             module.to(self.accelerator.device)
+        pipe, extra = self._sampling_pipeline()
         with speed.eager():  # sampling's shapes differ from training's: no recompiling for a few images
-            samples = sample_images(self.parts.pipeline, self.config, self.method, self.step,
-                                    self.run.samples_dir, self.accelerator, self.weight_dtype, save=main,
+            samples = sample_images(pipe, self.config, self.method, self.step, self.run.samples_dir,
+                                    self.accelerator, self.weight_dtype, save=main,
                                     size=self.parts.family.sample_size_kwargs(self.resolution),
-                                    encoded=self.cached_prompt_kwargs if self.text_encoders_freed else None)
+                                    encoded=self.cached_prompt_kwargs if self.text_encoders_freed else None,
+                                    extra=extra)
         for path, prompt in samples:
             self.emit("sample", step=self.step, path=str(path.relative_to(self.run.path)), prompt=prompt)
         for module in self.parked:
@@ -445,6 +464,11 @@ class Trainer(Caches, StepSpeed, Resumes):
         from sdtune_ui.evaluate.heldout import TrainingProbe
 
         if not self.accelerator.is_main_process or self.sharded:
+            return
+        if self.parts.family.inpainting or self.parts.controlnet is not None:
+            if self.probe is None:
+                self.log("The held-out loss (eval_steps) is not measured for inpainting and ControlNet runs yet")
+                self.probe = False
             return
         self.probe = self.probe or TrainingProbe(self)
         self.emit("metric", step=self.step, source="training", metrics=self.probe(self))
