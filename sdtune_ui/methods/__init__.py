@@ -1,6 +1,6 @@
 """Training methods, one class each in a registry (see base.py). Import order is the order offered."""
 
-from sdtune_ui.methods import adapters, controlnet, full, inpaint_convert, lora, pivotal, textual_inversion  # noqa: F401 - importing registers them  # noqa: F401, I001 - offered after the others
+from sdtune_ui.methods import adapters, full, lora, pivotal, textual_inversion  # noqa: F401 - importing registers them
 from sdtune_ui.methods.base import (
     ADAPTER,
     CONTROL,
@@ -20,6 +20,9 @@ from sdtune_ui.methods.base import (
 )
 
 DEFAULT_METHOD = lora.LoRA.name
+
+# The editing methods come after the others in the app's list (import order is the order offered).
+from sdtune_ui.methods import inpaint_convert, controlnet  # noqa: E402, F401, I001
 
 __all__ = [
     "ADAPTER",
