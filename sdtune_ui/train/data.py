@@ -48,12 +48,13 @@ class Item:
 
 
 def _cover_crop(image: Image.Image, bucket: tuple[int, int], center_crop: bool, rng: random.Random | None,
-                crop: tuple[int, int] | None = None) -> tuple[Image.Image, tuple[int, int]]:
+                crop: tuple[int, int] | None = None,
+                resample: Image.Resampling = Image.Resampling.BICUBIC) -> tuple[Image.Image, tuple[int, int]]:
     """Resize to cover the bucket and crop to it (at `crop`'s (top, left) when given); the crop's (top, left)."""
     width, height = bucket
     scale = max(width / image.width, height / image.height)
     resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
-                           Image.Resampling.BICUBIC)
+                           resample)
     spare_x, spare_y = resized.width - width, resized.height - height
     if crop is None:
         left = spare_x // 2 if center_crop or rng is None else rng.randint(0, spare_x)
@@ -76,10 +77,12 @@ def prepare_companion(image: Image.Image, size: tuple[int, int], bucket: tuple[i
     """A picture that belongs to an image (its mask, its condition), brought to the image's size, then resized and
     cropped exactly as the image was; [channels, H, W] in [0, 1]."""
     mode = "L" if channels == 1 else "RGB"
+    # A mask is scaled by area (no ringing: a mask edge on a latent pixel's edge stays sharp); pictures like images.
+    resample = Image.Resampling.BOX if channels == 1 else Image.Resampling.BICUBIC
     matched = image.convert(mode)
     if matched.size != size:
-        matched = matched.resize(size, Image.Resampling.BILINEAR)
-    cropped, _ = _cover_crop(matched, bucket, True, None, crop)
+        matched = matched.resize(size, resample)
+    cropped, _ = _cover_crop(matched, bucket, True, None, crop, resample)
     array = np.asarray(cropped, dtype=np.float32) / 255.0
     tensor = torch.from_numpy(array)
     return (tensor[None] if channels == 1 else tensor.permute(2, 0, 1)).contiguous()
