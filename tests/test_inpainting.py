@@ -208,7 +208,7 @@ def test_inpainting_dreambooth_paints_the_subject_into_the_masked_region(tmp_pat
         shutil.copy(source.with_suffix(".txt"), data)
         Image.fromarray(robot_box(Image.open(source), margin=8)).save(data / f"robot_0{i}-masklabel.png")
     config = TrainConfig(model="tiny-sd1-inpaint", method="dreambooth", data=str(data), instance_prompt=PROMPT,
-                         resolution=64, max_train_steps=200, learning_rate=5e-4, caption_dropout=0.0,
+                         resolution=64, max_train_steps=300, learning_rate=5e-4, caption_dropout=0.0,
                          checkpointing_steps=0, validation_steps=0, log_every=50)
     assert train(config, tmp_path / "run") == "completed"
 
@@ -246,6 +246,7 @@ def test_inpainting_dreambooth_paints_the_subject_into_the_masked_region(tmp_pat
                 alpha = scheduler.alphas_cumprod[t]
                 to_subject, to_scene = distances((noisy - (1 - alpha).sqrt() * eps) / alpha.sqrt())
                 ratios[name, t] = to_subject / to_scene
+    print("RATIOS", ratios)
     assert ratios["trained", 800] < 0.9 and ratios["trained", 600] < 0.9      # measured 0.74 and 0.75
     assert ratios["base", 800] > 1.0 and ratios["base", 600] > 1.0            # measured 1.06 and 1.30
 

@@ -99,6 +99,11 @@ class Method(ABC):
         return cls.card_tags
 
     @classmethod
+    def output_family(cls, family: Any) -> Any:
+        """The family of what the method outputs, given the base model's (a conversion changes it)."""
+        return family
+
+    @classmethod
     def recommended_steps(cls, image_count: int, subject: str, batch_size: int) -> tuple[int, int, int]:
         """(steps, low, high) for `image_count` images of a subject (object, face, style)."""
         advice = cls.advice

@@ -46,6 +46,10 @@ class InpaintConvert(FullFineTune):
     card_tags = ("inpainting", "fine-tuned")
 
     @classmethod
+    def output_family(cls, family: Any) -> Any:
+        return family.inpainting_variant()
+
+    @classmethod
     def recommended_steps(cls, image_count: int, subject: str, batch_size: int) -> tuple[int, int, int]:
         # About five passes over the data, at least the fixed minimum.
         advice = cls.advice
