@@ -174,11 +174,11 @@ class Family:
 
     @classmethod
     def pipeline_class(cls, kind: str = "") -> type:
-        """The diffusers pipeline class that runs this family: text-to-image, or kind "inpaint" / "controlnet"."""
+        """The diffusers pipeline class that runs this family: text-to-image, or kind "inpaint" / "control"."""
         import diffusers
 
         names = {"": cls.pipeline_class_name, "inpaint": cls.inpaint_pipeline_class_name,
-                 "controlnet": cls.controlnet_pipeline_class_name}
+                 "control": cls.controlnet_pipeline_class_name}
         return getattr(diffusers, names[kind])
 
     @classmethod

@@ -1,6 +1,6 @@
 """Editing modes of the generation engine: inpainting (a picture, a mask, a strength) and ControlNet (a condition
 picture, a conditioning scale). Which diffusers pipeline runs them is the model family's answer
-(`Family.pipeline_class("inpaint" | "controlnet")`); the pipeline is derived from the loaded one with `from_pipe`, so
+(`Family.pipeline_class("inpaint" | "control")`); the pipeline is derived from the loaded one with `from_pipe`, so
 it shares its weights and the LoRAs / embeddings applied to them.
 
 Masks are white where the picture is repainted. Inpainting UNets (9 channels) repaint the masked region while
@@ -19,7 +19,7 @@ from PIL import Image
 
 from sdtune_ui.errors import SdtuneError
 
-INPAINT, CONTROL, TEXT = "inpaint", "controlnet", ""
+INPAINT, CONTROL, TEXT = "inpaint", "control", ""
 
 
 @dataclass
@@ -96,7 +96,10 @@ def editing_pipeline(pipe: Any, family: Any, mode: str, controlnet: Any = None) 
     pipeline_class = family.pipeline_class(mode)
     if isinstance(pipe, pipeline_class) and mode == INPAINT:
         return pipe
-    derived = pipeline_class.from_pipe(pipe, **({"controlnet": controlnet} if mode == CONTROL else {}))
+    if mode == CONTROL:
+        derived = pipeline_class.from_pipe(pipe, controlnet=controlnet)
+    else:
+        derived = pipeline_class.from_pipe(pipe)
     derived.set_progress_bar_config(disable=True)
     return derived
 

@@ -151,7 +151,7 @@ class Conditioning:
             extra = dict(image=to_pil(item.pixels[0]), mask_image=Image.fromarray((mask * 255).astype(np.uint8), "L"),
                          width=width, height=height)
         if parts.controlnet is not None:
-            pipe = family.pipeline_class("controlnet").from_pipe(pipe, controlnet=parts.controlnet)
+            pipe = family.pipeline_class("control").from_pipe(pipe, controlnet=parts.controlnet)
             condition = (item.condition[0].float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
             extra = dict(image=Image.fromarray(condition, "RGB"), width=width, height=height)
         return pipe, extra
