@@ -18,7 +18,7 @@ from typing import Any
 
 from sdtune_ui.errors import SdtuneError
 from sdtune_ui.generate.options import SCHEDULERS, GenerationOptions, option_fields
-from sdtune_ui.methods.outputs import CONTROLNET, EMBEDDING, LORA
+from sdtune_ui.methods.outputs import EMBEDDING, LORA
 
 
 def _run_and_step(text: str) -> tuple[str, int | None]:
@@ -129,6 +129,8 @@ def _artifacts(args: argparse.Namespace) -> tuple[str, list]:
     for spec in args.embedding:
         artifacts.append(artifact_from_spec(spec, kind=EMBEDDING, allow_pickle=args.allow_pickle))
     if args.controlnet:
+        from sdtune_ui.generate.artifacts import controlnet_artifact
+
         artifacts.append(controlnet_artifact(args.controlnet))
     if not model:
         for spec in args.lora:
@@ -140,16 +142,6 @@ def _artifacts(args: argparse.Namespace) -> tuple[str, list]:
         raise SdtuneError("Which base model? Give --model (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5 or "
                           "tiny-sd1) or --run.")
     return model, artifacts
-
-
-def controlnet_artifact(spec: str) -> Any:
-    """A ControlNet given by the user: a folder (a ControlNet run's output), a Hub id or a tiny ControlNet's name."""
-    from sdtune_ui.generate.artifacts import Artifact, artifact_from_spec
-    from sdtune_ui.models import TINY_CONTROLNETS
-
-    if spec in TINY_CONTROLNETS:
-        return Artifact(CONTROLNET, spec, label=f"ControlNet {spec}")
-    return artifact_from_spec(spec, kind=CONTROLNET)
 
 
 def run_generate(args: argparse.Namespace) -> int:

@@ -254,6 +254,15 @@ def artifact_from_spec(spec: str, *, kind: str | None = None, allow_pickle: bool
     return found
 
 
+def controlnet_artifact(spec: str) -> Artifact:
+    """A ControlNet the user names: a folder (a ControlNet run's output), a Hub id, or a tiny ControlNet's name."""
+    from sdtune_ui.models import TINY_CONTROLNETS
+
+    if spec in TINY_CONTROLNETS:
+        return Artifact(CONTROLNET, spec, label=f"ControlNet {spec}")
+    return artifact_from_spec(spec, kind=CONTROLNET)
+
+
 def base_model_from_card(repo_or_folder: str | Path) -> str | None:
     """`base_model` from a model card (a folder's README.md, a file beside one, or a Hub repo's card)."""
     from huggingface_hub import ModelCard
