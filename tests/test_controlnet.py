@@ -231,3 +231,21 @@ def test_a_trained_controlnet_follows_its_condition(tmp_path):
     assert fresh_right == pytest.approx(fresh_swapped)   # zero convolutions: the condition does nothing yet
     assert right < 0.6 * fresh_right                     # measured 0.70 vs 1.79
     assert right < 0.92 * swapped                        # measured 0.70 vs 0.85: it follows the condition
+
+
+def test_the_train_form_settles_a_controlnet_run_on_the_datasets_conditions(tmp_path):
+    import dataclasses
+
+    from sdtune_ui.app.form_rules import dataset_hints, settle
+    from sdtune_ui.app.ops import widget_values
+    from sdtune_ui.config import preset
+
+    data = tmp_path / "data"
+    shutil.copytree(EXAMPLE_DATASET, data)
+    values = widget_values(dataclasses.asdict(preset("controlnet", data=str(data))))
+    settled = settle(values, dataset_hints(str(data)), previous_method="lora")
+    assert settled.values["conditioning"] == "canny" and not settled.errors
+    assert any("8 of 8 image(s) have no condition picture" in note for note in settled.notes)
+    write_conditions(data, "canny")
+    again = settle(values, dataset_hints(str(data)), previous_method="lora", filled=settled.filled, refill=True)
+    assert again.values["conditioning"] == "dataset"
