@@ -83,7 +83,7 @@ def heldout_loss(parts: Any, held: HeldOutSet, *, unet: Any = None, text_encoder
     (batch of one), for runs whose text encoders were freed. Deterministic: same weights and set -> same numbers.
     """
     family, scheduler = parts.family, parts.noise_scheduler
-    if family.inpainting or getattr(parts, "controlnet", None) is not None:
+    if family.inpainting or parts.controlnet is not None:
         from sdtune_ui.errors import SdtuneError
 
         raise SdtuneError("The held-out loss is not measured for inpainting models and ControlNets yet: leave out "
