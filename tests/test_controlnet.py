@@ -249,3 +249,21 @@ def test_the_train_form_settles_a_controlnet_run_on_the_datasets_conditions(tmp_
     write_conditions(data, "canny")
     again = settle(values, dataset_hints(str(data)), previous_method="lora", filled=settled.filled, refill=True)
     assert again.values["conditioning"] == "dataset"
+
+
+def test_a_public_app_takes_controlnets_and_depth_models_from_the_hub_only(tmp_path):
+    from sdtune_ui.app.ops import check_public_config
+    from sdtune_ui.errors import ConfigError
+
+    def refused(**fields) -> list[str]:
+        config = TrainConfig(method="controlnet", data=str(tmp_path / "data"), **fields)
+        try:
+            check_public_config(config, tmp_path, limits=False)
+        except ConfigError as err:
+            return sorted(err.field_errors)
+        return []
+
+    assert refused(controlnet_model="tiny-controlnet-sd1", depth_model="tiny-depth") == []
+    assert refused(controlnet_model="someone/sd-controlnet-canny") == []
+    assert refused(controlnet_model=str(tmp_path), depth_model="/root/dpt") == ["controlnet_model", "depth_model"]
+    assert refused(controlnet_model="../../etc") == ["controlnet_model"]
