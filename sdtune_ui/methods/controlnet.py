@@ -56,6 +56,9 @@ class ControlNetTraining(Method):
 
     def prepare(self, parts: ModelParts) -> None:
         freeze(parts)
+        if parts.family.denoiser != "unet":
+            raise SdtuneError(f"ControlNet training works with UNet models here (SD1.x/2.x, SDXL), not "
+                              f"{parts.family.label}.")
         if parts.family.inpainting:
             raise SdtuneError(f"{self.config.model} is an inpainting model: train the ControlNet on its "
                               "text-to-image base model (ControlNets steer text-to-image UNets).")

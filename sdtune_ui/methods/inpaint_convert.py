@@ -62,6 +62,11 @@ class InpaintConvert(FullFineTune):
         if parts.family.inpainting:
             raise SdtuneError(f"{self.config.model} is already an inpainting model: fine-tune it with LoRA, "
                               "DreamBooth or a full fine-tune instead.")
+        try:
+            parts.family.inpainting_variant()
+        except ValueError:
+            raise SdtuneError(f"{parts.family.label} has no inpainting variant here: convert an SD1.x/2.x or SDXL "
+                              "model.") from None
         add_input_channels(parts.unet, INPAINT_EXTRA_CHANNELS)
         parts.family = parts.family.as_inpainting()   # the loop now feeds the mask and the masked latents
         super().prepare(parts)
