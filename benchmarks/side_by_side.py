@@ -3,10 +3,14 @@
     python benchmarks/side_by_side.py --peer-scripts DIR --work /tmp/sbs --out results.jsonl \\
         sd15:lora:400 sd15:lora:400:again sd15:ti:400 sd15:dreambooth:400 sdxl:lora:400 sd15:lora:1000
     python benchmarks/side_by_side.py --peer-scripts DIR ... sd35m:lora:100 flux:lora:100 flux:lora:100:small
+    python benchmarks/side_by_side.py --peer-scripts DIR ... sd15:controlnet:100 sd15-inpaint:lora:200:ours
 
 Each row is MODEL:METHOD:STEPS (":again" = only our second run of a row measured before: warm caches; ":small" =
 only ours, with the memory savers of the smallest configuration: gradient checkpointing, Adafactor, and an NF4 base
-where bitsandbytes is installed). Models: sd15, sdxl, sd35m (SD3.5 Medium), flux (Flux.1-dev), all at batch 1.
+where bitsandbytes is installed; ":ours" = our run only, no peer). Models: sd15, sdxl, sd35m (SD3.5 Medium), flux
+(Flux.1-dev), all at batch 1; sd15-inpaint is SD1.5 with a 9-channel UNet (the inpainting LoRA's base). Method
+`controlnet` trains a new ControlNet from the UNet on 5 pictures with their condition pictures (an imagefolder with
+`conditioning_image_file_name`, which diffusers' train_controlnet.py and our reader both take).
 The same random full-size weights (full_size.py, saved once as a diffusers folder), the same 5 random images,
 batch 1, bf16, no validation, no intermediate checkpoints. The peer runs under `accelerate launch`, ours is
 `python -m sdtune_ui train`. For each it records the wall time from process start to the saved output (the
@@ -32,15 +36,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-RESOLUTION = {"sd15": 512, "sdxl": 1024, "sd35m": 1024, "flux": 1024}
+RESOLUTION = {"sd15": 512, "sdxl": 1024, "sd35m": 1024, "flux": 1024, "sd15-inpaint": 512}
 PEER_LORA_SCRIPTS = {"sd15": "train_dreambooth_lora.py", "sdxl": "train_dreambooth_lora_sdxl.py",
-                     "sd35m": "train_dreambooth_lora_sd3.py", "flux": "train_dreambooth_lora_flux.py"}
+                     "sd35m": "train_dreambooth_lora_sd3.py", "flux": "train_dreambooth_lora_flux.py",
+                     # the research project's inpainting LoRA: it fails at start-up on diffusers 0.42.1 (README)
+                     "sd15-inpaint": "train_dreambooth_inpaint_lora.py"}
 PROMPT = "a photo of sks dog"
 # Rough process times on an H200 (s), to skip a row that cannot finish before the deadline.
 ESTIMATE = {("sd15", "lora"): (32, 0.24, 25, 0.05), ("sd15", "ti"): (32, 0.19, 25, 0.06),
             ("sd15", "dreambooth"): (40, 0.22, 35, 0.08), ("sdxl", "lora"): (83, 0.38, 45, 0.15),
             # not measured yet: guesses from the sizes (loading ~34 GB of bf16 weights for Flux)
-            ("sd35m", "lora"): (120, 0.5, 90, 0.5), ("flux", "lora"): (240, 1.2, 180, 1.2)}
+            ("sd35m", "lora"): (120, 0.5, 90, 0.5), ("flux", "lora"): (240, 1.2, 180, 1.2),
+            ("sd15-inpaint", "lora"): (32, 0.24, 25, 0.05), ("sd15", "controlnet"): (35, 0.35, 28, 0.1)}
 
 
 # ---------------------------------------------------------------------------------------------- set-up
@@ -62,10 +69,54 @@ def save_weights(model: str, folder: Path) -> None:
 
 def ensure_weights(model: str, work: Path) -> Path:
     folder = work / f"weights-{model}"
+    if model == "sd15-inpaint" and not (folder / "model_index.json").exists():
+        started = time.time()
+        subprocess.run([sys.executable, __file__, "--save-inpaint-weights", str(ensure_weights("sd15", work)),
+                        str(folder)], check=True)
+        print(f"== saved {model} weights in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
     if not (folder / "model_index.json").exists():
         started = time.time()
         subprocess.run([sys.executable, __file__, "--save-weights", model, str(folder)], check=True)
         print(f"== saved {model} weights in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
+    return folder
+
+
+def save_inpaint_weights(base: Path, folder: Path) -> None:
+    """SD1.5's random weights with a 9-channel UNet (random too): the other components are links to the base's."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    folder.mkdir(parents=True)
+    for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        (folder / part).symlink_to(base / part)
+    index = json.loads((base / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionInpaintPipeline"
+    config = UNet2DConditionModel.load_config(base / "unet")
+    torch.manual_seed(0)
+    # Initialised on the GPU: 860M random weights on the CPU took 43 s of a 150 s device call (issue 14's call).
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        unet = UNet2DConditionModel.from_config({**config, "in_channels": 9})
+    unet.to("cpu").save_pretrained(folder / "unet")
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def ensure_pairs(model: str, work: Path, count: int = 5) -> Path:
+    """Pictures with their condition pictures (edges of the picture), as an imagefolder both trainers read."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    folder = work / f"pairs-{RESOLUTION[model]}"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        rows = []
+        for index, source in enumerate(sorted(ensure_images(model, work, count).glob("*.png"))):
+            picture = Image.open(source).filter(ImageFilter.GaussianBlur(4))
+            picture.save(folder / f"{index}.png")
+            edges = picture.convert("L").filter(ImageFilter.FIND_EDGES).point(lambda v: 255 if v > 8 else 0)
+            Image.fromarray(np.repeat(np.asarray(edges)[..., None], 3, axis=2)).save(folder / f"{index}-condlabel.png")
+            rows.append({"file_name": f"{index}.png", "conditioning_image_file_name": f"{index}-condlabel.png",
+                         "text": PROMPT})
+        (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return folder
 
 
@@ -102,6 +153,8 @@ def peer_command(scripts: Path, model: str, method: str, steps: int, weights: Pa
         script = "textual_inversion.py"
         args = ["--train_data_dir", str(images), "--learnable_property", "object", "--placeholder_token", "<sks>",
                 "--initializer_token", "dog", "--learning_rate", "5e-4", "--save_steps", "1000000"]
+    elif method == "controlnet":
+        script, args = "train_controlnet.py", ["--train_data_dir", str(images), "--learning_rate", "1e-5"]
     else:
         raise ValueError(method)
     return [*launch, str(scripts / script), *common, *args]
@@ -129,6 +182,8 @@ def our_command(model: str, method: str, steps: int, weights: Path, images: Path
     elif method == "ti":
         args += ["--method", "textual_inversion", "--placeholder-token", "<sks>", "--initializer-token", "dog",
                  "--learnable-property", "object", "--lr", "5e-4"]
+    elif method == "controlnet":   # the peer's captions, never emptied (its proportion_empty_prompts is 0)
+        args += ["--method", "controlnet", "--lr", "1e-5", "--caption-dropout", "0"]
     return args + extra
 
 
@@ -219,20 +274,21 @@ def measure_row(row: str, args: argparse.Namespace, env: dict, peers: dict) -> d
     model, method, steps, *flags = row.split(":")
     steps = int(steps)
     again = "again" in flags or "small" in flags   # rows of ours alone
+    ours_only = args.ours_only or "ours" in flags
     work = Path(args.work)
     weights = Path(args.weights) if args.weights else ensure_weights(model, work)
-    images = ensure_images(model, work)
+    images = ensure_pairs(model, work) if method == "controlnet" else ensure_images(model, work)
     key = (model, method, steps)
     result = {"vs": "diffusers", "model": model, "method": method, "steps": steps, "batch": 1,
               "resolution": RESOLUTION[model], "precision": "bf16", "images": 5,
               "run": "smallest memory" if "small" in flags else "second (warm caches)" if again else "first"}
     remaining = args.deadline - time.time() if args.deadline else 1e9
     fixed_peer, step_peer, fixed_ours, step_ours = ESTIMATE[(model, method)]
-    need = fixed_ours + step_ours * steps + (0 if again or args.ours_only else fixed_peer + step_peer * steps)
+    need = fixed_ours + step_ours * steps + (0 if again or ours_only else fixed_peer + step_peer * steps)
     if need > remaining:
         return {**result, "skipped": f"needs ~{need:.0f} s, {remaining:.0f} s left before the deadline"}
     name = f"{model}-{method}-{steps}"
-    if not again and not args.ours_only:
+    if not again and not ours_only:
         out = work / f"peer-{name}"
         peers[key] = run_process(peer_command(Path(args.peer_scripts), model, method, steps, weights, images, out),
                                  out, work / f"peer-{name}.log", remaining, env)
@@ -274,9 +330,13 @@ def main() -> None:
                         "weights (a CPU smoke test of the commands with a tiny model).")
     parser.add_argument("--resolution", type=int, default=0, help="Override the model's resolution (smoke tests).")
     parser.add_argument("--save-weights", nargs=2, metavar=("MODEL", "FOLDER"), help=argparse.SUPPRESS)
+    parser.add_argument("--save-inpaint-weights", nargs=2, metavar=("BASE", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.save_weights:
         save_weights(args.save_weights[0], Path(args.save_weights[1]))
+        return
+    if args.save_inpaint_weights:
+        save_inpaint_weights(Path(args.save_inpaint_weights[0]), Path(args.save_inpaint_weights[1]))
         return
     Path(args.work).mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "WANDB_DISABLED": "true",

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from sdtune_ui import methods
+from sdtune_ui.data.conditions import DEFAULT_DEPTH_MODEL, DETECTORS
 from sdtune_ui.errors import ConfigError
-from sdtune_ui.methods import ADAPTER, DEFAULT_METHOD, TOKENS, UNET_WEIGHTS, adapters
+from sdtune_ui.methods import ADAPTER, CONTROL, DEFAULT_METHOD, TOKENS, UNET_WEIGHTS, adapters
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
@@ -34,6 +35,7 @@ MAX_SEED = 2**32 - 1  # seeds are 32-bit everywhere (numpy, most tools); image i
 TIMESTEP_SAMPLING = ("logit_normal", "mode", "uniform")
 FLOW_LOSS_WEIGHTING = ("none", "sigma_sqrt", "cosmap")
 QUANTIZE_BASE = ("none", "nf4", "int8")
+CONDITIONING = ("dataset", *DETECTORS)
 
 
 def _field(default: Any, help: str, *, choices: tuple | None = None, advanced: bool = False,
@@ -132,6 +134,32 @@ class TrainConfig:
     decompose_both: bool = _field(False, "LoKr only: also make the small Kronecker factor low-rank (fewer weights).",
                                   advanced=True, needs=(ADAPTER,))
     train_text_encoder: bool = _field(False, "Also train the text encoder(s) (LoRA on them for LoRA methods).")
+
+    # Masks and inpainting
+    masked_loss: bool = _field(False, "Count the loss only inside each picture's mask, so backgrounds are not "
+                               "learned: its a-masklabel.png beside a.png (white = learn), or the opaque part of a "
+                               "transparent PNG; pictures without one learn from the whole picture. On an inpainting "
+                               "model: only inside the inpainting mask.")
+    unmasked_weight: float = _field(0.0, "With masked loss: the weight of what lies outside the mask (0 = ignored, "
+                                    "1 = as if there were no mask).", advanced=True)
+    whole_mask_share: float = _field(0.25, "Inpainting models: the share of synthetic masks that cover the whole "
+                                     "picture (RunwayML used 25%), so the model still draws from a prompt alone. "
+                                     "Pictures with their own mask (a-masklabel.png) always use it.", advanced=True)
+    mask_variants: int = _field(8, "Inpainting models: synthetic masks per picture (rectangles, ellipses, brush "
+                                "strokes; ~25% of the picture on average); each step picks one. Their masked "
+                                "pictures are encoded once with the latents.", advanced=True)
+
+    # ControlNet
+    controlnet_model: str = _field("", "ControlNet to fine-tune: a Hub id or a diffusers folder (tiny-controlnet-sd1 "
+                                   "offline); empty: a new ControlNet made from the base model's UNet.",
+                                   needs=(CONTROL,))
+    conditioning: str = _field("dataset", "Condition pictures: the dataset's own (a-condlabel.png beside a.png; "
+                               "`dataset conditions` computes them), or computed from each picture at the start of "
+                               "the run where one is missing: Canny edges or depth.", choices=CONDITIONING,
+                               needs=(CONTROL,))
+    depth_model: str = _field(DEFAULT_DEPTH_MODEL, "Depth model for conditioning 'depth': any transformers "
+                              "depth-estimation model (Depth Anything, DPT), or tiny-depth offline.", advanced=True,
+                              needs=(CONTROL,))
 
     # Optimisation
     train_batch_size: int = _field(1, "Images per step per GPU.", limits=(1, 1024, 32))
@@ -317,6 +345,12 @@ class TrainConfig:
             errors["snr_gamma"] = "Must be 0 (off) or positive (5 is typical)."
         if self.checkpointing_steps < 0 or self.validation_steps < 0 or self.eval_steps < 0 or self.log_every < 1:
             errors["checkpointing_steps"] = "Step intervals cannot be negative (log_every at least 1)."
+        if not 0 <= self.unmasked_weight <= 1:
+            errors["unmasked_weight"] = "Must be between 0 (ignore what is outside the mask) and 1."
+        if not 0 <= self.whole_mask_share <= 1:
+            errors["whole_mask_share"] = "Must be between 0 and 1 (0.25 is RunwayML's share)."
+        if self.mask_variants < 1:
+            errors["mask_variants"] = "At least 1 mask per picture (8 is a good start)."
         if not 0 < self.ema_decay < 1:
             errors["ema_decay"] = "Must be between 0 and 1 (0.9999 for full fine-tuning, 0.999 for LoRA)."
         if self.init_from.strip():

@@ -53,6 +53,17 @@ RUN_SETTINGS = {
     **{f"lora_ema_{family}": dict(model=f"tiny-{family}", method="lora", lora_targets="all", rank=4, lora_alpha=8,
                                   train_text_encoder=True, use_ema=True, ema_decay=0.5,
                                   instance_prompt="a photo of sks robot") for family in ("sd1", "sdxl")},
+    # Editing (issue 14): inpainting LoRAs on the 9-channel models, text-to-image models converted into inpainting
+    # ones, ControlNets on Canny edges computed at the start of the run.
+    **{f"inpaint_lora_{family}": dict(model=f"tiny-{family}-inpaint", method="lora", lora_targets="all", rank=4,
+                                      instance_prompt="a photo of sks robot",
+                                      validation_prompts=["a photo of sks robot"]) for family in ("sd1", "sdxl")},
+    **{f"inpaint_convert_{family}": dict(model=f"tiny-{family}", method="inpaint_convert", learning_rate=1e-3,
+                                         train_batch_size=1, gradient_checkpointing=False,
+                                         instance_prompt="a photo of sks robot") for family in ("sd1", "sdxl")},
+    **{f"controlnet_{family}": dict(model=f"tiny-{family}", method="controlnet", conditioning="canny",
+                                    learning_rate=1e-3, instance_prompt="a photo of sks robot",
+                                    validation_prompts=["a photo of sks robot"]) for family in ("sd1", "sdxl")},
 }
 
 # Fast generation settings: 32 px, 3 denoising steps.

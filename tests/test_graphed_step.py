@@ -82,6 +82,10 @@ def forced_graph(monkeypatch):
     ("lora", dict(lr_scheduler="linear", lr_warmup_steps=2, snr_gamma=5.0)),
     # The text encoder runs inside the step (new token embeddings learn); prompts vary per step.
     ("textual_inversion", dict(instance_prompt=TI_PROMPT)),
+    # Inpainting inputs (mask, masked latents: a mask drawn per step) and the masked loss are copied in per step.
+    ("lora", dict(model="tiny-sd1-inpaint", masked_loss=True, mask_variants=3)),
+    # The ControlNet runs inside the step, its condition pictures copied in per step.
+    ("controlnet", dict(conditioning="canny")),
 ])
 def test_the_graphed_step_learns_exactly_what_the_plain_step_learns(toy_dataset, tmp_path, forced_graph, method,
                                                                     extra):

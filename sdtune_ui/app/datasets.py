@@ -1,5 +1,6 @@
 """The Dataset tab's view of a dataset folder, without gradio: every training image of every layout (kohya
-concept folders, concepts, imagefolder splits) with its caption and mask, and importing a Hub dataset.
+concept folders, concepts, imagefolder splits) with its caption, mask and condition picture (ControlNet), and
+importing a Hub dataset.
 Edits (captions, deleting, cropping, masks) are sdtune_ui.data.edit's.
 """
 
@@ -21,6 +22,7 @@ class DatasetImage:
     own_caption: bool    # False: the caption shown is the folder's prompt (kohya, concepts)
     concept: str = ""
     mask: Path | None = None
+    condition: Path | None = None   # its ControlNet condition picture (a-condlabel.png)
 
     @property
     def mask_name(self) -> str:
@@ -32,7 +34,7 @@ def dataset_images(root: str | Path) -> tuple[list[DatasetImage], str]:
     from sdtune_ui.data.layouts import scan_dataset
 
     scan = scan_dataset(Path(root), strict=False)
-    images = [DatasetImage(f.name, f.path, f.text, f.caption is not None, f.concept, f.mask_path)
+    images = [DatasetImage(f.name, f.path, f.text, f.caption is not None, f.concept, f.mask_path, f.condition_path)
               for f in scan.files]
     return images, scan.description
 

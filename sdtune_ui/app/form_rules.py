@@ -22,13 +22,14 @@ from sdtune_ui.app.generation import instance_token, source_label
 from sdtune_ui.app.ops import config_from_values, widget_values
 from sdtune_ui.config import TrainConfig, field_info
 from sdtune_ui.errors import ConfigError, DatasetError
-from sdtune_ui.methods import INSTANCE_PROMPT, TOKENS, method_named, method_names
+from sdtune_ui.methods import CONTROL, INSTANCE_PROMPT, TOKENS, method_named, method_names
 
 # The dataset doctor's threshold: an image wider or taller than this is cropped badly without buckets.
 NOT_SQUARE = 1.15
 MAX_SIZES_READ = 400  # image headers read to decide on bucketing (enough to judge a dataset's shapes)
 # Fields the form derives from the dataset and the method (and may derive again when those change).
-DERIVED = ("instance_prompt", "class_prompt", "validation_prompts", "bucketing", "initializer_token")
+DERIVED = ("instance_prompt", "class_prompt", "validation_prompts", "bucketing", "initializer_token", "conditioning")
+COMPUTED_CONDITION = "canny"   # what a ControlNet run computes when the dataset has no condition pictures
 SAMPLING_WORDS = {"repeats": "each image as often as its repeats say", "balanced": "every concept an equal share"}
 
 
@@ -58,6 +59,7 @@ class DatasetHints:
     not_square: int = 0
     concepts: list[ConceptHint] = field(default_factory=list)  # only with several concepts
     sampling: str = ""  # the epoch order the dataset asks for (several concepts)
+    conditions: int = 0   # images with a ControlNet condition picture beside them (a-condlabel.png)
 
     @property
     def bucketing(self) -> bool:
@@ -125,6 +127,7 @@ def dataset_hints(data: str) -> DatasetHints:
     hints.token = (concept.token if concept else "") or instance_token(hints.instance_prompt)
     hints.caption = next((f.text for f in scan.files if f.text.strip()), "")
     hints.images = len(scan.files)
+    hints.conditions = sum(1 for f in scan.files if f.condition_path is not None)
     for file in scan.files[:MAX_SIZES_READ]:
         try:
             with Image.open(file.path) as image:
@@ -210,6 +213,11 @@ def _derived_value(name: str, config: TrainConfig, hints: DatasetHints, filled: 
         return [prompt] if prompt else []
     if name == "bucketing":
         return hints.bucketing
+    if name == "conditioning":
+        # A ControlNet trains on the dataset's condition pictures when every image has one, else on computed edges.
+        if not config.has(CONTROL) or not hints.images:
+            return None
+        return "dataset" if hints.conditions == hints.images else COMPUTED_CONDITION
     if name == "initializer_token":
         # A new token starts from its class's embedding: the dataset's class word beats the generic default.
         return class_noun(hints) or None if config.has(TOKENS) else None
@@ -258,6 +266,8 @@ def settle(values: dict[str, Any], hints: DatasetHints, *, previous_method: str 
         wanted.append("validation_prompts")
     if config.has(TOKENS) and config.initializer_token == defaults["initializer_token"]:
         wanted.append("initializer_token")
+    if config.has(CONTROL) and config.conditioning == defaults["conditioning"]:
+        wanted.append("conditioning")
     # Bucketing follows the dataset unless the user chose it (a value the form did not fill in).
     if refill and ("bucketing" in changes or "bucketing" not in filled and config.bucketing == defaults["bucketing"]):
         wanted.append("bucketing")
@@ -295,6 +305,10 @@ def _fill(config: TrainConfig, names: list[str], hints: DatasetHints, filled: di
             continue
         if value is None or value == getattr(config, name):
             continue
+        if name == "conditioning" and value == COMPUTED_CONDITION:
+            notes.append(f"Conditioning is {value}: {hints.images - hints.conditions} of {hints.images} image(s) have "
+                         "no condition picture (a-condlabel.png), so Canny edges are computed at the start (or add "
+                         "them in the Dataset tab).")
         if name == "instance_prompt" and value and not hints.instance_prompt:
             notes.append(f"The instance prompt was filled in as '{value}': name your subject's class in it "
                          "(e.g. 'a photo of sks dog'); 'sks' is the rare word that will mean your subject.")

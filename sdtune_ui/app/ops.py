@@ -255,6 +255,13 @@ def check_public_config(config: TrainConfig, data_dir: Path, *, limits: bool = T
         errors["class_data"] = "Leave empty on the public app (class images are generated into its data folder)."
     if config.init_from.strip() and not _inside(Path(parse_choice(config.init_from.strip())[0]), data_dir):
         errors["init_from"] = "Choose one of this app's runs to start from (a public app reads only its own data)."
+    from sdtune_ui.data.conditions import TINY_DEPTH
+    from sdtune_ui.models import TINY_CONTROLNETS
+
+    for name, tiny in (("controlnet_model", TINY_CONTROLNETS), ("depth_model", (TINY_DEPTH,))):
+        value = str(getattr(config, name)).strip()
+        if value and value not in tiny and (not HUB_ID.match(value) or ".." in value or _exists(value)):
+            errors[name] = "This public app loads models from the Hub (user/name) or the tiny-* demos only."
     if errors:
         raise ConfigError(errors)
 

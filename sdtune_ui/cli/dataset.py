@@ -1,4 +1,4 @@
-"""CLI commands for datasets: `dataset ingest|doctor|captions|push` and `caption`.
+"""CLI commands for datasets: `dataset ingest|doctor|captions|conditions|push` and `caption`.
 
 Registered by sdtune_ui/cli.py through `add_dataset_commands(subparsers)`; each handler prints text for a
 person (or JSON with --json) and returns the exit code: 0 ok, 1 the dataset has problems, 2 bad input.
@@ -74,7 +74,8 @@ def run_doctor(args: argparse.Namespace) -> int:
                       subject=args.subject, instance_prompt=args.instance_prompt, bucketing=args.bucketing,
                       batch_size=args.batch_size, with_prior_preservation=args.prior_preservation,
                       seconds_per_step=args.seconds_per_step, caption_column=args.caption_column,
-                      split=args.split, progress=_progress("doctor"), adapter=args.adapter)
+                      split=args.split, progress=_progress("doctor"), adapter=args.adapter,
+                      conditioning=args.conditioning)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
     return 0 if report.ok else 1
 
@@ -99,6 +100,19 @@ def run_captions(args: argparse.Namespace) -> int:
     if not did:
         raise SdtuneError("Nothing to do: give --find/--replace, --trigger, --prefix, --suffix or --instance-prompt.")
     return 0
+
+
+def run_conditions(args: argparse.Namespace) -> int:
+    """Compute a ControlNet condition picture (a-condlabel.png) beside every training picture."""
+    from sdtune_ui.data.conditions import write_conditions
+
+    report = write_conditions(args.dir, args.detector, depth_model=args.depth_model, overwrite=args.overwrite,
+                              progress=_progress("conditions"))
+    print(f"Wrote {len(report.written)} {args.detector} condition picture(s) into {args.dir}; kept "
+          f"{len(report.kept)} that were there" + (f"; {len(report.failed)} failed" if report.failed else "") + ".")
+    for line in report.failed[:10]:
+        print(f"  {line}")
+    return 1 if report.failed else 0
 
 
 def run_push(args: argparse.Namespace) -> int:
@@ -134,6 +148,8 @@ def run_caption(args: argparse.Namespace) -> int:
 def add_dataset_commands(subparsers: Any) -> None:
     """Add `dataset ingest|doctor|captions|push` and `caption` to an argparse subparsers object."""
     from sdtune_ui.caption.captioners import CAPTIONERS, FLORENCE_TASKS
+    from sdtune_ui.config import CONDITIONING
+    from sdtune_ui.data.conditions import DEFAULT_DEPTH_MODEL, DETECTORS
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     dataset = subparsers.add_parser("dataset", help="Ingest, check, edit and push datasets.")
@@ -174,8 +190,19 @@ def add_dataset_commands(subparsers: Any) -> None:
     doctor.add_argument("--split", default="train", help="Split folder of an imagefolder dataset (train/, test/ ...).")
     doctor.add_argument("--seconds-per-step", type=float, default=None,
                         help="Measured step time for the estimate (default: a typical 24 GB GPU).")
+    doctor.add_argument("--conditioning", choices=CONDITIONING, default=None,
+                        help="ControlNet: where condition pictures come from (the dataset's, or a detector).")
     doctor.add_argument("--json", action="store_true", help="Print the report as JSON.")
     doctor.set_defaults(handler=_guard(run_doctor))
+
+    conditions = commands.add_parser("conditions", help="Compute ControlNet condition pictures (Canny edges or "
+                                     "depth) beside every picture, as a-condlabel.png.", formatter_class=fmt)
+    conditions.add_argument("dir", help="Dataset folder.")
+    conditions.add_argument("--detector", choices=DETECTORS, required=True, help="What the condition shows.")
+    conditions.add_argument("--depth-model", default=DEFAULT_DEPTH_MODEL,
+                            help="transformers depth-estimation model for --detector depth (tiny-depth offline).")
+    conditions.add_argument("--overwrite", action="store_true", help="Replace condition pictures that exist.")
+    conditions.set_defaults(handler=_guard(run_conditions))
 
     captions = commands.add_parser("captions", help="Edit captions: find/replace, trigger, prefix, suffix; "
                                    "DreamBooth prompts.", formatter_class=fmt)

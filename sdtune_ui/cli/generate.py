@@ -33,8 +33,9 @@ def _add_option_flags(parser: argparse.ArgumentParser) -> None:
     for f in option_fields():
         default = getattr(defaults, f.name)
         kwargs: dict[str, Any] = {"help": f.metadata["help"], "default": default}
-        if isinstance(default, bool):
-            kwargs = {"help": f.metadata["help"], "action": "store_true"}
+        if isinstance(default, bool):  # --name / --no-name when it is on by default
+            action = argparse.BooleanOptionalAction if default else "store_true"
+            kwargs = {"help": f.metadata["help"], "action": action, "default": default}
         elif f.metadata["choices"]:
             kwargs["choices"] = f.metadata["choices"]
         else:
@@ -61,6 +62,8 @@ def add_generate_commands(subparsers: Any) -> None:
                      help="LoRA file (diffusers or kohya), folder or Hub repo, with an optional scale; repeatable.")
     gen.add_argument("--embedding", action="append", default=[], metavar="PATH",
                      help="Textual-inversion embedding file (diffusers or A1111); repeatable.")
+    gen.add_argument("--controlnet", default="", metavar="PATH",
+                     help="A ControlNet (diffusers folder, Hub id, tiny-controlnet-sd1) for --control-image.")
     gen.add_argument("--lora-scale", type=float, default=1.0, help="Scale of the --run's LoRA.")
     _add_option_flags(gen)
     gen.add_argument("--compare", action="store_true", help="Also generate with the base model, side by side.")
@@ -125,6 +128,10 @@ def _artifacts(args: argparse.Namespace) -> tuple[str, list]:
         artifacts.append(artifact_from_spec(spec, kind=LORA, allow_pickle=args.allow_pickle))
     for spec in args.embedding:
         artifacts.append(artifact_from_spec(spec, kind=EMBEDDING, allow_pickle=args.allow_pickle))
+    if args.controlnet:
+        from sdtune_ui.generate.artifacts import controlnet_artifact
+
+        artifacts.append(controlnet_artifact(args.controlnet))
     if not model:
         for spec in args.lora:
             model = base_model_from_card(artifact_from_spec(spec, kind=LORA, allow_pickle=args.allow_pickle).path)

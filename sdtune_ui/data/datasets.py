@@ -18,6 +18,7 @@ from PIL import Image
 from sdtune_ui.data.concepts import Concept, epoch_length, epoch_order
 from sdtune_ui.data.images import load_image
 from sdtune_ui.data.layouts import DatasetScan, scan_dataset
+from sdtune_ui.data.masks import alpha_mask
 from sdtune_ui.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,9 @@ class Example:
     concept: str = ""  # LoadedDataset.concepts name; "" in a single-concept dataset
     repeats: int = 1  # how many times it counts per epoch (kohya's N_)
     mask_path: str | None = None  # OneTrainer mask (`a-masklabel.png`: white = train, black = ignore)
+    condition_path: str | None = None  # ControlNet condition image (`a-condlabel.png`)
+    alpha: Image.Image | None = None  # a PNG's transparency (opaque = train), when it has some and no mask file
+    condition: Image.Image | None = None  # the condition picture a ControlNet run trains with (train/setup.py)
 
 
 @dataclass
@@ -79,8 +83,11 @@ def decode_scan(scan: DatasetScan, resolution: int | None = None) -> LoadedDatas
             warnings.append(f"Skipped {file.name}: {result.reason}")
             continue
         warnings.extend(f"{file.name}: {w}" for w in result.warnings)
+        condition = file.condition_path
+        alpha = alpha_mask(file.path) if file.mask_path is None else None
         examples.append(Example(file.name, result.image, file.text, file.concept, file.repeats,
-                                str(file.mask_path) if file.mask_path else None))
+                                str(file.mask_path) if file.mask_path else None,
+                                str(condition) if condition else None, alpha))
     for concept in scan.concepts:
         concept.images = sum(1 for ex in examples if ex.concept == concept.name)
         concept.masks = sum(1 for ex in examples if ex.concept == concept.name and ex.mask_path)

@@ -24,6 +24,7 @@ from PIL import Image
 
 from sdtune_ui.data.advice import Recommendation, recommend
 from sdtune_ui.data.buckets import assign_buckets
+from sdtune_ui.data.companions import check_conditions, check_masks
 from sdtune_ui.data.concepts import Concept
 from sdtune_ui.data.formats import has_word, list_images
 from sdtune_ui.data.images import load_image, pixel_hash, small_for_resolution
@@ -203,6 +204,7 @@ def diagnose(
     near_threshold: int = 6,
     progress: Callable[[int, int], None] | None = None,
     adapter: str | None = None,
+    conditioning: str | None = None,
 ) -> DoctorReport:
     """Check a dataset folder for `method` at `resolution`; never raises for a bad image (it's a finding).
 
@@ -210,6 +212,7 @@ def diagnose(
     dataset_info.json) and textual inversion with templates do not read per-image captions.
     `bucketing` mirrors TrainConfig.bucketing (off: every image is cropped to the square).
     `caption_column` picks the metadata column; `split` the imagefolder split (train/, test/ ...).
+    `conditioning` mirrors TrainConfig.conditioning (ControlNet: the dataset's condition pictures, or a detector).
     """
     root = Path(folder)
     if not root.is_dir():
@@ -267,7 +270,10 @@ def diagnose(
     cap_stats = _check_captions(scan, sizes, findings, method=method, trigger=trigger,
                                 instance_prompt=instance_prompt, uses_captions=uses_captions, tokenizer=tokenizer)
     concepts = _check_concepts(scan, sizes, findings, method)
-    _check_masks(scan, sizes, findings)
+    problems: list = []
+    check_masks(scan, sizes, problems)
+    check_conditions(scan, sizes, problems, method, conditioning)
+    findings += [Finding(*problem) for problem in problems]
     buckets = _buckets(sizes, resolution, bucketing, findings)
     recommendation = None
     if sizes:
@@ -428,21 +434,6 @@ def _class_images(concept: Concept) -> int:
     return len(list_images(concept.class_data)) if concept.class_data else 0
 
 
-def _check_masks(scan: DatasetScan, sizes: dict[str, tuple[int, int]], findings: list[Finding]) -> None:
-    if scan.masks_without_image:
-        findings.append(Finding("warning", "masks_without_image", f"{len(scan.masks_without_image)} mask(s) "
-                                "(-masklabel.png) have no image of the same name beside them: rename or delete "
-                                "them", scan.masks_without_image))
-    for concept in scan.concepts:
-        mine = [f for f in scan.files if f.concept == concept.name and f.name in sizes]
-        unmasked = sorted(f.name for f in mine if f.mask_path is None)
-        if unmasked and len(unmasked) < len(mine):
-            where = f" in {concept.name}" if concept.name else ""
-            findings.append(Finding("warning", "missing_masks", f"{len(unmasked)} of {len(mine)} image(s){where} "
-                                    "have no mask while the others do; with masked loss they train on the whole "
-                                    "picture: add their -masklabel.png", unmasked))
-
-
 def _buckets(sizes: dict[str, tuple[int, int]], resolution: int, bucketing: bool,
              findings: list[Finding]) -> dict[str, int]:
     if not sizes:
@@ -476,6 +467,7 @@ def diagnose_config(config: Any, **overrides: Any) -> DoctorReport:
         "with_prior_preservation": config.with_prior_preservation,
         "caption_column": config.caption_column or None,
         "split": getattr(config, "split", "") or "train",
+        "conditioning": config.conditioning,
     }
     if uses_ti:
         kwargs["uses_captions"] = config.learnable_property == "captions" and not config.instance_prompt

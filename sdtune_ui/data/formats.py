@@ -55,6 +55,21 @@ def mask_name_for(image_name: str) -> str:
     return os.path.splitext(image_name)[0] + MASK_SUFFIX + ".png"
 
 
+def condition_name_for(image_name: str) -> str:
+    """The condition image's name (ControlNet training) OneTrainer pairs with an image: `a.jpg` -> `a-condlabel.png`."""
+    return os.path.splitext(image_name)[0] + CONDITIONING_SUFFIX + ".png"
+
+
+def condition_of(image: Path) -> Path | None:
+    """The condition image beside a picture (`a-condlabel.png`, or .jpg/.jpeg/.webp), or None."""
+    stem = os.path.splitext(image.name)[0] + CONDITIONING_SUFFIX
+    for ext in (".png", ".jpg", ".jpeg", ".webp"):
+        candidate = image.with_name(stem + ext)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def list_images(folder: str | os.PathLike[str]) -> list[str]:
     """Training image file names directly inside `folder` (not sub-folders, not masks), sorted."""
     root = Path(folder)

@@ -31,6 +31,7 @@ from sdtune_ui.data.formats import (
     DATASET_INFO,
     METADATA_CSV,
     METADATA_JSONL,
+    condition_of,
     is_inside,
     is_mask_name,
     is_training_image_name,
@@ -65,6 +66,11 @@ class DatasetFile:
     concept: str = ""
     repeats: int = 1
     mask_path: Path | None = None
+
+    @property
+    def condition_path(self) -> Path | None:
+        """Its condition image for ControlNet training (`a-condlabel.png`), when there is one."""
+        return condition_of(self.path)
 
     @property
     def text(self) -> str:

@@ -83,6 +83,11 @@ def heldout_loss(parts: Any, held: HeldOutSet, *, unet: Any = None, text_encoder
     (batch of one), for runs whose text encoders were freed. Deterministic: same weights and set -> same numbers.
     """
     family, scheduler = parts.family, parts.noise_scheduler
+    if family.inpainting or parts.controlnet is not None:
+        from sdtune_ui.errors import SdtuneError
+
+        raise SdtuneError("The held-out loss is not measured for inpainting models and ControlNets yet: leave out "
+                          "the 'loss' metric for this run.")
     unet = unet if unet is not None else parts.unet
     encoders = list(text_encoders) if text_encoders is not None else list(parts.text_encoders)
     first = next(unet.parameters())

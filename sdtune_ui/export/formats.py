@@ -27,7 +27,7 @@ from sdtune_ui.export.kohya import a1111_embedding_name
 from sdtune_ui.generate.artifacts import Artifact, artifacts_in_folder, run_artifacts
 from sdtune_ui.hub import scrub  # noqa: F401 - part of this module's API (tests, callers)
 from sdtune_ui.methods import adapters
-from sdtune_ui.methods.outputs import EMBEDDING, EMBEDDINGS_FILE, LORA, LORA_FILE, PIPELINE
+from sdtune_ui.methods.outputs import CONTROLNET, EMBEDDING, EMBEDDINGS_FILE, LORA, LORA_FILE, PIPELINE
 from sdtune_ui.runs import RunDir
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,8 @@ def export_run(run_dir: str | Path, format: str, out_dir: str | Path, *, step: i
     if format == "diffusers":
         for artifact in found.artifacts:
             source = Path(artifact.path)
-            if artifact.kind == PIPELINE:
-                # The pipeline goes at the folder's root, where from_pretrained(repo_id) looks for it.
+            if artifact.kind in (PIPELINE, CONTROLNET):
+                # A pipeline (or a ControlNet) goes at the folder's root, where from_pretrained(repo_id) looks.
                 skip = {".complete", "README.md"}
                 shutil.copytree(source, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*skip))
                 written += sorted(out / item.name for item in source.iterdir() if item.name not in skip)
@@ -221,6 +221,12 @@ def write_tool_files(run_dir: str | Path, config: dict, *, family: Any = None,
         elif artifact.kind == EMBEDDING:
             lines.append((source.name, "diffusers (pipe.load_textual_inversion) and this app's Generate tab"))
             path, note = files.a1111_embedding(artifact)
+        elif artifact.kind == CONTROLNET:
+            lines.append(("config.json, diffusion_pytorch_model.safetensors", "a diffusers ControlNet "
+                          "(ControlNetModel.from_pretrained, with the base model in "
+                          f"{files.family.controlnet_pipeline_class_name}) and this app's Generate tab; ComfyUI's "
+                          "ControlNet loader and AUTOMATIC1111's ControlNet extension read this diffusers file too"))
+            continue
         else:
             lines.append(("model_index.json and its folders", "a diffusers pipeline (from_pretrained) and this "
                           "app's Generate tab; for AUTOMATIC1111 / ComfyUI export it as one file: python -m "

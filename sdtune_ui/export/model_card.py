@@ -71,12 +71,19 @@ def settings_table(config: dict) -> str:
 
 
 def _usage(family: type[Family], config: dict, *, pipeline: bool, lora_file: str | None,
-           embedding_file: str | None) -> str:
+           embedding_file: str | None, controlnet: bool = False) -> str:
     """A diffusers snippet that loads exactly the exported files."""
     pipeline_class = family.pipeline_class_name
     source = "REPO_ID" if pipeline else config.get("model", "")
     lines = ["```python", "import torch", f"from diffusers import {pipeline_class}", "",
              f'pipe = {pipeline_class}.from_pretrained("{source}", torch_dtype=torch.float16).to("cuda")']
+    if controlnet:   # a ControlNet beside its base model, steered by a condition picture
+        pipeline_class = family.controlnet_pipeline_class_name
+        lines = ["```python", "import torch", f"from diffusers import ControlNetModel, {pipeline_class}",
+                 "from diffusers.utils import load_image", "",
+                 'controlnet = ControlNetModel.from_pretrained("REPO_ID", torch_dtype=torch.float16)',
+                 f'pipe = {pipeline_class}.from_pretrained("{config.get("model", "")}", controlnet=controlnet, '
+                 'torch_dtype=torch.float16).to("cuda")']
     if lora_file:
         lines += adapters.adapter_of_run(config).usage_lines(lora_file)
     token = config.get("placeholder_token") or "<token>"
@@ -98,7 +105,15 @@ def _usage(family: type[Family], config: dict, *, pipeline: bool, lora_file: str
         else:
             lines.append(f'pipe.load_textual_inversion("REPO_ID", weight_name="{embedding_file}", token="{token}")')
     prompt = (trigger_words(config) or ["a photo"])[-1]
-    lines += [f'image = pipe("{prompt}", num_inference_steps=25).images[0]', "```"]
+    if controlnet:
+        lines.append(f'image = pipe("{prompt}", image=load_image("condition.png"), num_inference_steps=25).images[0]')
+    elif family.inpainting:   # white in the mask = repainted
+        lines += ["from diffusers.utils import load_image",
+                  f'image = pipe("{prompt}", image=load_image("picture.png"), mask_image=load_image("mask.png"), '
+                  "num_inference_steps=25).images[0]"]
+    else:
+        lines.append(f'image = pipe("{prompt}", num_inference_steps=25).images[0]')
+    lines.append("```")
     return "\n".join(lines)
 
 
@@ -115,6 +130,8 @@ def build_model_card(config: dict, *, files: list[str], samples: list[tuple[str,
     family = family or family_of(config)
     method = config.get("method", "")
     method_class = _method(config)
+    if method_class is not None:
+        family = method_class.output_family(family)   # a conversion's output is another family's pipeline
     tags = ["text-to-image", "diffusers", "diffusers-training", *family.card_tags,
             *(method_class.card_tags_for(config) if method_class else ()), "sdtune_ui"]
     triggers = trigger_words(config)
@@ -130,7 +147,8 @@ def build_model_card(config: dict, *, files: list[str], samples: list[tuple[str,
     )
     title = repo_id.split("/")[-1] if repo_id else f"{method} on {_public_value('model', config.get('model', ''))}"
     usage = _usage(family, config, pipeline="model_index.json" in files, lora_file=lora_file,
-                   embedding_file=embedding_file).replace("REPO_ID", repo_id or "path/to/this/folder")
+                   embedding_file=embedding_file, controlnet="diffusion_pytorch_model.safetensors" in files,
+                   ).replace("REPO_ID", repo_id or "path/to/this/folder")
     trigger_text = ("\n".join(f"- `{word}`" for word in triggers) if triggers
                     else "No trigger word: the model was trained on captions; describe the image as in them.")
     gallery = "<Gallery />\n\n" if samples else ""

@@ -1,6 +1,6 @@
 """Model families (SD1.x, SD2.x, SDXL, SD3.5, Flux.1), one class each in a registry; see base.py."""
 
-from sdtune_ui.families import flux, sd1, sd2, sd3, sdxl  # noqa: F401 - importing registers the built-in families
+from sdtune_ui.families import flux, inpaint, sd1, sd2, sd3, sdxl  # noqa: F401 - importing registers the built-in families
 from sdtune_ui.families.base import (
     Family,
     ModelParts,

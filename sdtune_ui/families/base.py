@@ -31,6 +31,7 @@ class ModelParts:
     pipeline: Any = field(repr=False)
     # Pipeline component names of text_encoders, in order (text_encoder, text_encoder_2, ...).
     text_encoder_names: list[str] = field(default_factory=list)
+    controlnet: Any = None    # the ControlNet a ControlNet run trains (the UNet stays frozen); None otherwise
 
     @property
     def tunable_text_encoders(self) -> list[Any]:
@@ -122,6 +123,11 @@ class Family:
     # Memory presets of this family by GPU size (TrainConfig VRAM_PRESETS names), applied over the generic ones; each
     # chosen so that train/memory.py's estimate of a LoRA run fits (tests/test_flow_presets.py).
     memory_presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Editing: the pipelines that inpaint with (or are steered by a ControlNet over) this family's models.
+    inpaint_pipeline_class_name: ClassVar[str] = "StableDiffusionInpaintPipeline"
+    controlnet_pipeline_class_name: ClassVar[str] = "StableDiffusionControlNetPipeline"
+    # An inpainting variant's UNet also reads the mask and the masked picture's latents (families/inpaint.py).
+    inpainting: ClassVar[bool] = False
 
     def __init__(self, prediction_type: str = "epsilon", native_resolution: int = 512):
         self.prediction_type = prediction_type
@@ -167,10 +173,40 @@ class Family:
         return cls.memory
 
     @classmethod
-    def pipeline_class(cls) -> type:
+    def pipeline_class(cls, kind: str = "") -> type:
+        """The diffusers pipeline class that runs this family: text-to-image, or kind "inpaint" / "control"."""
         import diffusers
 
-        return getattr(diffusers, cls.pipeline_class_name)
+        names = {"": cls.pipeline_class_name, "inpaint": cls.inpaint_pipeline_class_name,
+                 "control": cls.controlnet_pipeline_class_name}
+        return getattr(diffusers, names[kind])
+
+    @classmethod
+    def inpainting_variant(cls) -> type[Family]:
+        """The registered inpainting variant of this family (itself when it is one): what converting a
+        text-to-image model into an inpainting one turns it into."""
+        if cls.inpainting:
+            return cls
+        found = [other for other in _FAMILIES.values() if other.inpainting and issubclass(other, cls)
+                 and other.base_family() is cls]
+        if not found:
+            raise ValueError(f"{cls.label} has no inpainting variant")
+        return found[0]
+
+    @classmethod
+    def base_family(cls) -> type[Family]:
+        """The text-to-image family this one is a variant of (itself for text-to-image families)."""
+        return cls
+
+    def as_inpainting(self) -> Family:
+        """This checkpoint's family once its UNet reads the inpainting inputs (same prediction type and size)."""
+        return self.inpainting_variant()(self.prediction_type, self.native_resolution)
+
+    def unet_sample(self, noisy: torch.Tensor, mask: torch.Tensor | None,
+                    masked_latents: torch.Tensor | None) -> torch.Tensor:
+        """What the UNet reads as its sample: the noisy latents (inpainting variants add the mask and the masked
+        picture's latents as extra channels)."""
+        return noisy
 
     # ------------------------------------------------------------------ conditioning
     def tokenize(self, tokenizers: list[Any], prompts: list[str]) -> list[torch.Tensor]:
@@ -230,10 +266,11 @@ class Family:
         return torch.clamp(snr, max=config.snr_gamma) / denominator
 
     def predict(self, model: Any, noisy: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor,
-                pooled: torch.Tensor | None, time_ids: torch.Tensor | None) -> torch.Tensor:
-        """The denoiser's output for a batch, in the latents' layout (inputs already in the compute dtype)."""
+                pooled: torch.Tensor | None, time_ids: torch.Tensor | None, **residuals: Any) -> torch.Tensor:
+        """The denoiser's output for a batch, in the latents' layout (inputs already in the compute dtype);
+        `residuals`: a ControlNet's additions to a UNet's skip connections and middle block."""
         return model(noisy, timesteps, hidden, added_cond_kwargs=self.added_cond_kwargs(pooled, time_ids),
-                     return_dict=False)[0]
+                     return_dict=False, **residuals)[0]
 
     # ------------------------------------------------------------------ sampling with cached prompts
     def prompt_embedding_kwargs(self, hidden: torch.Tensor, pooled: torch.Tensor | None,

@@ -15,6 +15,8 @@ class SDXL(Family):
     label = "Stable Diffusion XL"
     priority = 20
     pipeline_class_name = "StableDiffusionXLPipeline"
+    inpaint_pipeline_class_name = "StableDiffusionXLInpaintPipeline"
+    controlnet_pipeline_class_name = "StableDiffusionXLControlNetPipeline"
     text_encoder_count = 2
     uses_pooled_embeddings = True
     embedding_keys = ("clip_l", "clip_g")

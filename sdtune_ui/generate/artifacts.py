@@ -22,6 +22,8 @@ import torch
 from sdtune_ui.errors import ModelLoadError, SdtuneError
 from sdtune_ui.methods import adapters
 from sdtune_ui.methods.outputs import (
+    CONTROLNET,
+    CONTROLNET_CLASS,
     EMBEDDING,
     EMBEDDINGS_FILE,
     EMBEDDINGS_GLOB,
@@ -38,7 +40,7 @@ _materialize_lock = threading.Lock()
 
 @dataclass
 class Artifact:
-    kind: str                       # lora | embedding | pipeline
+    kind: str                       # lora | embedding | pipeline | controlnet
     path: str                       # local file or folder, or a Hub repo id
     scale: float = 1.0              # LoRA strength (0 = off)
     label: str = ""
@@ -87,6 +89,8 @@ def artifacts_in_folder(folder: str | Path, config: dict | None = None) -> list[
     found: list[Artifact] = []
     if (folder / PIPELINE_MARKER).exists():
         found.append(Artifact(PIPELINE, str(folder), label="fine-tuned model"))
+    if is_controlnet_folder(folder):
+        found.append(Artifact(CONTROLNET, str(folder), label="ControlNet"))
     for name in adapters.adapter_file_names():   # a LoRA, or a variant's file (methods/adapters)
         if (folder / name).exists():
             found.append(Artifact(LORA, str(folder / name), label=adapters.adapter_for_file(folder / name).label,
@@ -180,6 +184,14 @@ def _apply_ema(folder: Path, config: Any, params: list[torch.nn.Parameter]) -> N
 
 
 # ---------------------------------------------------------------------------------------------- files
+def is_controlnet_folder(folder: Path) -> bool:
+    """A diffusers ControlNet folder: its config.json names the ControlNet class."""
+    try:
+        return json.loads((folder / "config.json").read_text()).get("_class_name") == CONTROLNET_CLASS
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def embedding_token(path: str | Path) -> str:
     """The trigger word of an embedding file: its `token` metadata, its single key, or the file name."""
     path = Path(path)
@@ -225,8 +237,8 @@ def artifact_from_spec(spec: str, *, kind: str | None = None, allow_pickle: bool
         if kind:
             inner = [a for a in inner if a.kind == kind]
         if not inner:
-            raise ModelLoadError(f"{path} holds no {kind or 'artifact'} "
-                                 f"({', '.join(adapters.adapter_file_names())}, {EMBEDDINGS_FILE} or a pipeline).")
+            raise ModelLoadError(f"{path} holds no {kind or 'artifact'} ({', '.join(adapters.adapter_file_names())}, "
+                                 f"{EMBEDDINGS_FILE}, a pipeline or a ControlNet).")
         found = inner[0]
     elif path.is_file():
         found_kind = classify_file(path, allow_pickle=allow_pickle)
@@ -240,6 +252,15 @@ def artifact_from_spec(spec: str, *, kind: str | None = None, allow_pickle: bool
     if scale is not None:
         found.scale = scale
     return found
+
+
+def controlnet_artifact(spec: str) -> Artifact:
+    """A ControlNet the user names: a folder (a ControlNet run's output), a Hub id, or a tiny ControlNet's name."""
+    from sdtune_ui.models import TINY_CONTROLNETS
+
+    if spec in TINY_CONTROLNETS:
+        return Artifact(CONTROLNET, spec, label=f"ControlNet {spec}")
+    return artifact_from_spec(spec, kind=CONTROLNET)
 
 
 def base_model_from_card(repo_or_folder: str | Path) -> str | None:

@@ -21,11 +21,12 @@ import torch
 
 from sdtune_ui.errors import ModelLoadError, SdtuneError
 from sdtune_ui.families import detect_family
+from sdtune_ui.generate import editing
 from sdtune_ui.generate.artifacts import Artifact, read_state_dict
 from sdtune_ui.generate.options import GenerationOptions
 from sdtune_ui.methods import adapters
 from sdtune_ui.methods.adapters.lora import normalise_keys as _normalise_lora  # noqa: F401 - tests use it
-from sdtune_ui.methods.outputs import EMBEDDING, LORA, LORA_FILE, PIPELINE
+from sdtune_ui.methods.outputs import CONTROLNET, EMBEDDING, LORA, LORA_FILE, PIPELINE
 
 
 @dataclass
@@ -124,6 +125,7 @@ class GenerationEngine:
         self._fused: tuple | None = None
         self._disabled = False                          # every loaded adapter is at scale 0 (switched off)
         self._expansions: dict[str, str] = {}          # multi-vector tokens the pipeline does not expand itself
+        self._controlnet: tuple[str, Any] | None = None  # (path, ControlNetModel) last used
 
     # ------------------------------------------------------------------------------------ models
     def load_model(self, model: str, *, allow_pickle: bool = False) -> Any:
@@ -153,6 +155,7 @@ class GenerationEngine:
         self._expansions = {}
         self._fused = None
         self._disabled = False
+        self._controlnet = None
         from diffusers.training_utils import free_memory
 
         free_memory()
@@ -304,29 +307,60 @@ class GenerationEngine:
         """Trigger words of the loaded embeddings, to show next to the prompt box."""
         return [token for tokens in self._embeddings.values() for token in tokens]
 
+    def _load_controlnet(self, artifact: Artifact) -> Any:
+        """The ControlNet of an artifact (a folder or Hub id), in the engine's precision; the last one is kept."""
+        from diffusers import ControlNetModel
+
+        from sdtune_ui.models.loading import resolve_model
+
+        if self._controlnet is not None and self._controlnet[0] == artifact.path:
+            return self._controlnet[1]
+        try:
+            controlnet = ControlNetModel.from_pretrained(resolve_model(artifact.path), torch_dtype=self.dtype)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"Could not load the ControlNet {artifact.label}: {err}") from err
+        self._controlnet = (artifact.path, controlnet.to(self.device))
+        return self._controlnet[1]
+
     # ------------------------------------------------------------------------------------ generation
     def generate(self, model: str, artifacts: Sequence[Artifact], options: GenerationOptions, *,
-                 allow_pickle: bool = False,
+                 allow_pickle: bool = False, pictures: editing.EditPictures | None = None,
                  step_callback: Callable[[int, int], None] | None = None) -> GenerationResult:
         """Images for one prompt; image i uses seed + i, so any single image can be reproduced alone.
 
-        `step_callback(step, steps)` runs after every denoising step (progress; raising there, e.g.
-        Cancelled, stops the generation).
+        Inpainting (a picture and a mask) and ControlNet (a ControlNet artifact and a control picture) come from
+        the options' paths or from `pictures` (generate/editing.py). `step_callback(step, steps)` runs after every
+        denoising step (progress; raising there, e.g. Cancelled, stops the generation).
         """
         options.validate()
         if not options.prompt.strip():
             raise SdtuneError("Write a prompt first.")
+        pictures = editing.pictures_from(options, pictures)
+        controlnets = [a for a in artifacts if a.kind == CONTROLNET]
+        if len(controlnets) > 1:
+            raise SdtuneError("Pick at most one ControlNet.")
         with self._lock:
             started = time.perf_counter()
-            pipe = self.prepare(model, artifacts, allow_pickle=allow_pickle, fuse=options.fuse_lora)
+            base = self.prepare(model, [a for a in artifacts if a.kind != CONTROLNET], allow_pickle=allow_pickle,
+                                fuse=options.fuse_lora)
+            family = self._family
+            mode = editing.mode_of(pictures, inpainting_model=family.inpainting, has_controlnet=bool(controlnets))
+            if mode != editing.TEXT and family.denoiser != "unet":
+                raise SdtuneError(f"Inpainting and ControlNet work with UNet models here (SD1.x/2.x, SDXL), not "
+                                  f"{family.label}.")
+            controlnet = self._load_controlnet(controlnets[0]) if mode == editing.CONTROL else None
+            pipe = editing.editing_pipeline(base, family, mode, controlnet)
             # Flow-matching models (SD3, Flux) keep their own flow-matching sampler whatever is chosen.
-            flow = self._family.flow_matching
+            flow = family.flow_matching
             scheduler = None if flow else make_scheduler(options.scheduler, self._scheduler_config)
             pipe.scheduler = scheduler if scheduler is not None else self._original_scheduler
             seeds = [options.seed + i for i in range(options.num_images)]
             # One generator per image, on the device that draws the noise: reproducible per seed and device.
             generators = [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
             kwargs: dict[str, Any] = {}
+            if mode != editing.TEXT:
+                size = editing.edit_size(options, pictures, family.native_resolution)
+                kwargs.update(width=size[0], height=size[1], **editing.edit_arguments(mode, options, pictures, size))
             if options.width:
                 kwargs["width"] = options.width
             if options.height:
@@ -347,23 +381,32 @@ class GenerationEngine:
                 self.unload()
                 raise SdtuneError("The GPU ran out of memory. Try fewer images per prompt, a smaller size, "
                                   "or stop the training that is running.") from err
+            if mode == editing.INPAINT and options.keep_unmasked and pictures.image is not None:
+                images = [editing.paste_outside_mask(image, pictures.image, pictures.mask) for image in images]
             return GenerationResult(images, seeds, options, self.model_key[0] if self.model_key else model,
                                     [a.label for a in artifacts], self.tokens, time.perf_counter() - started)
 
     def compare(self, base_model: str, artifacts: Sequence[Artifact], options: GenerationOptions, *,
-                prompts: Sequence[str] | None = None, allow_pickle: bool = False) -> CompareResult:
-        """The same prompts and seeds without and with the artifacts, plus a labelled side-by-side image."""
+                prompts: Sequence[str] | None = None, allow_pickle: bool = False,
+                pictures: editing.EditPictures | None = None) -> CompareResult:
+        """The same prompts and seeds without and with the artifacts, plus a labelled side-by-side image (the base
+        side of a ControlNet comparison draws without the ControlNet and its control picture)."""
+        import dataclasses
+
         from sdtune_ui.generate.grid import make_grid
 
         prompts = list(prompts or [options.prompt])
+        pictures = editing.pictures_from(options, pictures)
+        base_pictures = dataclasses.replace(pictures, control=None)
         base: list[GenerationResult] = []
         tuned: list[GenerationResult] = []
         with self._lock:
             for prompt in prompts:
-                base.append(self.generate(base_model, [], options.replace(prompt=prompt), allow_pickle=allow_pickle))
+                base.append(self.generate(base_model, [], options.replace(prompt=prompt, control_image=""),
+                                          allow_pickle=allow_pickle, pictures=base_pictures))
             for prompt in prompts:
                 tuned.append(self.generate(base_model, artifacts, options.replace(prompt=prompt),
-                                           allow_pickle=allow_pickle))
+                                           allow_pickle=allow_pickle, pictures=pictures))
         columns = [f"{p} (seed {s})" for p, r in zip(prompts, base, strict=True) for s in r.seeds]
         grid = make_grid([[im for r in base for im in r.images], [im for r in tuned for im in r.images]],
                          row_labels=["base", "tuned"], col_labels=columns)

@@ -53,6 +53,18 @@ class GenerationOptions:
                             public_maximum=MAX_PUBLIC_IMAGES)
     fuse_lora: bool = _field(False, "Merge LoRAs into the weights: faster, but each scale change re-merges.",
                              label="Fuse LoRA (faster)")
+    # Editing (generate/editing.py): inpainting a picture, or steering by a ControlNet's condition picture.
+    init_image: str = _field("", "Inpainting: the picture to edit (with --mask).", label="Picture to edit")
+    mask: str = _field("", "Inpainting: the mask picture, white where the picture is repainted.", label="Mask")
+    strength: float = _field(1.0, "Inpainting: how much of the masked region is redrawn (1 = from scratch; lower "
+                             "keeps more of the picture).", label="Strength", minimum=0.01, maximum=1.0, step=0.01)
+    keep_unmasked: bool = _field(True, "Inpainting: paste the original pixels back outside the mask (what was not "
+                                 "masked stays exactly as it was).", label="Keep the unmasked pixels")
+    control_image: str = _field("", "ControlNet: the condition picture (edges, depth ...) the image follows.",
+                                label="Control picture")
+    conditioning_scale: float = _field(1.0, "ControlNet: how strongly the image follows the control picture "
+                                       "(0 = not at all).", label="Conditioning scale", minimum=0.0, maximum=2.0,
+                                       step=0.05)
 
     def validate(self, *, public: bool = False) -> GenerationOptions:
         """Check every field against its metadata (`public`: also the public app's limits); one ConfigError

@@ -30,9 +30,10 @@ FULL_WEIGHTS = "full_weights"    # trains every UNet weight (saved as a whole pi
 ADAPTER = "adapter"              # trains adapter layers (LoRA and its variants)
 TOKENS = "tokens"                # learns new token embeddings (textual inversion)
 INSTANCE_PROMPT = "instance_prompt"  # trains every image on one instance prompt (DreamBooth)
+CONTROL = "control"              # trains a ControlNet on picture + condition pairs (the UNet stays frozen)
 TRAIT_TEXT = {UNET_WEIGHTS: "methods that change UNet weights", FULL_WEIGHTS: "full fine-tuning",
               ADAPTER: "adapter training (LoRA)", TOKENS: "textual inversion (new tokens)",
-              INSTANCE_PROMPT: "DreamBooth-style training"}
+              INSTANCE_PROMPT: "DreamBooth-style training", CONTROL: "ControlNet training"}
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,11 @@ class Method(ABC):
 
             return (*cls.card_tags, *adapter_of_run(config).card_tags)
         return cls.card_tags
+
+    @classmethod
+    def output_family(cls, family: Any) -> Any:
+        """The family of what the method outputs, given the base model's (a conversion changes it)."""
+        return family
 
     @classmethod
     def recommended_steps(cls, image_count: int, subject: str, batch_size: int) -> tuple[int, int, int]:
@@ -169,13 +175,15 @@ class Method(ABC):
 
 
 def freeze(parts: ModelParts) -> None:
-    for module in (parts.unet, parts.vae, *parts.text_encoders):
+    for module in (parts.unet, parts.vae, *parts.text_encoders, *([parts.controlnet] if parts.controlnet else [])):
         module.requires_grad_(False)
 
 
 def named_trainable(parts: ModelParts) -> dict[str, torch.nn.Parameter]:
-    """Every trainable parameter under a stable prefix: unet.*, text_encoder_0.*, text_encoder_1.*."""
+    """Every trainable parameter under a stable prefix: unet.*, text_encoder_0.*, text_encoder_1.*, controlnet.*."""
     modules = {"unet": parts.unet, **{f"text_encoder_{i}": te for i, te in enumerate(parts.text_encoders)}}
+    if parts.controlnet is not None:
+        modules["controlnet"] = parts.controlnet
     return {f"{prefix}.{name}": p for prefix, module in modules.items()
             for name, p in module.named_parameters() if p.requires_grad}
 

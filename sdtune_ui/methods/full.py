@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -48,12 +48,16 @@ class FullFineTune(Method):
         for model in self.trained_models(parts):
             model.requires_grad_(True)
 
+    def output_pipeline(self, pipe: Any, parts: ModelParts) -> Any:
+        """The pipeline the trained modules are saved in: the base model's own (a conversion changes its class)."""
+        return pipe
+
     def save_output(self, parts: ModelParts, out_dir: Path) -> list[Path]:
         from sdtune_ui.models.loading import load_pipeline
 
         # Frozen parts may sit in half precision on the GPU; reload them untouched from the base model
         # and plug in the trained full-precision modules, so nothing is saved rounded.
-        pipe = load_pipeline(self.config.model, allow_pickle=self.config.allow_pickle)
+        pipe = self.output_pipeline(load_pipeline(self.config.model, allow_pickle=self.config.allow_pickle), parts)
         setattr(pipe, parts.family.denoiser, parts.unet.to("cpu", torch.float32))
         if self.trains_text_encoders():
             for name, encoder in zip(parts.tunable_text_encoder_names, parts.tunable_text_encoders):

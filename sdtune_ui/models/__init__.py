@@ -2,10 +2,11 @@
 
 from sdtune_ui.families import Family, ModelParts, detect_family, model_parts
 from sdtune_ui.models.loading import KNOWN_MODELS, load_pipeline, resolve_model
-from sdtune_ui.models.tiny import TINY_MODELS, build_tiny_pipeline, tiny_model_path
+from sdtune_ui.models.tiny import TINY_CONTROLNETS, TINY_MODELS, build_tiny_pipeline, tiny_model_path
 
 __all__ = [
     "KNOWN_MODELS",
+    "TINY_CONTROLNETS",
     "TINY_MODELS",
     "Family",
     "ModelParts",

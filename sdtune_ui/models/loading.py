@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from sdtune_ui.errors import ModelLoadError, UnreadableFile, is_unreadable_file_error
-from sdtune_ui.models.tiny import TINY_MODELS, tiny_model_path
+from sdtune_ui.models.tiny import TINY_CONTROLNETS, TINY_MODELS, tiny_model_path
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 
@@ -31,8 +31,8 @@ KNOWN_MODELS = {
 
 
 def resolve_model(name: str) -> str:
-    """Map a demo name to its cached folder; anything else is returned unchanged."""
-    if name in TINY_MODELS:
+    """Map a demo name (a tiny model or tiny ControlNet) to its cached folder; anything else is returned unchanged."""
+    if name in TINY_MODELS or name in TINY_CONTROLNETS:
         return str(tiny_model_path(name))
     return name
 

@@ -1,4 +1,5 @@
-"""Built-in offline demo models: tiny SD1-, SD2-v-, SDXL-, SD3- and Flux-shaped pipelines built from configs in code.
+"""Built-in offline demo models: tiny SD1-, SD2-v-, SDXL-, SD3- and Flux-shaped pipelines built from configs in code,
+the 9-channel inpainting variants of SD1 and SDXL, and tiny ControlNets made from the tiny UNets.
 
 Nothing here can be downloaded, so the demo, the tests and the docs use pipelines with the real
 architectures at toy width. Each is built once with a fixed seed, saved with `save_pretrained` to the
@@ -19,7 +20,9 @@ import torch
 from sdtune_ui.paths import cache_dir
 from sdtune_ui.runs import is_main_process
 
-TINY_MODELS = ("tiny-sd1", "tiny-sd2-v", "tiny-sdxl", "tiny-sd3", "tiny-flux")
+TINY_MODELS = ("tiny-sd1", "tiny-sd2-v", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-sd1-inpaint", "tiny-sdxl-inpaint")
+# ControlNets (not base models): made with ControlNetModel.from_unet from the named tiny model's UNet.
+TINY_CONTROLNETS = {"tiny-controlnet-sd1": "tiny-sd1", "tiny-controlnet-sdxl": "tiny-sdxl"}
 
 # A few whole words get one token each, so short prompts tokenise like real CLIP prompts and a
 # textual-inversion initializer such as "dog" is a single token.
@@ -101,11 +104,24 @@ def _vae(force_upcast: bool = False):
         sample_size=64,
         force_upcast=force_upcast,
     )
+    _make_posterior_sharp(vae)
     _calibrate_latent_scale(vae)
     return vae
 
 
-def _unet(cross_attention_dim: int, *, linear_projection: bool = False, sdxl: bool = False):
+def _make_posterior_sharp(vae) -> None:
+    """Give the encoder a near-zero posterior variance, as a trained VAE has (SD's is ~1e-4 of its latents').
+
+    At random init the posterior's spread is 4x its mean's: pipelines that encode a picture by sampling (inpainting's
+    masked picture, image-to-image) then read mostly noise, and nothing trained on the mode could be tested there.
+    """
+    channels = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.weight[channels:].zero_()
+        vae.quant_conv.bias[channels:].fill_(-20.0)   # log-variance: std e^-10
+
+
+def _unet(cross_attention_dim: int, *, linear_projection: bool = False, sdxl: bool = False, in_channels: int = 4):
     from diffusers import UNet2DConditionModel
 
     extra: dict = {}
@@ -121,7 +137,7 @@ def _unet(cross_attention_dim: int, *, linear_projection: bool = False, sdxl: bo
         block_out_channels=(32, 64),
         layers_per_block=1,
         sample_size=32,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -139,10 +155,14 @@ def build_tiny_pipeline(name: str):
         DDIMScheduler,
         EulerDiscreteScheduler,
         PNDMScheduler,
+        StableDiffusionInpaintPipeline,
         StableDiffusionPipeline,
+        StableDiffusionXLInpaintPipeline,
         StableDiffusionXLPipeline,
     )
 
+    if name in TINY_CONTROLNETS:
+        return build_tiny_controlnet(name)
     if name not in TINY_MODELS:
         raise ValueError(f"unknown tiny model {name!r}; choose one of {', '.join(TINY_MODELS)}")
     if name in ("tiny-sd3", "tiny-flux"):  # the flow-matching transformers (tiny_flow.py)
@@ -153,12 +173,15 @@ def build_tiny_pipeline(name: str):
     sd_betas = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
     tokenizer = _clip_tokenizer()
     vocab_size = len(tokenizer)
-    if name == "tiny-sd1":
-        return StableDiffusionPipeline(
+    inpaint = name.endswith("-inpaint")
+    in_channels = 9 if inpaint else 4   # inpainting: + the mask and the masked picture's latents
+    if name in ("tiny-sd1", "tiny-sd1-inpaint"):
+        pipeline_class = StableDiffusionInpaintPipeline if inpaint else StableDiffusionPipeline
+        return pipeline_class(
             vae=_vae(),
             text_encoder=_text_encoder(vocab_size),
             tokenizer=tokenizer,
-            unet=_unet(32),
+            unet=_unet(32, in_channels=in_channels),
             scheduler=PNDMScheduler(skip_prk_steps=True, steps_offset=1, **sd_betas),
             safety_checker=None,
             feature_extractor=None,
@@ -176,15 +199,41 @@ def build_tiny_pipeline(name: str):
             feature_extractor=None,
             requires_safety_checker=False,
         )
-    return StableDiffusionXLPipeline(
+    pipeline_class = StableDiffusionXLInpaintPipeline if inpaint else StableDiffusionXLPipeline
+    extra = dict(requires_aesthetics_score=False) if inpaint else {}
+    return pipeline_class(
         vae=_vae(force_upcast=True),
         text_encoder=_text_encoder(vocab_size),
         text_encoder_2=_text_encoder(vocab_size, projection=True),
         tokenizer=tokenizer,
         tokenizer_2=_clip_tokenizer(),
-        unet=_unet(64, linear_projection=True, sdxl=True),
+        unet=_unet(64, linear_projection=True, sdxl=True, in_channels=in_channels),
         scheduler=EulerDiscreteScheduler(steps_offset=1, **sd_betas),
+        **extra,
     )
+
+
+def controlnet_from_unet(unet, vae_scale_factor: int):
+    """A new ControlNet initialised from a UNet (diffusers' `ControlNetModel.from_unet`: the encoder's weights
+    copied, zero convolutions at the outputs). Its condition encoder halves the picture once per stage after the
+    first, so it needs one stage more than the VAE has halvings (SD's VAE: 8x, four stages)."""
+    import math
+
+    from diffusers import ControlNetModel
+
+    halvings = int(math.log2(vae_scale_factor))
+    channels = (16, 32, 96, 256)[: halvings + 1] if halvings <= 3 else (16, 32, 96, 256) + (256,) * (halvings - 3)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
+    if int(unet.config.in_channels) != controlnet.config.in_channels:   # pragma: no cover - from_unet copies it
+        raise ValueError("ControlNet and UNet disagree on input channels")
+    return controlnet
+
+
+def build_tiny_controlnet(name: str):
+    """A tiny ControlNet from a tiny model's UNet (deterministic: the UNet is built with a fixed seed)."""
+    base = build_tiny_pipeline(TINY_CONTROLNETS[name])
+    torch.manual_seed(0)
+    return controlnet_from_unet(base.unet, base.vae_scale_factor)
 
 
 def tiny_model_path(name: str) -> Path:
@@ -194,13 +243,14 @@ def tiny_model_path(name: str) -> Path:
     others wait, and the folder appears complete or not at all (built under a temporary name).
     """
     target = cache_dir("models") / name
-    if (target / "model_index.json").exists():
+    marker = "config.json" if name in TINY_CONTROLNETS else "model_index.json"
+    if (target / marker).exists():
         return target
     if not is_main_process():
         # In a distributed run transformers saves weights on rank 0 only, so rank 0 builds; others wait.
-        return _wait_for(target / "model_index.json", timeout_s=600)
+        return _wait_for(target / marker, timeout_s=600)
     with _exclusive(target.with_name(target.name + ".lock")):
-        if (target / "model_index.json").exists():  # another process built it while we waited
+        if (target / marker).exists():  # another process built it while we waited
             return target
         # Building seeds torch; keep the caller's random stream as it was (a first run must equal a second).
         with torch.random.fork_rng(devices=[]):

@@ -1,4 +1,5 @@
-"""Training data: images prepared to their bucket size, captions per step, and deterministic batches.
+"""Training data: images (and their masks and condition pictures) prepared to their bucket size, captions per
+step, and deterministic batches.
 
 Batches are a pure function of (seed, epoch, step), so a resumed run sees exactly the batches an
 uninterrupted run would, and N processes see the same global batch a single process would (each takes
@@ -23,6 +24,7 @@ from sdtune_ui.data.buckets import make_buckets, nearest_bucket
 from sdtune_ui.data.concepts import epoch_order
 from sdtune_ui.data.datasets import Example
 from sdtune_ui.data.layouts import DatasetScan, scan_dataset
+from sdtune_ui.data.masks import read_mask
 from sdtune_ui.errors import DatasetError
 
 
@@ -40,21 +42,50 @@ class Item:
     concept: str = ""                   # its concept (instance items) or class set (class items)
     repeats: int = 1                    # how many times it counts per epoch
     token: str = ""                     # its concept's placeholder token, with several concepts (TI)
+    index: int = 0                      # its position among the run's items (seeds its synthetic masks)
+    mask: list[torch.Tensor] | None = None       # [1, H, W] in [0, 1] per flip variant: its own mask (or alpha)
+    condition: list[torch.Tensor] | None = None  # [3, H, W] in [0, 1] per flip variant: its ControlNet condition
+
+
+def _cover_crop(image: Image.Image, bucket: tuple[int, int], center_crop: bool, rng: random.Random | None,
+                crop: tuple[int, int] | None = None,
+                resample: Image.Resampling = Image.Resampling.BICUBIC) -> tuple[Image.Image, tuple[int, int]]:
+    """Resize to cover the bucket and crop to it (at `crop`'s (top, left) when given); the crop's (top, left)."""
+    width, height = bucket
+    scale = max(width / image.width, height / image.height)
+    resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
+                           resample)
+    spare_x, spare_y = resized.width - width, resized.height - height
+    if crop is None:
+        left = spare_x // 2 if center_crop or rng is None else rng.randint(0, spare_x)
+        top = spare_y // 2 if center_crop or rng is None else rng.randint(0, spare_y)
+    else:
+        top, left = crop
+    return resized.crop((left, top, left + width, top + height)), (top, left)
 
 
 def prepare_image(image: Image.Image, bucket: tuple[int, int], center_crop: bool,
                   rng: random.Random) -> tuple[torch.Tensor, tuple[int, int]]:
     """Resize to cover the bucket, crop to it; return the [-1, 1] tensor and the crop's (top, left)."""
-    width, height = bucket
-    scale = max(width / image.width, height / image.height)
-    resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
-                           Image.Resampling.BICUBIC)
-    spare_x, spare_y = resized.width - width, resized.height - height
-    left = spare_x // 2 if center_crop else rng.randint(0, spare_x)
-    top = spare_y // 2 if center_crop else rng.randint(0, spare_y)
-    cropped = resized.crop((left, top, left + width, top + height))
+    cropped, crop = _cover_crop(image, bucket, center_crop, rng)
     array = np.asarray(cropped, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous(), (top, left)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous(), crop
+
+
+def prepare_companion(image: Image.Image, size: tuple[int, int], bucket: tuple[int, int], crop: tuple[int, int],
+                      channels: int) -> torch.Tensor:
+    """A picture that belongs to an image (its mask, its condition), brought to the image's size, then resized and
+    cropped exactly as the image was; [channels, H, W] in [0, 1]."""
+    mode = "L" if channels == 1 else "RGB"
+    # A mask is scaled by area (no ringing: a mask edge on a latent pixel's edge stays sharp); pictures like images.
+    resample = Image.Resampling.BOX if channels == 1 else Image.Resampling.BICUBIC
+    matched = image.convert(mode)
+    if matched.size != size:
+        matched = matched.resize(size, resample)
+    cropped, _ = _cover_crop(matched, bucket, True, None, crop, resample)
+    array = np.asarray(cropped, dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(array)
+    return (tensor[None] if channels == 1 else tensor.permute(2, 0, 1)).contiguous()
 
 
 class TrainingData:
@@ -79,6 +110,8 @@ class TrainingData:
         self.class_items = [self._item(ex, [(resolution, resolution)], True, rng) for ex in class_examples]
         self._class_orders = self._walks_over_class_sets(seed)
         self._class_of = class_of or {}
+        for index, item in enumerate(self.items + self.class_items):
+            item.index = index
         self._cached_epoch: tuple = (None, None, [])
         # Epochs of a balanced run over several buckets can differ in batch count (which images an epoch
         # visits varies); then micro-steps are located through the epochs' cumulative lengths.
@@ -91,9 +124,17 @@ class TrainingData:
         image = example.image
         bucket = nearest_bucket(image.width, image.height, buckets)
         pixels, crop = prepare_image(image, bucket, self.center_crop, rng)
-        variants = [pixels, torch.flip(pixels, dims=[2])] if self.random_flip else [pixels]
-        return Item(example.name, variants, example.caption, is_class, bucket,
+        item = Item(example.name, self._flips(pixels), example.caption, is_class, bucket,
                     (image.height, image.width), crop, example.concept, max(1, example.repeats), token)
+        mask = read_mask(example.mask_path) if example.mask_path else example.alpha
+        if mask is not None:
+            item.mask = self._flips(prepare_companion(mask, image.size, bucket, crop, 1))
+        if example.condition is not None:
+            item.condition = self._flips(prepare_companion(example.condition, image.size, bucket, crop, 3))
+        return item
+
+    def _flips(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        return [tensor, torch.flip(tensor, dims=[2])] if self.random_flip else [tensor]
 
     def _walks_over_class_sets(self, seed: int) -> dict[str, list[int]]:
         """Per class set, a fixed shuffled order of its items (each its repeats times); one set of images with

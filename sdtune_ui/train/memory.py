@@ -24,7 +24,7 @@ from typing import Any
 
 from sdtune_ui.config import TrainConfig, optimizer_available
 from sdtune_ui.families import Family, family_classes
-from sdtune_ui.methods import ADAPTER, FULL_WEIGHTS, TOKENS, adapters
+from sdtune_ui.methods import ADAPTER, CONTROL, FULL_WEIGHTS, TOKENS, adapters
 from sdtune_ui.train.quantize import BYTES_PER_PARAMETER
 
 GIB = 2**30
@@ -33,6 +33,10 @@ GIB = 2**30
 OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "adafactor": 1}
 # Fitted to the measured peaks (benchmarks/fit_memory.py prints the fit; docs/MEMORY.md holds the table).
 FULL_WEIGHTS_ACTIVATION = 0.53       # full fine-tuning keeps fewer activations than a LoRA step (no adapter inputs)
+# A ControlNet copies the UNet's encoder and middle block: SD 1.5's has 361M parameters, 42% of its UNet's. Its
+# activations were not measured: counted as half a UNet step's more.
+CONTROLNET_SHARE = 0.42
+CONTROLNET_ACTIVATION = 1.5
 CHECKPOINTING_ACTIVATION = 0.133     # gradient checkpointing keeps only block inputs
 COMPILED_ACTIVATION = {"whole": 0.64, "blocks": 0.82}  # torch.compile fuses intermediates away (no checkpointing)
 CONSTANT_GIB = 0.04
@@ -118,6 +122,10 @@ def estimate_memory(config: TrainConfig, family: type[Family] | Family | None = 
         trainable += config.rank * per_rank
         if config.train_text_encoder:
             trainable += config.rank * profile.text_encoder_lora_params_per_rank
+    if config.has(CONTROL):
+        trainable += CONTROLNET_SHARE * profile.unet_params
+        notes.append("ControlNet: its weights counted as 42% of the UNet's (SD 1.5's ControlNet), its activations "
+                     "as half a UNet step's (not measured).")
     if config.has(TOKENS):
         # the CLIP encoders stay in fp32 (whole embedding matrices get gradients); T5, frozen, in half precision
         frozen += tunable * 4 + (encoders - tunable) * half
@@ -143,6 +151,8 @@ def estimate_memory(config: TrainConfig, family: type[Family] | Family | None = 
     resolution = config.resolution or native or native_resolution(family)
     megapixels = resolution * resolution / 1e6
     factor = FULL_WEIGHTS_ACTIVATION if config.has(FULL_WEIGHTS) else 1.0
+    if config.has(CONTROL):
+        factor = CONTROLNET_ACTIVATION
     mode = compile_mode if compile_mode is not None else planned_compile(config, family, processes, sharded)
     if config.gradient_checkpointing:
         factor *= CHECKPOINTING_ACTIVATION

@@ -13,8 +13,12 @@ from sdtune_ui.config import TrainConfig
 
 def sample_images(pipe: Any, config: TrainConfig, method: Any, step: int, samples_dir: Path, accelerator: Any,
                   weight_dtype: torch.dtype, save: bool = True, *, size: dict | None = None,
-                  encoded: Callable[[str], dict] | None = None) -> list[tuple[Path, str]]:
+                  encoded: Callable[[str], dict] | None = None,
+                  extra: dict[str, Any] | None = None) -> list[tuple[Path, str]]:
     """One image per prompt (x num_validation_images), same seed every time so steps compare fairly.
+
+    `extra`: what the pipeline needs beyond the prompt (an inpainting model's picture and mask, a ControlNet's
+    condition picture).
 
     With save=False the images are made but not written (FSDP's other processes, which must take part).
     `size`: height/width arguments (the family's); `encoded(prompt)`: the pipeline's arguments for a cached prompt,
@@ -31,7 +35,8 @@ def sample_images(pipe: Any, config: TrainConfig, method: Any, step: int, sample
         with autocast:
             images = pipe(**prompt_args, num_inference_steps=config.validation_inference_steps,
                           guidance_scale=config.validation_guidance_scale, generator=generator,
-                          num_images_per_prompt=config.num_validation_images, **(size or {})).images
+                          num_images_per_prompt=config.num_validation_images,
+                          **{**(size or {}), **(extra or {})}).images
         for image_index, image in enumerate(images if save else []):
             path = samples_dir / f"step-{step:06d}-p{prompt_index}-{image_index}.png"
             image.save(path)

@@ -26,7 +26,7 @@ from sdtune_ui.data.formats import read_captions, read_dataset_info
 from sdtune_ui.data.layouts import DatasetScan
 from sdtune_ui.errors import ConfigError, DatasetError
 from sdtune_ui.families import ModelParts, family_of_model, model_parts
-from sdtune_ui.methods import FULL_WEIGHTS, INSTANCE_PROMPT, TOKENS, make_method
+from sdtune_ui.methods import CONTROL, FULL_WEIGHTS, INSTANCE_PROMPT, TOKENS, make_method
 from sdtune_ui.methods.textual_inversion import STYLE_TEMPLATES, token_plan
 from sdtune_ui.models.loading import load_pipeline, resolve_model
 from sdtune_ui.paths import cache_dir
@@ -234,6 +234,10 @@ def load_training_inputs(config: TrainConfig, accelerator: Any, log: Callable[[s
     if len(loaded.concepts) > 1:
         log(f"{loaded.description}; sampling {sampling} ({loaded.epoch_length(sampling)} images per epoch)")
         log(prompt_note)
+    if config.has(CONTROL):
+        from sdtune_ui.data.conditions import attach_conditions
+
+        attach_conditions(examples, config.conditioning, depth_model=config.depth_model, log=log)
 
     stop_if_cancelled()
     log(f"Loading {config.model}")

@@ -13,7 +13,6 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +23,9 @@ from sdtune_ui.methods import ADAPTER, Method, make_method
 from sdtune_ui.runs import EventLog, NullEventLog, RunDir
 from sdtune_ui.train import checkpoint as ckpt
 from sdtune_ui.train import compile_cache, graphed_step, sharding, speed
+from sdtune_ui.train.batches import Batch, Batches
 from sdtune_ui.train.caches import Caches
+from sdtune_ui.train.conditioning import Conditioning, masked_mean
 from sdtune_ui.train.data import TrainingData
 from sdtune_ui.train.resume import Resumes
 from sdtune_ui.train.setup import (
@@ -37,21 +38,7 @@ from sdtune_ui.train.setup import (
 from sdtune_ui.train.step_speed import StepSpeed
 
 
-@dataclass
-class Batch:
-    latents: torch.Tensor
-    hidden: torch.Tensor | None
-    pooled: torch.Tensor | None
-    input_ids: list[torch.Tensor] | None
-    time_ids: torch.Tensor | None
-    noise: torch.Tensor
-    timesteps: torch.Tensor
-    num_class: int
-    names: list[str]
-    prompts: list[str]
-
-
-class Trainer(Caches, StepSpeed, Resumes):
+class Trainer(Batches, Caches, Conditioning, StepSpeed, Resumes):
     def __init__(self, config: TrainConfig, run: RunDir, *, events: EventLog | None = None,
                  cancel: Callable[[], bool] | None = None, pipeline: object | None = None):
         self.config = config
@@ -129,11 +116,14 @@ class Trainer(Caches, StepSpeed, Resumes):
         self.text_cache = (self._encode_all_prompts() if cfg.cache_text_embeddings
                            and not self.method.trains_text_encoders() else None)
         # Cached encoders are only needed again for sample images: park them in CPU memory meanwhile.
+        self._prepare_conditioning()
         self.parked = self._park_cached_encoders() if cfg.offload_frozen_encoders else []
         self._phase("caches", "Latents and prompts cached", started)
 
         started = time.perf_counter()
         to_device(parts.unet)  # its adapters move with it; trainable ones go back to fp32 next
+        if parts.controlnet is not None:
+            parts.controlnet.to(acc.device)   # trained: stays float32
         if cfg.channels_last:
             parts.unet.to(memory_format=torch.channels_last)
         if cfg.has(ADAPTER):
@@ -187,6 +177,7 @@ class Trainer(Caches, StepSpeed, Resumes):
         # The forward pass must go through the wrappers: DDP all-reduces gradients only for calls it sees.
         wrapped = {id(model): wrapper for model, wrapper in zip(trained, self.wrapped_models)}
         self.unet = wrapped.get(id(parts.unet), parts.unet)
+        self.controlnet = wrapped.get(id(parts.controlnet), parts.controlnet)
         self.text_encoders = [wrapped.get(id(encoder), encoder) for encoder in parts.text_encoders]
         # Under FSDP the parameters were replaced; accelerate clips them only as the sharded model's own list.
         self.trainable_params = (list(self.unet.parameters()) if self.sharded
@@ -198,70 +189,6 @@ class Trainer(Caches, StepSpeed, Resumes):
         self._resume_if_possible()
         self._graph_if_safe()
         self._phase("prepare", "UNet, optimizer and step prepared", started)
-
-    # ------------------------------------------------------------------ batches
-    def _batch(self, micro_step: int) -> Batch:
-        """The global batch for this micro-step, sliced to this process; randomness drawn for all of it."""
-        cfg, acc, data = self.config, self.accelerator, self.data
-        epoch, position = data.locate(micro_step, self.global_batch)
-        indices = data.epoch_batches(epoch, self.global_batch)[position]
-        num_class = len(indices) if data.class_items else 0
-        all_items = [data.items[i] for i in indices]
-        all_items += [data.class_items[i] for i in data.class_indices(micro_step, indices)]
-        # Host-side choices for the whole global batch, so every process draws the same numbers.
-        flips = torch.randint(len(all_items[0].pixels), (len(all_items),), generator=self.data_generator).tolist()
-        drops = (torch.rand(len(all_items), generator=self.data_generator) < cfg.caption_dropout).tolist()
-        prompts = []
-        for item, drop in zip(all_items, drops):
-            if drop:
-                prompts.append("")
-            elif item.is_class:
-                prompts.append(item.caption)  # its class set's prompt
-            else:  # the prompt setup chose for it (train/setup.py: training_prompts), through the method
-                prompts.append(self.method.prompt(item.caption, self.data_generator, token=item.token))
-        width, height = all_items[0].bucket
-        latent_shape = (len(all_items), self.parts.vae.config.latent_channels, height // self._vae_scale,
-                        width // self._vae_scale)
-        noise = torch.randn(latent_shape, generator=self.noise_generator, device=acc.device)
-        if cfg.noise_offset:
-            noise = noise + cfg.noise_offset * torch.randn(latent_shape[:2] + (1, 1), generator=self.noise_generator,
-                                                           device=acc.device)
-        timesteps = self.parts.family.sample_timesteps(self.parts.noise_scheduler, len(all_items), self.noise_generator,
-                                                       acc.device, latent_shape[2:])
-
-        # This process's slice: its share of the instance items and of the class items.
-        rank, world = acc.process_index, acc.num_processes
-        per = len(indices) // world
-        mine = list(range(rank * per, (rank + 1) * per))
-        if num_class:
-            mine += [len(indices) + i for i in range(rank * per, (rank + 1) * per)]
-        items = [all_items[i] for i in mine]
-        picks = torch.tensor(mine, device=acc.device)
-        return self._assemble(items, [flips[i] for i in mine], [prompts[i] for i in mine],
-                              noise[picks], timesteps[picks], per if num_class else 0)
-
-    def _assemble(self, items, flips, prompts, noise, timesteps, num_class) -> Batch:
-        parts, family, device = self.parts, self.parts.family, self.accelerator.device
-        if self.latent_cache is not None:
-            latents = torch.stack([self.latent_cache[self._cache_index[id(it)]][f] for it, f in zip(items, flips)])
-        else:
-            latents = self._encode_latents(torch.stack([it.pixels[f] for it, f in zip(items, flips)]))
-        hidden = pooled = input_ids = None
-        if self.text_cache is not None:
-            hidden = torch.stack([self.text_cache[p][0] for p in prompts])
-            if family.uses_pooled_embeddings:
-                pooled = torch.stack([self.text_cache[p][1] for p in prompts])
-        else:
-            input_ids = [ids.to(device) for ids in family.tokenize(parts.tokenizers, prompts)]
-        # SDXL: the image's size and crop condition the UNet too (families without time ids give None)
-        sizes = [family.time_ids(it.original_size, it.crop_top_left, it.bucket[::-1]) for it in items]
-        time_ids = torch.stack(sizes).to(device) if sizes[0] is not None else None
-        return Batch(latents.to(device), hidden, pooled, input_ids, time_ids, noise, timesteps, num_class,
-                     [it.name for it in items], prompts)
-
-    @property
-    def _vae_scale(self) -> int:
-        return 2 ** (len(self.parts.vae.config.block_out_channels) - 1)
 
     # ------------------------------------------------------------------ one step
     def compute_loss(self, batch: Batch) -> torch.Tensor:
@@ -275,10 +202,14 @@ class Trainer(Caches, StepSpeed, Resumes):
         if hidden is None:
             hidden, pooled = family.encode(self.text_encoders, batch.input_ids)
         unet_dtype = self.weight_dtype if self.accelerator.mixed_precision != "no" else torch.float32
-        prediction = family.predict(self.unet, noisy.to(unet_dtype), batch.timesteps, hidden.to(unet_dtype), pooled,
-                                    batch.time_ids)
+        sample = family.unet_sample(noisy, batch.inpaint_mask, batch.masked_latents)
+        residuals = self._controlnet_residuals(noisy, batch, hidden, family.added_cond_kwargs(pooled, batch.time_ids),
+                                               unet_dtype)
+        prediction = family.predict(self.unet, sample.to(unet_dtype), batch.timesteps, hidden.to(unet_dtype), pooled,
+                                    batch.time_ids, **residuals)
         target = family.target(scheduler, latents, batch.noise, batch.timesteps)
-        per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        errors = F.mse_loss(prediction.float(), target.float(), reduction="none")
+        per_sample = masked_mean(errors, batch.loss_mask, cfg.unmasked_weight)
         weights = family.loss_weights(scheduler, batch.timesteps, cfg)
         if weights is not None:
             per_sample = per_sample * weights
@@ -427,11 +358,13 @@ class Trainer(Caches, StepSpeed, Resumes):
             model.eval()
         for module in self.parked:
             module.to(self.accelerator.device)
+        pipe, extra = self._sampling_pipeline()
         with speed.eager():  # sampling's shapes differ from training's: no recompiling for a few images
-            samples = sample_images(self.parts.pipeline, self.config, self.method, self.step,
-                                    self.run.samples_dir, self.accelerator, self.weight_dtype, save=main,
+            samples = sample_images(pipe, self.config, self.method, self.step, self.run.samples_dir,
+                                    self.accelerator, self.weight_dtype, save=main,
                                     size=self.parts.family.sample_size_kwargs(self.resolution),
-                                    encoded=self.cached_prompt_kwargs if self.text_encoders_freed else None)
+                                    encoded=self.cached_prompt_kwargs if self.text_encoders_freed else None,
+                                    extra=extra)
         for path, prompt in samples:
             self.emit("sample", step=self.step, path=str(path.relative_to(self.run.path)), prompt=prompt)
         for module in self.parked:
@@ -445,6 +378,11 @@ class Trainer(Caches, StepSpeed, Resumes):
         from sdtune_ui.evaluate.heldout import TrainingProbe
 
         if not self.accelerator.is_main_process or self.sharded:
+            return
+        if self.parts.family.inpainting or self.parts.controlnet is not None:
+            if self.probe is None:
+                self.log("The held-out loss (eval_steps) is not measured for inpainting and ControlNet runs yet")
+                self.probe = False
             return
         self.probe = self.probe or TrainingProbe(self)
         self.emit("metric", step=self.step, source="training", metrics=self.probe(self))

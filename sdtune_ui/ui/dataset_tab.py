@@ -13,6 +13,7 @@ import gradio as gr
 from sdtune_ui.app import ops as app_ops
 from sdtune_ui.app.datasets import dataset_images, import_hub_dataset
 from sdtune_ui.app.text import escape_markdown
+from sdtune_ui.data.conditions import DEFAULT_DEPTH_MODEL, DETECTORS, TINY_DEPTH
 from sdtune_ui.data.edit import crop_square, delete_images, save_captions, save_mask
 from sdtune_ui.data.formats import edit_captions
 from sdtune_ui.errors import DatasetError, SdtuneError
@@ -79,7 +80,8 @@ def build(ctx: Any, options: Any) -> DatasetTab:
 
     gr.Markdown("### Images and captions")
     layout = gr.Markdown("", elem_id="dataset-layout")
-    thumbs = gr.Gallery(label="Images (masks beside their image)", columns=8, height=220, elem_id="dataset-gallery")
+    thumbs = gr.Gallery(label="Images (masks and ControlNet conditions beside their image)", columns=8, height=220,
+                        elem_id="dataset-gallery")
     table = gr.Dataframe(headers=COLUMNS, datatype=["str", "str", "str"], interactive=True, column_count=3,
                          static_columns=[0, 2], label="Captions: edit the caption column, then save; click a row to "
                          "pick its image", elem_id="caption-table", wrap=True, column_widths=["30%", "55%", "15%"])
@@ -98,6 +100,14 @@ def build(ctx: Any, options: Any) -> DatasetTab:
                                  brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
         save_mask_btn = gr.Button("Save the mask", elem_id="save-mask")
 
+    with gr.Accordion("ControlNet condition pictures (a-condlabel.png beside a.png)", open=False):
+        with gr.Row():
+            detector = gr.Dropdown(list(DETECTORS), value=DETECTORS[0], label="Compute from each picture",
+                                   elem_id="condition-detector")
+            depth_model = gr.Textbox(DEFAULT_DEPTH_MODEL, label="Depth model (transformers; tiny-depth offline)")
+            redo_conditions = gr.Checkbox(False, label="Replace condition pictures that exist")
+        conditions_btn = gr.Button("Compute condition pictures", elem_id="compute-conditions")
+
     with gr.Accordion("Export", open=False):
         with gr.Row():
             export_zip = gr.Button("Download as zip")
@@ -113,7 +123,7 @@ def build(ctx: Any, options: Any) -> DatasetTab:
         return workspace_of(ctx, request).dataset_folder(name, create=create)
 
     def show(name: str, request: gr.Request = None) -> list[Any]:
-        """Layout line, thumbnails (each mask beside its image) and the caption table."""
+        """Layout line, thumbnails (each mask and condition picture beside its image) and the caption table."""
         try:
             images, description = dataset_images(folder_of(name, request))
         except DatasetError:
@@ -123,6 +133,8 @@ def build(ctx: Any, options: Any) -> DatasetTab:
             items.append((str(image.path), image.name))
             if image.mask is not None:
                 items.append((str(image.mask), f"mask of {image.name}"))
+            if image.condition is not None:
+                items.append((str(image.condition), f"condition of {image.name}"))
         rows = [[image.name, image.caption, image.mask_name] for image in images]
         line = f"Layout: {escape_markdown(description)}" if description else ""
         return [line, items, rows or [["", "", ""]]]
@@ -188,6 +200,29 @@ def build(ctx: Any, options: Any) -> DatasetTab:
         for item in wait_in_queue(ctx.jobs, f"Captioning {root.name}", work, request=request, takes_job=True):
             if isinstance(item, tuple):
                 yield [workspace_of(ctx, request).shown(item[1].to_text()), *show(name, request)]
+            else:
+                yield [item, *[gr.skip()] * len(shown)]
+
+    @user_errors
+    def on_conditions(name: str, kind: str, model: str, redo: bool, request: gr.Request = None) -> Any:
+        from sdtune_ui.data.conditions import write_conditions
+
+        root = folder_of(name, request)
+        if getattr(options, "public", False) and model.strip() not in ("", DEFAULT_DEPTH_MODEL, TINY_DEPTH):
+            raise SdtuneError(f"This app is public: depth comes from {DEFAULT_DEPTH_MODEL} only.")
+
+        def work(job: Any) -> Any:
+            app_ops.release_generation_memory()
+            return write_conditions(root, kind, depth_model=model.strip() or DEFAULT_DEPTH_MODEL, overwrite=redo,
+                                    progress=lambda k, n: job.report(k, n, "image"))
+
+        for item in wait_in_queue(ctx.jobs, f"Condition pictures for {root.name}", work, request=request,
+                                  takes_job=True):
+            if isinstance(item, tuple):
+                result = item[1]
+                failed = f"; {len(result.failed)} failed: {', '.join(result.failed[:3])}" if result.failed else ""
+                yield [f"Wrote {len(result.written)} {kind} condition picture(s), kept {len(result.kept)}{failed}.",
+                       *show(name, request)]
             else:
                 yield [item, *[gr.skip()] * len(shown)]
 
@@ -278,6 +313,9 @@ def build(ctx: Any, options: Any) -> DatasetTab:
                     [report, *shown])
     keep_on_failure(save_mask_btn.click(on_mask, [dataset, picked, painter], [report, *shown],
                                         api_visibility="private"), [report, *shown])
+    keep_on_failure(conditions_btn.click(on_conditions, [dataset, detector, depth_model, redo_conditions],
+                                         [report, *shown], api_name="conditions", concurrency_limit=None),
+                    [report, *shown])
     keep_on_failure(export_zip.click(on_zip, dataset, export_file, api_name="export_zip"), [export_file])
     keep_on_failure(push.click(on_push, [dataset, repo, token, private], report, api_visibility="private"), [report])
     return DatasetTab(dataset, shown, on_page_load, [loaded, added, imported])

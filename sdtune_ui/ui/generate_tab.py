@@ -19,10 +19,18 @@ import gradio as gr
 from sdtune_ui.app.generation import NONE, StepTimer, method_traits, source_choices, trigger_words
 from sdtune_ui.app.text import code, escape_html, escape_markdown
 from sdtune_ui.errors import ConfigError, SdtuneError
-from sdtune_ui.generate.artifacts import Artifact, artifact_from_spec, base_model_from_card, parse_choice, run_artifacts
+from sdtune_ui.generate import editing
+from sdtune_ui.generate.artifacts import (
+    Artifact,
+    artifact_from_spec,
+    base_model_from_card,
+    controlnet_artifact,
+    parse_choice,
+    run_artifacts,
+)
 from sdtune_ui.generate.engine import default_engine
 from sdtune_ui.generate.options import GenerationOptions, option_fields
-from sdtune_ui.methods.outputs import LORA
+from sdtune_ui.methods.outputs import CONTROLNET, LORA
 from sdtune_ui.models import KNOWN_MODELS, TINY_MODELS
 from sdtune_ui.runs import RunDir
 from sdtune_ui.ui import generate_grid, generate_share
@@ -139,21 +147,23 @@ def option_widget(name: str, *, public: bool = False, **extra: Any) -> Any:
 
 
 def options_from(text: str, neg: str, sched: str, n_steps: float, cfg: float, w: float, h: float, s: float,
-                 n: float, fused: bool, *, public: bool = False) -> GenerationOptions:
+                 n: float, fused: bool, strength: float = 1.0, keep_unmasked: bool = True,
+                 conditioning_scale: float = 1.0, *, public: bool = False) -> GenerationOptions:
     """Widget values back to the fields' types (sliders send floats, an emptied number box None), validated
     (`public`: within the public app's limits too)."""
-    values = dict(steps=n_steps, guidance=cfg, width=w or 0, height=h or 0, seed=s or 0, num_images=n)
+    values = dict(steps=n_steps, guidance=cfg, width=w or 0, height=h or 0, seed=s or 0, num_images=n,
+                  strength=strength, conditioning_scale=conditioning_scale)
     numbers, problems = {}, {}
     for name, value in values.items():
         try:
             number = float(value)
-            numbers[name] = number if name == "guidance" else int(number)
+            numbers[name] = number if name in ("guidance", "strength", "conditioning_scale") else int(number)
         except (TypeError, ValueError, OverflowError):
             problems[name] = f"Give a number (got {value!r})."
     if problems:
         raise ConfigError(problems)
     return GenerationOptions(prompt=text or "", negative_prompt=neg or "", scheduler=sched, fuse_lora=bool(fused),
-                             **numbers).validate(public=public)
+                             keep_unmasked=bool(keep_unmasked), **numbers).validate(public=public)
 
 
 def png_files(result: Any, prefix: str = "") -> list[str]:
@@ -166,6 +176,59 @@ def png_files(result: Any, prefix: str = "") -> list[str]:
     root.mkdir(parents=True, exist_ok=True)
     folder = tempfile.mkdtemp(prefix="generated-", dir=root)
     return [str(path) for path in result.save(folder, prefix=prefix)]
+
+
+MODES = [("Text to image", editing.TEXT or "text"), ("Inpaint: paint over a picture", editing.INPAINT),
+         ("ControlNet: follow a control picture", editing.CONTROL)]
+
+
+def painted_mask(edited: dict | None) -> tuple[Any, Any]:
+    """(picture, mask) from the inpainting editor: its background, and white wherever any layer was painted."""
+    import numpy as np
+    from PIL import Image
+
+    edited = edited or {}
+    picture = edited.get("background")
+    if picture is None:
+        raise SdtuneError("Inpainting: upload the picture to edit first, then paint over what to repaint.")
+    painted = np.zeros((picture.height, picture.width), bool)
+    for layer in edited.get("layers") or []:
+        if layer is not None:
+            painted |= np.asarray(layer.convert("RGBA").resize(picture.size))[..., 3] > 0
+    if not painted.any():
+        raise SdtuneError("Inpainting: paint over the region to repaint (the brush marks it white).")
+    return picture.convert("RGB"), Image.fromarray((painted * 255).astype(np.uint8), "L")
+
+
+def edit_inputs(mode: str, edited: dict | None, control: Any, controlnet: str, found: list[Artifact],
+                guard: Guard) -> editing.EditPictures | None:
+    """The pictures of an edit from the tab's widgets; a ControlNet named in the box joins the artifacts."""
+    if mode == editing.INPAINT:
+        picture, mask = painted_mask(edited)
+        return editing.EditPictures(image=picture, mask=mask)
+    if mode == editing.CONTROL:
+        if control is None:
+            raise SdtuneError("ControlNet: upload the control picture (edges, depth ...) first.")
+        spec = (controlnet or "").strip()
+        if spec and not any(a.kind == CONTROLNET for a in found):
+            guard.specs(spec)   # a public app takes no host paths
+            found.append(controlnet_artifact(spec))
+        return editing.EditPictures(control=control.convert("RGB"))
+    return None
+
+
+def edit_mode(config: dict) -> str | None:
+    """The mode a run's result is used in: ControlNet for a ControlNet run, inpainting for an inpainting model."""
+    from sdtune_ui.export.model_card import family_of
+    from sdtune_ui.methods import CONTROL, method_named, method_names
+
+    method = str(config.get("method", ""))
+    if method not in method_names():
+        return None
+    if method_named(method).has(CONTROL):
+        return editing.CONTROL
+    family = method_named(method).output_family(family_of(config))
+    return editing.INPAINT if family.inpainting else MODES[0][1]
 
 
 @dataclass
@@ -227,16 +290,35 @@ def build(ctx: Any, options: Any = None) -> GenerateTab:
             with gr.Row():
                 seed, num_images, fuse = (option_widget(name, public=guard.public, min_width=160)
                                           for name in ("seed", "num_images", "fuse_lora"))
+            mode = gr.Radio(MODES, value=MODES[0][1], label="Mode", elem_id="gen-mode")
+            with gr.Group(visible=False) as inpaint_box:
+                editor = gr.ImageEditor(type="pil", label="Picture to edit: upload it, then paint over what to repaint",
+                                        elem_id="gen-editor", height=380,
+                                        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
+                with gr.Row():
+                    strength, keep_unmasked = (option_widget(name, min_width=200)
+                                               for name in ("strength", "keep_unmasked"))
+            with gr.Group(visible=False) as control_box:
+                with gr.Row():
+                    control_image = gr.Image(type="pil", label="Control picture (edges, depth ...)", height=260,
+                                             elem_id="gen-control-image")
+                    with gr.Column():
+                        conditioning_scale = option_widget("conditioning_scale")
+                        controlnet = gr.Textbox("", label="ControlNet", elem_id="gen-controlnet",
+                                                info="A ControlNet run picked above brings its own; else a Hub id"
+                                                + (", a folder" if allow_local else "") + " or tiny-controlnet-sd1")
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="gen-generate")
                 compare = gr.Button("Compare with base", elem_id="gen-compare")
             status = gr.Markdown("", elem_id="gen-status")
+            # PNG, not the default WebP: lossless (the unmasked pixels of an inpainting stay exact).
             gallery = gr.Gallery(label="Images", columns=4, height=420, preview=False, object_fit="contain",
-                                 elem_id="gen-gallery")
+                                 format="png", elem_id="gen-gallery")
             side_by_side = gr.Image(label="Base vs tuned: same prompt and seeds", type="pil", interactive=False,
                                     format="png", visible=False, elem_id="gen-compare-image")
 
     option_inputs = [prompt, negative, scheduler, steps, guidance, width, height, seed, num_images, fuse]
+    edit_widgets = [mode, editor, strength, keep_unmasked, control_image, conditioning_scale, controlnet]
     generate_grid.build(ctx, guard, source, option_inputs)
     generate_share.build(ctx, guard, source)
 
@@ -265,15 +347,18 @@ def build(ctx: Any, options: Any = None) -> GenerateTab:
     def on_generate(source: str, base_model: str, lora_scale: float, uploads: list | None, paths: str,
                     allow_pickle: bool, prompt: str, negative_prompt: str, scheduler: str, steps: float,
                     guidance: float, width: float, height: float, seed: float, num_images: float,
-                    fuse_lora: bool, request: gr.Request = None) -> Iterator[tuple]:
+                    fuse_lora: bool, mode: str = "text", edited: dict | None = None, strength: float = 1.0,
+                    keep_unmasked: bool = True, control_image: Any = None, conditioning_scale: float = 1.0,
+                    controlnet: str = "", request: gr.Request = None) -> Iterator[tuple]:
         run_base, found = artifacts_for(source, lora_scale, uploads, paths, allow_pickle, request)
         model = guard.model(run_base or base_model)
         options = options_from(prompt, negative_prompt, scheduler, steps, guidance, width, height, seed, num_images,
-                               fuse_lora, public=guard.public)
+                               fuse_lora, strength, keep_unmasked, conditioning_scale, public=guard.public)
+        pictures = edit_inputs(mode, edited, control_image, controlnet, found, guard)
         timer = StepTimer()
         result = yield from on_gpu(ctx, "Generating", lambda job: default_engine().generate(
-            model, found, options, allow_pickle=guard.pickle(allow_pickle), step_callback=progress_of(job, timer)),
-            outputs=2, status=1, request=request)
+            model, found, options, allow_pickle=guard.pickle(allow_pickle), pictures=pictures,
+            step_callback=progress_of(job, timer)), outputs=2, status=1, request=request)
         step_s = timer.seconds_per_step()
         if step_s:  # remembered for grid estimates (one step of the whole batch, per image)
             ctx.speed.record(model, step_s / max(1, len(result.images)))
@@ -285,17 +370,21 @@ def build(ctx: Any, options: Any = None) -> GenerateTab:
     def on_compare(source: str, base_model: str, lora_scale: float, uploads: list | None, paths: str,
                    allow_pickle: bool, prompt: str, negative_prompt: str, scheduler: str, steps: float,
                    guidance: float, width: float, height: float, seed: float, num_images: float,
-                   fuse_lora: bool, request: gr.Request = None) -> Iterator[tuple]:
+                   fuse_lora: bool, mode: str = "text", edited: dict | None = None, strength: float = 1.0,
+                   keep_unmasked: bool = True, control_image: Any = None, conditioning_scale: float = 1.0,
+                   controlnet: str = "", request: gr.Request = None) -> Iterator[tuple]:
         run_base, found = artifacts_for(source, lora_scale, uploads, paths, allow_pickle, request)
         if not found:
             raise SdtuneError("Pick a trained result (or add a LoRA / embedding) to compare with the base model.")
         model = guard.model(run_base or base_model)
         options = options_from(prompt, negative_prompt, scheduler, steps, guidance, width, height, seed, num_images,
-                               fuse_lora, public=guard.public)
+                               fuse_lora, strength, keep_unmasked, conditioning_scale, public=guard.public)
+        pictures = edit_inputs(mode, edited, control_image, controlnet, found, guard)
 
         def work(job: Any) -> Any:
             job.report(0, 2, "set")
-            return default_engine().compare(model, found, options, allow_pickle=guard.pickle(allow_pickle))
+            return default_engine().compare(model, found, options, allow_pickle=guard.pickle(allow_pickle),
+                                            pictures=pictures)
 
         result = yield from on_gpu(ctx, "Comparing", work, outputs=3, status=2, request=request)
         pairs = []
@@ -308,18 +397,21 @@ def build(ctx: Any, options: Any = None) -> GenerateTab:
 
     def on_source(src: str, current_prompt: str, request: gr.Request = None) -> tuple:
         if not src:
-            return gr.skip(), "", gr.update(visible=False), gr.skip()
+            return gr.skip(), "", gr.update(visible=False), gr.skip(), gr.skip()
         try:
             run_dir, _ = guard.run(src, workspace_of(ctx, request))
         except SdtuneError as err:
-            return gr.skip(), escape_markdown(err), gr.update(visible=False), gr.skip()
+            return gr.skip(), escape_markdown(err), gr.update(visible=False), gr.skip(), gr.skip()
         config = RunDir(Path(run_dir)).config()
         adapters, _ = method_traits(config)
         words = trigger_words(config)
         suggestion = current_prompt or str(config.get("instance_prompt") or "") or (
             f"a photo of {words[0]}" if words else "")
         return (config.get("model") or gr.skip(), trigger_line(config), gr.update(visible=adapters),
-                suggestion or gr.skip())
+                suggestion or gr.skip(), edit_mode(config) or gr.skip())
+
+    def on_mode(chosen: str) -> tuple:
+        return gr.update(visible=chosen == editing.INPAINT), gr.update(visible=chosen == editing.CONTROL)
 
     @user_errors
     def on_card_base(specs: str, current: str) -> str:
@@ -343,13 +435,15 @@ def build(ctx: Any, options: Any = None) -> GenerateTab:
                       api_visibility="private")
     refresh.click(**refresh_io)
     timer.tick(**refresh_io, concurrency_limit=None)
-    source.change(on_source, [source, prompt], [base_model, triggers, lora_scale, prompt], api_visibility="private")
+    source.change(on_source, [source, prompt], [base_model, triggers, lora_scale, prompt, mode],
+                  api_visibility="private")
+    mode.change(on_mode, mode, [inpaint_box, control_box], api_visibility="private")
     keep_on_failure(card_base.click(on_card_base, [paths, base_model], base_model, api_visibility="private"),
                     [base_model])
-    keep_on_failure(go.click(on_generate, [*artifact_inputs, *option_inputs], [gallery, status],
+    keep_on_failure(go.click(on_generate, [*artifact_inputs, *option_inputs, *edit_widgets], [gallery, status],
                              api_name="generate"), [gallery, status])
-    compared = compare.click(on_compare, [*artifact_inputs, *option_inputs], [gallery, side_by_side, status],
-                             api_name="compare")
+    compared = compare.click(on_compare, [*artifact_inputs, *option_inputs, *edit_widgets],
+                             [gallery, side_by_side, status], api_name="compare")
     keep_on_failure(compared, [gallery, side_by_side, status])
     # Shown once there is something to show, under the images, where the user looks.
     compared.success(lambda: gr.update(visible=True), None, side_by_side, api_visibility="private")
