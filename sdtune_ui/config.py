@@ -141,13 +141,15 @@ class TrainConfig:
                                "transparent PNG; pictures without one learn from the whole picture. On an inpainting "
                                "model: only inside the inpainting mask.")
     unmasked_weight: float = _field(0.0, "With masked loss: the weight of what lies outside the mask (0 = ignored, "
-                                    "1 = as if there were no mask).", advanced=True)
+                                    "1 = as if there were no mask).", advanced=True, limits=(0, 1))
     whole_mask_share: float = _field(0.25, "Inpainting models: the share of synthetic masks that cover the whole "
                                      "picture (RunwayML used 25%), so the model still draws from a prompt alone. "
-                                     "Pictures with their own mask (a-masklabel.png) always use it.", advanced=True)
+                                     "Pictures with their own mask (a-masklabel.png) always use it.", advanced=True,
+                                     limits=(0, 1))
     mask_variants: int = _field(8, "Inpainting models: synthetic masks per picture (rectangles, ellipses, brush "
                                 "strokes; ~25% of the picture on average); each step picks one. Their masked "
-                                "pictures are encoded once with the latents.", advanced=True)
+                                "pictures are encoded once with the latents.", advanced=True,
+                                limits=(1, 64, 16))  # each one is a VAE encoding per picture, cached
 
     # ControlNet
     controlnet_model: str = _field("", "ControlNet to fine-tune: a Hub id or a diffusers folder (tiny-controlnet-sd1 "

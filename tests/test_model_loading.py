@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from sdtune_ui.errors import ModelLoadError
 from sdtune_ui.export.single_file import save_single_file
 from sdtune_ui.models import detect_family, load_pipeline, tiny_model_path
+from sdtune_ui.models.tiny import TINY_FAMILIES
 
 
 @pytest.mark.parametrize(("model", "family", "prediction"), [
@@ -36,3 +38,13 @@ def test_pickle_checkpoints_are_refused_unless_allowed(tmp_path):
 def test_a_folder_that_is_not_a_pipeline_gets_a_clear_message(tmp_path):
     with pytest.raises(ModelLoadError, match="model_index.json"):
         load_pipeline(str(tmp_path))
+
+
+@pytest.mark.parametrize("model", TINY_FAMILIES)
+def test_each_tiny_models_family_is_known_without_building_it_and_matches_its_configs(model):
+    from sdtune_ui.families import family_for_unet_config
+
+    folder = tiny_model_path(model)
+    denoiser = "unet" if (folder / "unet").exists() else "transformer"
+    config = json.loads((folder / denoiser / "config.json").read_text())
+    assert family_for_unet_config(config).name == TINY_FAMILIES[model]

@@ -338,7 +338,10 @@ def family_of_model(model: str) -> type[Family]:
     from pathlib import Path
 
     from sdtune_ui.models.loading import resolve_model
+    from sdtune_ui.models.tiny import TINY_FAMILIES
 
+    if model in TINY_FAMILIES:   # without building the model first (seconds, on its first use)
+        return family_named(TINY_FAMILIES[model])
     source = resolve_model(model)
     path = Path(source).expanduser()
     for denoiser in ("unet", "transformer"):

@@ -189,7 +189,9 @@ def wire(ctx: Any, options: Any, form: Form, *, notes: gr.Markdown, validation: 
     state_out = [method_now, filled, notes]
     method_inputs = [form.widgets["method"], form.widgets["adapter"], use_presets, vram, method_now, filled, *fields]
     for switch in (form.widgets["method"], form.widgets["adapter"]):
-        switch.input(on_method, method_inputs, [*fields, *state_out], show_progress="hidden")
+        # always_last: a switch made while the previous one is still settling is applied, not dropped.
+        switch.input(on_method, method_inputs, [*fields, *state_out], show_progress="hidden",
+                     trigger_mode="always_last")
     vram.input(on_vram, [vram, form.widgets["model"], form.widgets["method"]], fields, show_progress="hidden")
     # A model whose family has memory presets of its own (SD3.5, Flux.1) gets them for this GPU when picked.
     form.widgets["model"].input(on_model, [vram, form.widgets["model"], form.widgets["method"]], fields,
