@@ -284,3 +284,13 @@ def test_run_choices_list_outputs_and_checkpoints(tmp_path):
     values = [c.value for c in choices if c.run_dir == str(run)]
     assert values == [str(run), f"{run}@step-3"]
     assert parse_choice(f"{run}@step-3") == (str(run), 3) and parse_choice(str(run)) == (str(run), None)
+
+
+def test_a_damaged_lora_file_is_listed_and_using_it_says_which_file_and_what_to_do(tmp_path):
+    import shutil
+
+    run = shutil.copytree(trained_run("lora"), tmp_path / "runs" / "lora-damaged")
+    (run / "output" / "pytorch_lora_weights.safetensors").write_bytes(b"not a safetensors file" * 4)
+    assert [c.step for c in list_choices(run.parent)] == [None, 3]   # the run stays visible
+    with pytest.raises(ModelLoadError, match="pytorch_lora_weights.safetensors: the file is damaged.*checkpoints"):
+        run_artifacts(run)

@@ -32,7 +32,7 @@ from sdtune_ui.methods.outputs import (
     PIPELINE,
     PIPELINE_MARKER,
 )
-from sdtune_ui.models.loading import read_state_dict
+from sdtune_ui.models.loading import read_state_dict, safetensors_header
 from sdtune_ui.runs import RunDir
 
 _materialize_lock = threading.Lock()
@@ -71,10 +71,12 @@ class RunArtifacts:
 
 
 # ---------------------------------------------------------------------------------------------- runs
-def _lora_alpha_factor(lora_file: Path, config: dict) -> float:
-    from safetensors import safe_open
+# A run's own file that is damaged: where the user finds a good copy.
+DAMAGED_RUN_FILE = "Delete it, or use one of the run's checkpoints (or resume the run to write it again)."
 
-    with safe_open(str(lora_file), framework="pt") as handle:
+
+def _lora_alpha_factor(lora_file: Path, config: dict) -> float:
+    with safetensors_header(lora_file, DAMAGED_RUN_FILE) as handle:
         if adapters.METADATA_KEY in (handle.metadata() or {}):
             return 1.0
     rank = float(config.get("rank") or 0)
@@ -93,6 +95,8 @@ def artifacts_in_folder(folder: str | Path, config: dict | None = None) -> list[
         found.append(Artifact(CONTROLNET, str(folder), label="ControlNet"))
     for name in adapters.adapter_file_names():   # a LoRA, or a variant's file (methods/adapters)
         if (folder / name).exists():
+            with safetensors_header(folder / name, DAMAGED_RUN_FILE):   # damaged: say so with the run's way out
+                pass
             found.append(Artifact(LORA, str(folder / name), label=adapters.adapter_for_file(folder / name).label,
                                   alpha_factor=_lora_alpha_factor(folder / name, config)))
     # One file per token (methods/textual_inversion.py): learned_embeds.safetensors holds the first token (the
@@ -196,9 +200,7 @@ def embedding_token(path: str | Path) -> str:
     """The trigger word of an embedding file: its `token` metadata, its single key, or the file name."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
+        with safetensors_header(path, DAMAGED_RUN_FILE) as handle:
             metadata = handle.metadata() or {}
             keys = list(handle.keys())
         if metadata.get("token"):
@@ -314,7 +316,11 @@ def list_choices(runs_dir: str | Path) -> list[Choice]:
     for run in list_runs(Path(runs_dir)):
         config = run.config()
         name = f"{run.path.name} [{config.get('method', '?')} on {config.get('model', '?')}]"
-        if artifacts_in_folder(run.output_dir, config):
+        try:
+            has_output = bool(artifacts_in_folder(run.output_dir, config))
+        except ModelLoadError:   # listed all the same: using it says which file is damaged and what to do
+            has_output = True
+        if has_output:
             choices.append(Choice(f"{name} final", str(run.path), None))
         for checkpoint in reversed(run.checkpoints()):
             step = int(checkpoint.name.split("-")[1])

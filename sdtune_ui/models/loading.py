@@ -6,6 +6,8 @@ loaded, so they are refused unless the user explicitly allows them.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,19 @@ def refuse_pickle(path: Path, allow_pickle: bool) -> None:
             "or allow pickle files explicitly (--allow-pickle, or the app's 'allow pickle' box) if you trust its "
             "source.")
 
+
+
+@contextlib.contextmanager
+def safetensors_header(path: str | Path, advice: str = "") -> Iterator[Any]:
+    """A .safetensors file opened for its keys and metadata (no tensors read); a damaged file is UnreadableFile,
+    which names it and says what to do (`advice`)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            yield handle
+    except (SafetensorError, OSError) as err:
+        raise UnreadableFile(path, err, advice) from err
 
 
 def read_state_dict(path: str | Path, *, allow_pickle: bool = False) -> dict:

@@ -290,9 +290,9 @@ def file_keys(path: str | Path, *, allow_pickle: bool = False) -> tuple[set[str]
     """Tensor names and per-component configs, without reading tensors where the format allows."""
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
+        from sdtune_ui.models.loading import safetensors_header
 
-        with safe_open(str(path), framework="pt") as handle:
+        with safetensors_header(path) as handle:
             return set(handle.keys()), component_configs(dict(handle.metadata() or {}))
     state, configs = read_adapter_file(path, allow_pickle=allow_pickle)
     return set(state), configs
