@@ -16,21 +16,33 @@ from sdtune_ui.cli.generate import add_generate_commands
 from sdtune_ui.cli.train import add_train_commands
 from sdtune_ui.errors import SdtuneError, is_disk_full, is_unreadable_file_error
 
+COMMAND_GROUPS = (add_train_commands, add_dataset_commands, add_generate_commands, add_evaluate_commands)
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with `command`, groups are added only up to the one that has it.
+
+    The groups' choices come from the captioners, exporters and metrics modules, which `train` does not need
+    before its first step (a few hundred milliseconds of imports).
+    """
     parser = argparse.ArgumentParser(prog="python -m sdtune_ui", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="Show library logs.")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    add_train_commands(subparsers)
-    add_dataset_commands(subparsers)
-    add_generate_commands(subparsers)
-    add_evaluate_commands(subparsers)
+    for add_commands in COMMAND_GROUPS:
+        add_commands(subparsers)
+        if command in subparsers.choices:
+            break
     return parser
 
 
+def command_in(argv: list[str]) -> str | None:
+    """The command word of a command line (the first argument that is not an option), if any."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(command_in(argv)).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not args.verbose:
         from sdtune_ui import quiet

@@ -52,7 +52,8 @@ def add_train_commands(subparsers: Any) -> None:
                         help="Print only the result, no progress (the run folder's events.jsonl has everything).")
     defaults = TrainConfig()
     for f in field_info():
-        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata["help"]}
+        # argparse formats help with %: a literal one ("25%") crashed `train --help`.
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata["help"].replace("%", "%%")}
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
         default = getattr(defaults, f.name)

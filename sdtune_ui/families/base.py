@@ -11,8 +11,10 @@ Adding a family: one module here with a `Family` subclass decorated with `@regis
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -334,9 +336,6 @@ def family_for_checkpoint_keys(keys: Iterable[str]) -> type[Family]:
 def family_of_model(model: str) -> type[Family]:
     """The family of a base model (demo name, folder, .safetensors file or Hub id) from its UNet config or its
     keys, without loading weights; the fallback family when neither can be read (offline, unknown repo)."""
-    import json
-    from pathlib import Path
-
     from sdtune_ui.models.loading import resolve_model
     from sdtune_ui.models.tiny import TINY_FAMILIES
 
@@ -353,14 +352,37 @@ def family_of_model(model: str) -> type[Family]:
 
                 with safe_open(str(path), framework="pt") as handle:
                     return family_for_checkpoint_keys(handle.keys())
-            if source:
-                from huggingface_hub import hf_hub_download
-
-                config = Path(hf_hub_download(source, f"{denoiser}/config.json")).read_text()
-                return family_for_unet_config(json.loads(config))
-        except Exception:  # noqa: BLE001 - offline, unknown or private repo, unreadable file: the fallback below
+        except Exception:  # noqa: BLE001 - unreadable file or unknown config: the fallback below
             continue
+    if source and not path.exists():
+        try:
+            config = _hub_denoiser_config(source)
+            if config is not None:
+                return family_for_unet_config(config)
+        except Exception:  # noqa: BLE001 - offline, unknown or private repo: the fallback below
+            pass
     return family_classes()[-1]
+
+
+def _hub_denoiser_config(repo_id: str) -> dict | None:
+    """A Hub model's UNet or transformer config: from the local cache when it is there (instant, and no retries
+    when the network is down), else downloaded (then cached for the next call)."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    names = ("unet/config.json", "transformer/config.json")
+    for name in names:
+        cached = try_to_load_from_cache(repo_id, name)
+        if isinstance(cached, str):
+            return json.loads(Path(cached).read_text())
+    for name in names:
+        try:
+            return json.loads(Path(hf_hub_download(repo_id, name)).read_text())
+        except LocalEntryNotFoundError:
+            return None  # no network: asking for the other name would wait through the same retries
+        except EntryNotFoundError:
+            continue  # the repo has no such file: its denoiser has the other name
+    return None
 
 
 def denoiser_of(pipe: Any) -> Any:
