@@ -4,6 +4,7 @@
 #   bash benchmarks/run_issue12_call.sh PEER_SCRIPTS_DIR PART
 # PART 1: SD1.5 LoRA 400 (+ a second run), the graph-vs-eager check, batch-16 MFU, TI 400, SDXL steady state.
 # PART 2: DreamBooth 400, SDXL LoRA 400, SD1.5 LoRA 1000.
+# PART 3: SD1.5 LoRA 400 and TI 400 again (after a change to what runs before the first step).
 # Results: $OUT/e2e.jsonl (side_by_side.py), $OUT/steady.jsonl (graph_check.py, bench_train.py), logs archived.
 set -u
 peers="$1"; part="${2:-1}"
@@ -29,8 +30,10 @@ if [ "$part" = 1 ]; then
   steady 70 --model sd15 --method lora --batch 16 --cuda-graph auto --steps 15 --warmup 4 --profile 3
   e2e sd15:ti:400
   steady 80 --model sdxl --method lora --batch 1 --cuda-graph auto --steps 20 --warmup 4
-else
+elif [ "$part" = 2 ]; then
   e2e sd15:dreambooth:400 sdxl:lora:400 sd15:lora:1000
+else
+  e2e sd15:lora:400 sd15:ti:400
 fi
 tar czf "$out/logs.tar.gz" -C / tmp/issue12_logs $(cd / && ls -d tmp/sbs/*.log tmp/sbs/ours-*/events.jsonl 2>/dev/null)
 echo "== done, $(left) s before the deadline" >&2
