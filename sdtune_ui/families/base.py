@@ -79,6 +79,7 @@ class Family:
 
     name: ClassVar[str]
     label: ClassVar[str]
+    demo_models: ClassVar[tuple[str, ...]] = ()   # the built-in offline models of this family (models/tiny.py)
     # Detection: families are tried from the highest priority down; the lowest is the fallback.
     priority: ClassVar[int] = 0
     # diffusers pipeline classes (names, so importing a family does not import diffusers)
@@ -337,10 +338,9 @@ def family_of_model(model: str) -> type[Family]:
     """The family of a base model (demo name, folder, .safetensors file or Hub id) from its UNet config or its
     keys, without loading weights; the fallback family when neither can be read (offline, unknown repo)."""
     from sdtune_ui.models.loading import resolve_model
-    from sdtune_ui.models.tiny import TINY_FAMILIES
-
-    if model in TINY_FAMILIES:   # without building the model first (seconds, on its first use)
-        return family_named(TINY_FAMILIES[model])
+    demo_family = next((cls for cls in family_classes() if model in cls.demo_models), None)
+    if demo_family is not None:   # known without building the demo model first (seconds, on its first use)
+        return demo_family
     source = resolve_model(model)
     path = Path(source).expanduser()
     for denoiser in ("unet", "transformer"):

@@ -19,6 +19,7 @@ from sdtune_ui.families.sd3 import ATTENTION, FEED_FORWARD, VAE_PARAMS
 @register
 class Flux(FlowMatchingFamily):
     name = "flux"
+    demo_models = ("tiny-flux",)
     label = "Flux.1"
     priority = 40
     pipeline_class_name = "FluxPipeline"

@@ -25,6 +25,7 @@ class Inpainting(Family):
     """Mixed in before a text-to-image family: `class SD1Inpaint(Inpainting, SD1)`."""
 
     inpainting: ClassVar[bool] = True
+    demo_models: ClassVar[tuple[str, ...]] = ()   # a variant's own, never its base family's
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -62,6 +63,7 @@ class Inpainting(Family):
 @register
 class SD1Inpaint(Inpainting, SD1):
     name = "sd1-inpaint"
+    demo_models = ("tiny-sd1-inpaint",)
     label = "Stable Diffusion 1.x inpainting"
 
 
@@ -74,4 +76,5 @@ class SD2Inpaint(Inpainting, SD2):
 @register
 class SDXLInpaint(Inpainting, SDXL):
     name = "sdxl-inpaint"
+    demo_models = ("tiny-sdxl-inpaint",)
     label = "Stable Diffusion XL inpainting"

@@ -12,6 +12,7 @@ from sdtune_ui.families.base import Family, MemoryProfile, register
 @register
 class SD1(Family):
     name = "sd1"
+    demo_models = ("tiny-sd1",)
     label = "Stable Diffusion 1.x"
     priority = 0                      # the fallback: any UNet another family does not claim
     kohya_base_version = "sd_v1"

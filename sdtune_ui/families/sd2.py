@@ -13,6 +13,7 @@ from sdtune_ui.families.sd1 import SD1
 @register
 class SD2(SD1):
     name = "sd2"
+    demo_models = ("tiny-sd2-v",)
     label = "Stable Diffusion 2.x"
     priority = 10
     kohya_base_version = "sd_v2"

@@ -36,6 +36,7 @@ SD35_LARGE = _profile(8_056_627_520, 1_473_792, 3_297_792, 4_581_888)
 @register
 class SD3(FlowMatchingFamily):
     name = "sd3"
+    demo_models = ("tiny-sd3",)
     label = "Stable Diffusion 3.5"
     priority = 30
     pipeline_class_name = "StableDiffusion3Pipeline"

@@ -12,6 +12,7 @@ from sdtune_ui.families.base import Family, MemoryProfile, register
 @register
 class SDXL(Family):
     name = "sdxl"
+    demo_models = ("tiny-sdxl",)
     label = "Stable Diffusion XL"
     priority = 20
     pipeline_class_name = "StableDiffusionXLPipeline"

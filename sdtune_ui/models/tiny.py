@@ -20,10 +20,7 @@ import torch
 from sdtune_ui.paths import cache_dir
 from sdtune_ui.runs import is_main_process
 
-# Each tiny model's family, known without building it (the form asks on every method switch; a test checks it).
-TINY_FAMILIES = {"tiny-sd1": "sd1", "tiny-sd2-v": "sd2", "tiny-sdxl": "sdxl", "tiny-sd3": "sd3", "tiny-flux": "flux",
-                 "tiny-sd1-inpaint": "sd1-inpaint", "tiny-sdxl-inpaint": "sdxl-inpaint"}
-TINY_MODELS = tuple(TINY_FAMILIES)
+TINY_MODELS = ("tiny-sd1", "tiny-sd2-v", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-sd1-inpaint", "tiny-sdxl-inpaint")
 # ControlNets (not base models): made with ControlNetModel.from_unet from the named tiny model's UNet.
 TINY_CONTROLNETS = {"tiny-controlnet-sd1": "tiny-sd1", "tiny-controlnet-sdxl": "tiny-sdxl"}
 
