@@ -25,6 +25,7 @@ class FullFineTune(Method):
     traits = frozenset({UNET_WEIGHTS, FULL_WEIGHTS})
     preset: ClassVar[dict] = dict(learning_rate=1e-5, max_train_steps=1000, use_ema=True, ema_decay=0.9999,
                                   train_batch_size=1, gradient_checkpointing=True)
+    demo_preset: ClassVar[dict] = dict(learning_rate=3e-4, train_text_encoder=False, with_prior_preservation=False)
     advice = StepAdvice(100, 10**9, "A full fine-tune wants hundreds of images or more", 10, 1000, 20000, 0.55)
     card_tags = ("fine-tuned",)
     outputs = (outputs.PIPELINE,)
@@ -80,6 +81,8 @@ class DreamBooth(FullFineTune):
     traits = frozenset({UNET_WEIGHTS, FULL_WEIGHTS, INSTANCE_PROMPT})
     preset: ClassVar[dict] = dict(learning_rate=5e-6, max_train_steps=400, with_prior_preservation=True,
                                   num_class_images=100, prior_loss_weight=1.0)
+    demo_preset: ClassVar[dict] = dict(learning_rate=3e-4, train_text_encoder=False,  # prior preservation: on
+                                       instance_prompt="a photo of sks robot")
     advice = StepAdvice(4, 20, "DreamBooth works best with 4-20 images of one subject", 80, 200, 400, 0.55)
     card_tags = ("dreambooth",)
 

@@ -1,0 +1,88 @@
+"""The shipped demo model `demo-sd1` draws what the prompt names: the object class and its colour.
+
+Measured on pixels against freshly drawn reference scenes (tests/demo_probe.py): the pre-training pictures
+come from code, so the tests know exactly what a robot, a house or a blue car look like.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from sdtune_ui.models import DEMO_MODELS, OFFLINE_MODELS, load_pipeline, resolve_model
+from tests import demo_probe
+
+SEEDS = range(4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """A 2 MB model gains nothing from intra-op threads; on a busy 2-core machine they make it far slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_pipeline("demo-sd1")
+
+
+@pytest.fixture(scope="module")
+def references():
+    return demo_probe.class_references()
+
+
+def test_demo_model_is_small_package_data_loaded_by_name():
+    folder = DEMO_MODELS["demo-sd1"]
+    assert resolve_model("demo-sd1") == str(folder)
+    assert OFFLINE_MODELS[0] == "demo-sd1"  # offered first, before the random tiny-* models
+    weights = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+    assert weights < 8_000_000
+    assert not list(folder.rglob("*.bin"))
+
+
+def test_a_photo_of_a_robot_draws_robots(demo, references):
+    # Each image's nearest drawn pictures (any background) are mostly robots', not another class's.
+    found = demo_probe.nearest_class(demo_probe.generate(demo, "a photo of a robot", SEEDS), references)
+    assert found.count("robot") >= 3, found
+
+
+@pytest.mark.parametrize("background", ["in the snow", "on a beach"])
+def test_prompts_choose_the_object_class(demo, background):
+    # On a background the prompt names, the object is what tells the classes apart.
+    references = demo_probe.class_references(per_class=40, background=background)
+    for obj in ("robot", "cat", "house", "car", "tree"):
+        found = demo_probe.nearest_class(demo_probe.generate(demo, f"a photo of a {obj} {background}", SEEDS),
+                                         references)
+        assert found.count(obj) >= 3, (obj, found)
+
+
+def test_robot_and_house_prompts_differ_as_the_classes_do(demo, references):
+    robots = demo_probe.generate(demo, "a photo of a robot", SEEDS)
+    houses = demo_probe.generate(demo, "a photo of a house", SEEDS)
+    # Robot images are nearer to drawn robots than to drawn houses, and the other way round, clearly.
+    near = demo_probe.nearest_distance
+    assert near(robots, references["robot"]) < 0.8 * near(robots, references["house"])
+    assert near(houses, references["house"]) < 0.8 * near(houses, references["robot"])
+
+
+def test_colours_follow_the_prompt(demo):
+    blue = demo_probe.generate(demo, "a photo of a blue car", SEEDS)
+    yellow = demo_probe.generate(demo, "a photo of a yellow car", SEEDS)
+    assert demo_probe.colour_fraction(blue, "blue").mean() > 3 * demo_probe.colour_fraction(yellow, "blue").mean()
+    assert demo_probe.colour_fraction(yellow, "yellow").mean() > 3 * demo_probe.colour_fraction(blue, "yellow").mean()
+
+
+def test_generation_is_deterministic_per_seed_and_fast(demo):
+    started = time.monotonic()
+    first = demo_probe.generate(demo, "a photo of a cat", [3])
+    elapsed = time.monotonic() - started
+    assert np.array_equal(first, demo_probe.generate(demo, "a photo of a cat", [3]))
+    assert not np.array_equal(first, demo_probe.generate(demo, "a photo of a cat", [4]))
+    assert first.shape == (1, 64, 64, 3)
+    assert elapsed < 5  # ~0.3 s on an idle core; generous for a busy shared machine
