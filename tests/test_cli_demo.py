@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,7 +61,7 @@ def with_run(argv: list[str], run: Path, work: Path) -> list[str]:
 @pytest.mark.slow
 def test_readme_demo_teaches_the_subject_and_lands_in_the_apps_runs(tmp_path, monkeypatch):
     train, grid, generate, *_ = readme_commands("The offline demo")
-    assert "demo-sd1" in train and train[train.index("--steps") + 1] == "150"
+    assert "demo-sd1" in train and train[train.index("--steps") + 1] == "300"
     work = tmp_path / "work"  # the README's relative paths: the example dataset is linked in, data/ is the default
     work.mkdir()
     (work / "sdtune_ui").symlink_to(REPO / "sdtune_ui")
@@ -77,8 +78,8 @@ def test_readme_demo_teaches_the_subject_and_lands_in_the_apps_runs(tmp_path, mo
     assert elapsed < 1.5 * DEMO_BUDGET_S
     # The user sees where the time goes and how far it got: set-up phases, then progress lines.
     assert "Dataset and model loaded in" in result.stderr
-    progress = [line for line in result.stderr.splitlines() if "/150" in line and "loss" in line]
-    assert progress and "150/150" in progress[-1] and "it/s" in progress[-1] and "ETA" in progress[-1]
+    progress = [line for line in result.stderr.splitlines() if "/300" in line and "loss" in line]
+    assert progress and "300/300" in progress[-1] and "it/s" in progress[-1] and "ETA" in progress[-1]
     runs = list_runs(data_dir / "runs")
     assert len(runs) == 1 and f"Run folder: data/runs/{runs[0].path.name}" in result.stdout
     run = runs[0]
@@ -94,22 +95,29 @@ def test_readme_demo_teaches_the_subject_and_lands_in_the_apps_runs(tmp_path, mo
         ctx.jobs.close()
     assert table["run"].tolist() == [run.path.name] and table["status"].tolist() == ["completed"]
     assert table["dataset"].tolist() == ["toy_robot"] and table["final loss"].tolist()[0] != "-"
-    assert [p.name for p in run.checkpoints()] == ["step-50", "step-100"]
+    assert [p.name for p in run.checkpoints()] == ["step-100", "step-200"]
     assert len(run.samples()) == 3
 
-    # The LoRA loads in plain diffusers and teaches the subject: the instance prompt draws it visibly (red,
-    # where the base's robots never are) and measurably nearer to the training pictures; the class prompt
-    # still draws the base's robots.
+    # The LoRA loads in plain diffusers and teaches the subject: the instance prompt draws it visibly (red, where
+    # the base draws robots of other colours for it) and measurably nearer to the training pictures; the class
+    # prompt still draws robots (by shape, tests/demo_probe.py), not the subject's red.
     torch.set_num_threads(1)
     base, tuned = load_pipeline("demo-sd1"), load_pipeline("demo-sd1")
     tuned.load_lora_weights(str(run.output_dir))
     training = demo_probe.load_images(sorted(EXAMPLE_DATASET.glob("*.png")))
     before, after = (demo_probe.generate(p, "a photo of sks robot", SEEDS) for p in (base, tuned))
-    red = demo_probe.subject_red_fraction
-    assert red(before).mean() < 0.01 and red(after).mean() > 0.05
-    assert demo_probe.nearest_distance(after, training) < 0.75 * demo_probe.nearest_distance(before, training)
-    class_before, class_after = (demo_probe.generate(p, "a photo of a robot", SEEDS) for p in (base, tuned))
-    assert red(class_after).mean() < 0.25 * red(after).mean()
+    class_after = demo_probe.generate(tuned, "a photo of a robot", SEEDS)
+    red, near = demo_probe.subject_red_fraction, demo_probe.nearest_distance
+    measured = dict(red_before=red(before).mean(), red_after=red(after).mean(), red_class=red(class_after).mean(),
+                    near_before=near(before, training), near_after=near(after, training),
+                    changed=np.abs(after - before).mean(),
+                    class_found=demo_probe.nearest_class(class_after, demo_probe.class_references()))
+    print(measured)  # the margins, with pytest -s
+    assert measured["red_before"] < 0.01 and measured["red_after"] > 0.05, measured
+    assert measured["changed"] > 0.1, measured  # visibly different: a tenth of the range per pixel on average
+    assert measured["near_after"] < 0.75 * measured["near_before"], measured
+    assert measured["red_class"] < 0.25 * measured["red_after"], measured
+    assert measured["class_found"].count("robot") >= 3, measured
 
     # `grid` on that run (the folder the README's placeholder names) has a row per checkpoint plus the final output.
     grid = with_run(grid, run.path, work) + ["--inference-steps", "2"]  # the test needs no good pictures
@@ -145,3 +153,4 @@ def test_an_offline_hub_model_that_was_never_downloaded_leaves_no_run_folder(tmp
     assert result.returncode == 2, result.stderr[-2000:]
     assert "needs the network once" in result.stderr and "Traceback" not in result.stderr
     assert not list_runs(tmp_path / "data" / "runs")
+

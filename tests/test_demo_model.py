@@ -86,3 +86,22 @@ def test_generation_is_deterministic_per_seed_and_fast(demo):
     assert not np.array_equal(first, demo_probe.generate(demo, "a photo of a cat", [4]))
     assert first.shape == (1, 64, 64, 3)
     assert elapsed < 5  # ~0.3 s on an idle core; generous for a busy shared machine
+
+
+def test_class_images_of_an_earlier_version_of_a_local_model_are_not_reused(tmp_path):
+    # Class images are cached per model; a re-trained demo-sd1 (or any replaced local model) gets new ones, else
+    # prior preservation trains the class prompt toward what the old weights drew.
+    import shutil
+
+    from sdtune_ui.config import TrainConfig
+    from sdtune_ui.train.setup import class_images_folder
+
+    local = shutil.copytree(DEMO_MODELS["demo-sd1"], tmp_path / "my-model")
+    config = TrainConfig(model=str(local), data="x", class_prompt="a photo of a robot")
+    before = class_images_folder(config, 64)
+    assert class_images_folder(config, 64) == before  # the same weights: the same folder, reused
+    weights = local / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # re-trained: same name, new content and time
+    assert class_images_folder(config, 64) != before
+    hub = TrainConfig(model="someone/model", data="x", class_prompt="a photo of a robot")
+    assert class_images_folder(hub, 64) == class_images_folder(hub, 64) != before

@@ -43,12 +43,16 @@ class TrainTab:
 
 
 def default_config(cpu: bool, vram: str, data: str = "") -> TrainConfig:
-    """What the form shows first: on a CPU the one-minute demo, on a GPU SD 1.5 with the LoRA preset for its
-    memory (the tiny demo models stay one click away in the model list); `data` the dataset to train on."""
-    if cpu:  # the demo is sized for a CPU: its own settings (batch size 4) win over the memory preset's
+    """What the form shows first: on a CPU, or with the Hub off and SD 1.5 never downloaded, the README's offline
+    demo on demo-sd1; on a GPU SD 1.5 with the LoRA preset for its memory (the offline models stay one click
+    away in the model list); `data` the dataset to train on."""
+    from sdtune_ui.models.loading import unavailable_offline
+
+    real_model = next(iter(KNOWN_MODELS))
+    if cpu or unavailable_offline(real_model):  # the demo's own settings (batch size 4) win over the preset's
         values = {**preset_values(vram=vram), **app_ops.DEMO_SETTINGS}
     else:
-        values = {"model": next(iter(KNOWN_MODELS)), **preset_values(DEFAULT_METHOD)}
+        values = {"model": real_model, **preset_values(DEFAULT_METHOD)}
         values.update(preset_values(vram=vram))
     values["data"] = data
     return app_ops.config_from_values(values)
