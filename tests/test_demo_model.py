@@ -1,7 +1,8 @@
 """The shipped demo model `demo-sd1` draws what the prompt names: the object class and its colour.
 
-Measured on pixels against freshly drawn reference scenes (tests/demo_probe.py): the pre-training pictures
-come from code, so the tests know exactly what a robot, a house or a blue car look like.
+Measured against freshly drawn reference scenes (tests/demo_probe.py), by shape (edge orientations) for the
+class and by pixels for colour: the pre-training pictures come from code, so the tests know exactly what a
+robot, a house or a blue car look like.
 """
 
 from __future__ import annotations
@@ -47,15 +48,15 @@ def test_demo_model_is_small_package_data_loaded_by_name():
 
 
 def test_a_photo_of_a_robot_draws_robots(demo, references):
-    # Each image's nearest drawn pictures (any background) are mostly robots', not another class's.
+    # Each image's nearest drawn pictures by shape (any colour, any background) are robots'. Measured: 4 of 4.
     found = demo_probe.nearest_class(demo_probe.generate(demo, "a photo of a robot", SEEDS), references)
     assert found.count("robot") >= 3, found
 
 
 @pytest.mark.parametrize("background", ["in the snow", "on a beach"])
-def test_prompts_choose_the_object_class(demo, background):
-    # On a background the prompt names, the object is what tells the classes apart.
-    references = demo_probe.class_references(per_class=40, background=background)
+def test_prompts_choose_the_object_class(demo, references, background):
+    # Measured: 4 of 4 for every class, but 3 of 4 trees (one drawn in a city "in the snow", nearer the cars by
+    # shape). References on every background: the model does not always draw the background the prompt names.
     for obj in ("robot", "cat", "house", "car", "tree"):
         found = demo_probe.nearest_class(demo_probe.generate(demo, f"a photo of a {obj} {background}", SEEDS),
                                          references)
