@@ -57,8 +57,9 @@ def _field(default: Any, help: str, *, choices: tuple | None = None, advanced: b
 @dataclass
 class TrainConfig:
     # What to train
-    model: str = _field("tiny-sd1", "Base model: a Hub id, a local diffusers folder, a .safetensors file, "
-                        "or a built-in demo model (tiny-sd1, tiny-sd2-v, tiny-sdxl, tiny-sd3, tiny-flux).")
+    model: str = _field("demo-sd1", "Base model: a Hub id, a local diffusers folder, a .safetensors file, "
+                        "or a built-in offline model (demo-sd1 draws toy scenes; tiny-sd1, tiny-sd2-v, "
+                        "tiny-sdxl, tiny-sd3, tiny-flux are random).")
     method: str = _field(DEFAULT_METHOD, "Training method.", choices=methods.method_names())
     allow_pickle: bool = _field(False, "Allow loading pickle checkpoints (.ckpt/.bin), which can run code.",
                                 advanced=True)
@@ -311,7 +312,7 @@ class TrainConfig:
             if choices and getattr(self, f.name) not in choices:
                 errors[f.name] = f"{getattr(self, f.name)!r} is not one of {', '.join(choices)}."
         if not self.model.strip():
-            errors["model"] = "Choose a base model (a Hub id, a folder, a .safetensors file or tiny-sd1)."
+            errors["model"] = "Choose a base model (a Hub id, a folder, a .safetensors file or demo-sd1)."
         if not self.data.strip():
             errors["data"] = "Choose a dataset folder (or a Hub dataset id)."
         if self.resolution < 0 or self.resolution % 8:

@@ -113,10 +113,16 @@ def test_runs_left_queued_by_a_previous_app_are_released(tmp_path):
     assert RunDir(tmp_path / "running-run").status() == "running"  # maybe a CLI run: left alone
 
 
-def test_first_form_values_follow_the_hardware():
+def test_first_form_values_follow_the_hardware(monkeypatch):
     from sdtune_ui.ui.train_tab import default_config
 
     on_cpu = default_config(cpu=True, vram="CPU")
-    assert (on_cpu.model, on_cpu.max_train_steps, on_cpu.mixed_precision) == ("tiny-sd1", 60, "no")
+    # On a CPU: the README's offline demo on the pre-trained demo-sd1 (its batch size wins over the CPU preset's).
+    assert (on_cpu.model, on_cpu.max_train_steps, on_cpu.mixed_precision) == ("demo-sd1", 300, "no")
+    assert on_cpu.train_batch_size == 4 and on_cpu.with_prior_preservation and on_cpu.train_text_encoder
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # the Hub reachable
     on_gpu = default_config(cpu=False, vram="24 GB+")
-    assert on_gpu.model != "tiny-sd1" and on_gpu.mixed_precision == "bf16" and on_gpu.train_batch_size == 4
+    assert on_gpu.model != "demo-sd1" and on_gpu.mixed_precision == "bf16" and on_gpu.train_batch_size == 4
+    # With the Hub switched off and SD 1.5 never downloaded, a GPU machine starts on the offline demo too.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert default_config(cpu=False, vram="24 GB+").model == "demo-sd1"

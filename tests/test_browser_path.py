@@ -2,7 +2,7 @@
 
 - a fresh install offers the example dataset in both tabs; every switch between methods (each method's preset
   applied) leaves settings that validate, shown live before Start; `<sks>` survives in the validation line and
-  in the pop-up; "Quick CPU demo settings" picks the example dataset;
+  in the pop-up; "Quick CPU demo settings" picks the example dataset and the chosen method's demo on demo-sd1;
 - the queue panel shows the training run ahead of a generation, with its progress;
 - a run that finishes appears in the Generate tab without Refresh, with its real trigger word (`<sks>`);
 - a grid started from a second page is cancelled from the first page, and a grid whose page is closed stops,
@@ -145,11 +145,12 @@ def test_first_user_path(tmp_path):
         fill(page, "instance_prompt", "")
         wait_text(page, "#form-validation", "Ready to start: Textual inversion")
 
-        # Quick CPU demo settings pick the example dataset (away from the other one) and validate.
+        # Quick CPU demo settings pick the example dataset (away from the other one) and the chosen method's demo
+        # on demo-sd1, and validate.
         choose(page, "#cfg-data", "other-robots")
         wait_text(page, "#form-validation", "other-robots")
         page.locator("#demo-settings").click()
-        wait_text(page, "#form-validation", "Ready to start", "LoRA", "toy_robot")
+        wait_text(page, "#form-validation", "Ready to start", "Textual inversion", "demo-sd1", "toy_robot")
         assert page.locator("#cfg-data input").input_value() == "toy_robot"
 
         # A short, named textual-inversion run with checkpoints; a generation queued behind it.
@@ -182,7 +183,7 @@ def test_first_user_path(tmp_path):
         page.locator("[data-testid=toast-text]", has_text="Pick a trained result").first.wait_for()
         page.wait_for_timeout(1500)  # time for a badge to appear, were it left
         assert page.locator("#gen-gallery img").count() >= 1 and "Error" not in text(page, "#gen-gallery")
-        choose(page, "#gen-source", f"{run_id} · Textual inversion on tiny-sd1 · final")
+        choose(page, "#gen-source", f"{run_id} · Textual inversion on demo-sd1 · final")
         triggers = wait_text(page, "#gen-triggers", "Trigger words")
         assert "<sks>" in triggers
         assert not page.locator("#gen-lora-scale").is_visible()  # no LoRA in a textual-inversion run
@@ -195,7 +196,7 @@ def test_first_user_path(tmp_path):
         other = browser.new_page(viewport={"width": 1400, "height": 1100})
         other.goto(url)
         other.get_by_role("tab", name="Generate").click()
-        choose(other, "#gen-source", f"{run_id} · Textual inversion on tiny-sd1 · final")
+        choose(other, "#gen-source", f"{run_id} · Textual inversion on demo-sd1 · final")
         other.get_by_text("Overfitting grid: prompts").first.click()
         wait_text(other, "#gen-grid-estimate", "images")
         # Ten prompts of 150 denoising steps: long enough to be caught running on any machine.

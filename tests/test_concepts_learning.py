@@ -4,11 +4,14 @@ TWO_SUBJECT_MODEL picks the model, and with it the measure:
 
 - `demo-sd1`, the pre-trained demo model of issue 11 part 1 (it draws what a prompt says): the issue's own
   measure, through `evaluate`'s per-subject report: each token's generated images are closer in DINO and
-  CLIP-I features to its own subject's training images than to the other's, and (DINO) closer than the base
-  model's images for the same prompt were. Measured with the demo model's work-in-progress weights (branch
-  demo-model; 200 steps at 64 px, 10 denoising steps, guidance 7.5, tiny-dino / tiny-clip): DINO robot 0.502
-  own vs 0.362 other (base 0.351), square 0.705 vs 0.427 (base 0.456); CLIP-I robot 0.435 vs 0.223 (base
-  0.403), square 0.572 vs 0.417 (base 0.248).
+  CLIP-I features to its own subject's training images than to the other's. Measured with the shipped weights
+  (200 steps at 64 px, 10 denoising steps, guidance 7.5, tiny-dino / tiny-clip): DINO robot 0.534 own vs 0.255
+  other, square 0.876 vs 0.420; CLIP-I robot 0.309 vs -0.019, square 0.832 vs 0.356 (own minus other: 0.28 to
+  0.48; asserted: 0.15). Learned, not the base's: the square's DINO rose from the base's 0.242 to 0.876; the
+  base already draws robots for "sks robot", which the random tiny-dino scores as close to the robot subject
+  as the tuned images (base 0.587, tuned 0.534), so for the robot the pixels are measured instead
+  (tests/demo_probe.py): its images lie nearer to its training pictures than the base's (0.025 against
+  0.037, 0.66x; asserted 0.8x). The test takes about 40 s on one core.
 - `tiny-sd1` (random weights; what main has until the demo model lands): sampling draws coloured noise and
   the UNet barely listens to its prompt, so generated images cannot show two subjects apart (tiny-dino and
   tiny-clip put both tokens' images on the same side). What it can show is the training objective on unseen
@@ -37,8 +40,7 @@ from tests.train_helpers import run_training
 
 PROMPTS = {"robot": ROBOT_PROMPT, "square": SQUARE_PROMPT}
 DEMO_MODEL = "demo-sd1"
-# Switch to DEMO_MODEL once the pre-trained demo model is on main (see the module's docstring).
-TWO_SUBJECT_MODEL = "tiny-sd1"
+TWO_SUBJECT_MODEL = DEMO_MODEL  # tiny-sd1: the objective-only measure (see the module's docstring)
 
 
 def latents(pipe, folder: Path, size: int, count: int = 3) -> list[torch.Tensor]:
@@ -99,8 +101,18 @@ def each_token_draws_its_own_subject(tmp_path: Path) -> None:
                             num_images=4, inference_steps=10, guidance=7.5, size=64)
     base, final = evaluate_run(run.path, settings=settings, engine=GenerationEngine(device="cpu")).scores
     before = {entry["name"]: entry["metrics"] for entry in base["subjects"]}
-    for entry in final["subjects"]:
-        scores, name = entry["metrics"], entry["name"]
+    after = {entry["name"]: entry["metrics"] for entry in final["subjects"]}
+    print({"before": before, "after": after})  # the margins, with pytest -s
+    for name, scores in after.items():
         for key in ("dino", "clip_i"):
-            assert scores[key] > scores[f"{key}_other"] + 0.05, (name, key, scores)  # its own subject's look
-        assert scores["dino"] > before[name]["dino"] + 0.1, (name, scores)            # learned, not the base's
+            assert scores[key] > scores[f"{key}_other"] + 0.15, (name, key, scores)  # its own subject's look
+    assert after["square"]["dino"] > before["square"]["dino"] + 0.3, (before, after)  # learned, not the base's
+    from tests import demo_probe
+
+    base_pipe, tuned = load_pipeline(TWO_SUBJECT_MODEL), load_pipeline(TWO_SUBJECT_MODEL)
+    tuned.load_lora_weights(run.output_dir)
+    robots = demo_probe.load_images(sorted((root / "robot").glob("*.png")))
+    near = {label: demo_probe.nearest_distance(demo_probe.generate(pipe, ROBOT_PROMPT, range(4)), robots)
+            for label, pipe in (("base", base_pipe), ("tuned", tuned))}
+    print(near)
+    assert near["tuned"] < 0.8 * near["base"], near

@@ -24,7 +24,9 @@ from tests.concept_helpers import ROBOT_PROMPT, SQUARE_PROMPT, kohya_two_subject
 
 
 def form_values(**changes) -> dict:
-    config = ops.config_from_values({**ops.DEMO_SETTINGS, "data": str(EXAMPLE_DATASET), **changes})
+    # The demo's settings without its class prompt (prior preservation): class prompts come from the datasets here.
+    demo = {**ops.DEMO_SETTINGS, "class_prompt": "", "with_prior_preservation": False}
+    config = ops.config_from_values({**demo, "data": str(EXAMPLE_DATASET), **changes})
     return ops.widget_values(config.to_dict())
 
 
@@ -98,7 +100,7 @@ def test_init_from_offers_this_apps_runs_and_takes_a_run_id(tmp_path):
     values = [value for _, value in choices]
     assert "robot-lora-1" in values and "robot-lora-1@step-10" in values  # ids: no server path in the page
     labels = dict((value, label) for label, value in choices)
-    assert labels["robot-lora-1"].startswith("robot-lora-1 · LoRA on tiny-sd1 · final")
+    assert labels["robot-lora-1"].startswith("robot-lora-1 · LoRA on demo-sd1 · final")  # the default model
     assert ops.run_reference(runs, "robot-lora-1") == str(run.path)
     assert ops.run_reference(runs, "robot-lora-1@step-10") == f"{run.path}@step-10"
     assert ops.run_reference(runs, "/elsewhere/file.safetensors") == "/elsewhere/file.safetensors"

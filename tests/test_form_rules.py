@@ -20,7 +20,9 @@ from sdtune_ui.methods import method_names
 
 def form_values(**changes) -> dict:
     """What the form holds: every field, as widgets show them."""
-    config = ops.config_from_values({**ops.DEMO_SETTINGS, "data": str(EXAMPLE_DATASET), **changes})
+    # The demo's settings without its class prompt (prior preservation): class prompts come from the datasets here.
+    demo = {**ops.DEMO_SETTINGS, "class_prompt": "", "with_prior_preservation": False}
+    config = ops.config_from_values({**demo, "data": str(EXAMPLE_DATASET), **changes})
     return ops.widget_values(config.to_dict())
 
 

@@ -1,5 +1,6 @@
-"""An installed wheel works on its own: `pip install .`, then from another folder the CLI trains on the
-packaged example dataset and the app's "Load the example" finds it (package data, not the repository)."""
+"""An installed wheel works on its own: `pip install .`, then from another folder the CLI trains the packaged
+demo model demo-sd1 on the packaged example dataset and the app's "Load the example" finds it (package data,
+not the repository)."""
 
 from __future__ import annotations
 
@@ -45,8 +46,13 @@ def test_pip_installed_package_trains_on_its_packaged_example_from_another_folde
     assert str(env_dir) in package_file and str(env_dir) in example   # not the repository's copy
     assert len(list((elsewhere / loaded).glob("*.png"))) >= 4            # "Load the example" copied the images
 
+    # The pre-trained demo model ships in the wheel (package data) and loads from there by its name.
+    where = "from sdtune_ui.models import resolve_model; print(resolve_model('demo-sd1'))"
+    probe = subprocess.run([python, "-c", where], capture_output=True, text=True, cwd=elsewhere, env=env, timeout=120)
+    demo = Path(probe.stdout.strip().splitlines()[-1])
+    assert str(env_dir) in str(demo) and (demo / "unet" / "diffusion_pytorch_model.safetensors").exists()
     result = subprocess.run(
-        [python, "-m", "sdtune_ui", "train", "--model", "tiny-sd1", "--data", example, "--steps", "2",
+        [python, "-m", "sdtune_ui", "train", "--model", "demo-sd1", "--data", example, "--steps", "2",
          "--checkpointing-steps", "0", "--validation-steps", "0", "--output", str(tmp_path / "run")],
         capture_output=True, text=True, cwd=elsewhere, env=env, timeout=300)
     assert result.returncode == 0, result.stdout[-1000:] + result.stderr[-2000:]

@@ -130,9 +130,9 @@ class SpeedLog:
             seen = list(self._seen.get(model, ()))
         if seen:
             return statistics.median(seen), True
-        from sdtune_ui.models import TINY_MODELS
+        from sdtune_ui.models import OFFLINE_MODELS
 
-        return ASSUMED_STEP_S["tiny" if model in TINY_MODELS else "gpu" if cuda else "cpu"], False
+        return ASSUMED_STEP_S["tiny" if model in OFFLINE_MODELS else "gpu" if cuda else "cpu"], False
 
 
 @dataclass(frozen=True)

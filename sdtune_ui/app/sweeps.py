@@ -149,9 +149,9 @@ class Speeds:
 
 
 def _kind(model: str, cuda: bool) -> str:
-    from sdtune_ui.models import TINY_MODELS
+    from sdtune_ui.models import OFFLINE_MODELS
 
-    return "tiny" if model in TINY_MODELS else "gpu" if cuda else "cpu"
+    return "tiny" if model in OFFLINE_MODELS else "gpu" if cuda else "cpu"
 
 
 def _similar_runs(runs_dir: Path, config: Any, limit: int = 40) -> list[RunDir]:

@@ -27,6 +27,7 @@ from sdtune_ui.generate.options import GenerationOptions
 from sdtune_ui.methods import adapters
 from sdtune_ui.methods.adapters.lora import normalise_keys as _normalise_lora  # noqa: F401 - tests use it
 from sdtune_ui.methods.outputs import CONTROLNET, EMBEDDING, LORA, LORA_FILE, PIPELINE
+from sdtune_ui.models.cpu_threads import offline_model_threads
 
 
 @dataclass
@@ -339,7 +340,7 @@ class GenerationEngine:
         controlnets = [a for a in artifacts if a.kind == CONTROLNET]
         if len(controlnets) > 1:
             raise SdtuneError("Pick at most one ControlNet.")
-        with self._lock:
+        with self._lock, offline_model_threads(model, self.device):
             started = time.perf_counter()
             base = self.prepare(model, [a for a in artifacts if a.kind != CONTROLNET], allow_pickle=allow_pickle,
                                 fuse=options.fuse_lora)

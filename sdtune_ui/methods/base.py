@@ -62,6 +62,9 @@ class Method(ABC):
     summary: ClassVar[str]                    # the model card's "A <summary> of <base model>"; {adapter}: its type
     traits: ClassVar[frozenset[str]]
     preset: ClassVar[dict[str, Any]] = {}     # recommended settings (from papers and diffusers' examples)
+    # Over the CPU demo's settings (app/ops.py DEMO_SETTINGS, a LoRA): what this method needs to visibly learn the
+    # example subject on the offline demo-sd1 in about a minute (tests/test_learning.py trains with them).
+    demo_preset: ClassVar[dict[str, Any]] = {}
     advice: ClassVar[StepAdvice]
     card_tags: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()   # artifact kinds written (methods/outputs.py)

@@ -30,6 +30,9 @@ class ControlNetTraining(Method):
     # The paper replaces half the prompts by empty ones, so the ControlNet learns to read the condition itself;
     # diffusers' example trains at 1e-5 with batch 4.
     preset: ClassVar[dict] = dict(learning_rate=1e-5, max_train_steps=5000, train_batch_size=4, caption_dropout=0.5)
+    # The CPU demo (not measured for learning): the UNet-copy learns at a full fine-tune's rate, no class images.
+    demo_preset: ClassVar[dict] = dict(learning_rate=5e-5, with_prior_preservation=False, train_text_encoder=False,
+                                       caption_dropout=0.5)
     advice = StepAdvice(100, 10**9, "A new ControlNet learns from thousands of picture + condition pairs; "
                         "fine-tuning an existing one from a few hundred", 0, 5000, 50000, 0.45)
     card_tags = ("controlnet",)

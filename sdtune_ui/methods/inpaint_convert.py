@@ -41,6 +41,8 @@ class InpaintConvert(FullFineTune):
     # thousands of pictures. Learning rate as for full fine-tuning; a quarter of the masks cover everything.
     preset: ClassVar[dict] = dict(learning_rate=1e-5, max_train_steps=5000, train_batch_size=4,
                                   gradient_checkpointing=True, use_ema=False, whole_mask_share=0.25)
+    # The CPU demo (not measured for learning): a full fine-tune's rate on demo-sd1, no class images.
+    demo_preset: ClassVar[dict] = dict(learning_rate=5e-5, with_prior_preservation=False, train_text_encoder=False)
     advice = StepAdvice(500, 10**9, "Converting to inpainting wants thousands of varied pictures (any captioned "
                         "photos: the masks are made up)", 0, 5000, 100000, 0.55)
     card_tags = ("inpainting", "fine-tuned")

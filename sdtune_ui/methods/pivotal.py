@@ -25,6 +25,10 @@ class PivotalTuning(TextualInversion):
     traits = frozenset({UNET_WEIGHTS, ADAPTER, TOKENS})
     preset: ClassVar[dict] = dict(learning_rate=1e-4, ti_learning_rate=5e-4, max_train_steps=1000, rank=16,
                                   lora_alpha=16, ema_decay=0.999)
+    # Over the LoRA demo; the token at 5e-3 (demo-sd1's embeddings are ~0.03 per element: 5e-2 overshoots).
+    demo_preset: ClassVar[dict] = dict(ti_learning_rate=5e-3, instance_prompt="a photo of <sks>",
+                                       placeholder_token="<sks>", initializer_token="robot",
+                                       validation_prompts=["a photo of <sks>"])
     advice = StepAdvice(4, 50, "Pivotal tuning works best with 5-30 images of the concept", 100, 800, 2000, 0.3)
     card_tags = ("lora", "textual_inversion", "pivotal-tuning", "template:sd-lora")
     outputs = (outputs.LORA, outputs.EMBEDDING)

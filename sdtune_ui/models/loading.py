@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from sdtune_ui.errors import ModelLoadError, UnreadableFile, is_unreadable_file_error
+from sdtune_ui.models.demo import DEMO_MODELS, demo_model_path
 from sdtune_ui.models.tiny import TINY_CONTROLNETS, TINY_MODELS, tiny_model_path
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
@@ -33,7 +34,10 @@ KNOWN_MODELS = {
 
 
 def resolve_model(name: str) -> str:
-    """Map a demo name (a tiny model or tiny ControlNet) to its cached folder; anything else is returned unchanged."""
+    """Map a demo name (the shipped demo model, a tiny model or tiny ControlNet) to its folder; anything else is
+    returned unchanged."""
+    if name in DEMO_MODELS:
+        return str(demo_model_path(name))
     if name in TINY_MODELS or name in TINY_CONTROLNETS:
         return str(tiny_model_path(name))
     return name
@@ -146,7 +150,7 @@ def load_pipeline(name: str, *, dtype: torch.dtype | dict[str, torch.dtype] = to
         raise ModelLoadError(
             f"Could not load the model {name!r}: {err}. Give a Hub id (e.g. stable-diffusion-v1-5/"
             "stable-diffusion-v1-5), a local diffusers folder, a .safetensors file, or a demo model "
-            f"({', '.join(TINY_MODELS)})."
+            f"({', '.join((*DEMO_MODELS, *TINY_MODELS))})."
         ) from err
     if hasattr(pipe, "safety_checker"):
         pipe.safety_checker = None
@@ -178,7 +182,8 @@ def unavailable_offline(name: str) -> str | None:
     from huggingface_hub import constants, try_to_load_from_cache
 
     name = (name or "").strip()
-    if not name or name in TINY_MODELS or Path(name).expanduser().exists() or not constants.HF_HUB_OFFLINE:
+    offline_demo = name in DEMO_MODELS or name in TINY_MODELS
+    if not name or offline_demo or Path(name).expanduser().exists() or not constants.HF_HUB_OFFLINE:
         return None
     if name.count("/") != 1 or name.startswith((".", "/", "~")):
         return None  # not a Hub id: loading says what is wrong with the path
@@ -186,4 +191,5 @@ def unavailable_offline(name: str) -> str | None:
         return None
     return (f"{name} is not downloaded yet, and the Hugging Face Hub is switched off here (HF_HUB_OFFLINE=1). "
             "It needs the network once: start without HF_HUB_OFFLINE to download it (it is cached for later), "
-            f"or give a local diffusers folder or .safetensors file, or a demo model ({', '.join(TINY_MODELS)}).")
+            "or give a local diffusers folder or .safetensors file, or a demo model "
+            f"({', '.join((*DEMO_MODELS, *TINY_MODELS))}).")

@@ -33,7 +33,7 @@ _WORDS = (
 _CHARS = string.ascii_lowercase + string.digits + "!\"#$%&'()*+,-./:;=?@[]_`{|}~<>"
 
 
-def _clip_tokenizer():
+def _clip_tokenizer(words: tuple[str, ...] | list[str] = tuple(_WORDS)):
     """A CLIP BPE tokenizer with a hand-written vocabulary: characters plus whole-word merges."""
     from transformers import CLIPTokenizer
 
@@ -43,7 +43,7 @@ def _clip_tokenizer():
     for ch in _CHARS:
         vocab.setdefault(ch + "</w>", len(vocab))
     merges: list[tuple[str, str]] = []
-    for word in _WORDS:
+    for word in words:
         symbols = list(word[:-1]) + [word[-1] + "</w>"]
         current = symbols[0]
         for symbol in symbols[1:]:
@@ -52,7 +52,22 @@ def _clip_tokenizer():
                 merges.append((current, symbol))
             vocab.setdefault(merged, len(vocab))
             current = merged
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    # Merges apply by rank, so one word's early merge (h+o from "house") can block another's (p+h of
+    # "photo"): join the pieces a word still falls into with later merges until every word is one token.
+    for _ in range(10):
+        broken = [pieces for pieces in (tokenizer.tokenize(word) for word in words) if len(pieces) > 1]
+        if not broken:
+            break
+        for pieces in broken:
+            current = pieces[0]
+            for piece in pieces[1:]:
+                if (current, piece) not in merges:
+                    merges.append((current, piece))
+                vocab.setdefault(current + piece, len(vocab))
+                current += piece
+        tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    return tokenizer
 
 
 def _text_encoder(vocab_size: int, hidden: int = 32, projection: bool = False, projection_dim: int = 32):

@@ -45,6 +45,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, events: EventLog | None =
     start_cuda_in_background()  # overlaps the CUDA start with the imports below (seconds each)
     from diffusers.training_utils import free_memory
 
+    from sdtune_ui.models.cpu_threads import offline_model_threads
     from sdtune_ui.train.resume import describe_changes, resume_changes
     from sdtune_ui.train.tensorboard import with_tensorboard
     from sdtune_ui.train.trainer import Trainer
@@ -65,7 +66,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, events: EventLog | None =
     trainer = None
     extra: dict[str, Any] = {}
     try:
-        with _interrupt_on_sigterm(run):
+        # offline_model_threads: one CPU thread for the built-in demo models (cpu_threads.py says why).
+        with _interrupt_on_sigterm(run), offline_model_threads(config.model):
             config = apply_dataset_info(config).validate()
             if main:
                 config.save(run.config_path)

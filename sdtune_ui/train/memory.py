@@ -252,9 +252,9 @@ def family_for_estimate(model: str) -> type[Family]:
 
 
 def is_demo_model(model: str) -> bool:
-    from sdtune_ui.models import TINY_MODELS
+    from sdtune_ui.models import OFFLINE_MODELS
 
-    return model in TINY_MODELS
+    return model in OFFLINE_MODELS
 
 
 # ---------------------------------------------------------------------------------------------- out of memory

@@ -348,8 +348,24 @@ def class_images_folder(config: TrainConfig, resolution: int, prompt: str | None
     prompt = config.class_prompt if prompt is None else prompt
     if config.class_data and prompt == config.class_prompt:
         return Path(config.class_data).expanduser()
-    key = hashlib.sha256(f"{config.model}|{prompt}|{resolution}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{model_version(config.model)}|{prompt}|{resolution}".encode()).hexdigest()[:16]
     return cache_dir("class_images") / key
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+
+
+def model_version(model: str) -> str:
+    """The model's name, and for a local folder or file (the shipped demo-sd1 too) the size and time of each
+    weight file: class images a re-trained or replaced local model drew are not reused for the new one (a
+    re-trained demo-sd1 kept training its class prompt toward the old model's robots)."""
+    path = Path(resolve_model(model)).expanduser()
+    if not path.exists():
+        return model
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.name.endswith(_WEIGHT_SUFFIXES))
+    stamps = [f"{p.relative_to(path) if p != path else p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+              for p in files]
+    return "|".join([model, *stamps])
 
 
 def ensure_class_images(pipe: Any, config: TrainConfig, folder: Path, resolution: int, accelerator: Any,

@@ -17,7 +17,7 @@ import gradio as gr
 
 from sdtune_ui.config import TrainConfig, field_info, setting_applies
 from sdtune_ui.methods import method_named
-from sdtune_ui.models import KNOWN_MODELS, TINY_MODELS
+from sdtune_ui.models import DEMO_MODELS, KNOWN_MODELS, TINY_MODELS
 from sdtune_ui.ui.common import humanize
 
 MIN_WIDTH = 300  # px: three settings per line on a laptop screen, one on a phone
@@ -58,8 +58,9 @@ class Form:
 
 
 def model_choices() -> list[tuple[str, str]]:
-    tiny = [(f"{name} (offline demo model)", name) for name in TINY_MODELS]
-    return tiny + [(f"{label}: {name}", name) for name, label in KNOWN_MODELS.items()]
+    demo = [(f"{name} (offline demo model: draws toy robots, cats, houses...)", name) for name in DEMO_MODELS]
+    tiny = [(f"{name} (offline, random weights: draws noise)", name) for name in TINY_MODELS]
+    return demo + tiny + [(f"{label}: {name}", name) for name, label in KNOWN_MODELS.items()]
 
 
 def _widget(f: dataclasses.Field, value: Any, *, visible: bool, datasets: list[tuple[str, str]],

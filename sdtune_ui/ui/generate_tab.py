@@ -31,7 +31,7 @@ from sdtune_ui.generate.artifacts import (
 from sdtune_ui.generate.engine import default_engine
 from sdtune_ui.generate.options import GenerationOptions, option_fields
 from sdtune_ui.methods.outputs import CONTROLNET, LORA
-from sdtune_ui.models import KNOWN_MODELS, TINY_MODELS
+from sdtune_ui.models import KNOWN_MODELS, OFFLINE_MODELS
 from sdtune_ui.runs import RunDir
 from sdtune_ui.ui import generate_grid, generate_share
 from sdtune_ui.ui.common import errors_for, keep_on_failure, wait_in_queue, workspace_of
@@ -96,7 +96,7 @@ class Guard:
         model = (model or "").strip()
         if not model:
             raise SdtuneError("Choose a base model.")
-        if not self.allow_local and model not in TINY_MODELS and Path(model).expanduser().exists():
+        if not self.allow_local and model not in OFFLINE_MODELS and Path(model).expanduser().exists():
             raise SdtuneError("This app is public: use a Hub model id, not a path on the server.")
         return model
 
@@ -251,7 +251,7 @@ def build(ctx: Any, options: Any = None) -> GenerateTab:
     user_errors = errors_for(ctx)
     allow_local = bool(getattr(options, "allow_local_paths", not getattr(ctx, "is_space", False)))
     guard = Guard(ctx, allow_local, public=bool(getattr(options, "public", not allow_local)))
-    models = list(TINY_MODELS) + list(KNOWN_MODELS)
+    models = list(OFFLINE_MODELS) + list(KNOWN_MODELS)
 
     with gr.Row():
         # Custom values allowed: API callers name runs directly; the guard checks every value against runs_dir.
@@ -263,7 +263,7 @@ def build(ctx: Any, options: Any = None) -> GenerateTab:
         refresh = gr.Button("Refresh", size="sm", scale=0, min_width=100, elem_id="gen-refresh")
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
-            base_model = gr.Dropdown(models, value="tiny-sd1", allow_custom_value=True, label="Base model",
+            base_model = gr.Dropdown(models, value=OFFLINE_MODELS[0], allow_custom_value=True, label="Base model",
                                      info="A run picks its own base model; any Hub id works.", elem_id="gen-model")
             lora_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="LoRA scale (0 = base model)",
                                    visible=False, elem_id="gen-lora-scale")

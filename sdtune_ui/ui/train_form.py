@@ -142,15 +142,15 @@ def wire(ctx: Any, options: Any, form: Form, *, notes: gr.Markdown, validation: 
         current = form.values(args)
         workspace = workspace_of(ctx, request)
         example = app_ops.load_example(workspace.datasets_dir)
-        values = {**current, **app_ops.widget_values({**app_ops.DEMO_SETTINGS, **preset_values(vram="CPU")}),
-                  "data": example.name}
+        demo = app_ops.demo_settings(str(current.get("method") or ""))  # the chosen method's demo, else LoRA's
+        values = {**current, **app_ops.widget_values({**preset_values(vram="CPU"), **demo}), "data": example.name}
         hints = dataset_hints(str(example))
         settled = settle(values, hints, previous_method=previous, filled=done, refill=True)
         method = settled.values["method"]
         updates = form.updates(changed(settled.values, current), method, settled.values.get("adapter"))
         updates[form.names.index("data")] = gr.update(choices=workspace.dataset_names(), value=example.name)
-        gr.Info(f"CPU demo settings: tiny-sd1, {escape_html(_label(method))}, the example dataset "
-                f"{escape_html(example.name)}.")
+        gr.Info(f"CPU demo settings: {app_ops.DEMO_SETTINGS['model']}, {escape_html(_label(method))}, the example "
+                f"dataset {escape_html(example.name)}.")
         return [*updates, "CPU", method, settled.filled, notes_for(settled.notes, settled.values, hints)]
 
     def copy_of(config: TrainConfig, workspace: Any) -> list[Any]:

@@ -43,11 +43,17 @@ class TrainTab:
 
 
 def default_config(cpu: bool, vram: str, data: str = "") -> TrainConfig:
-    """What the form shows first: on a CPU the one-minute demo, on a GPU SD 1.5 with the LoRA preset for its
-    memory (the tiny demo models stay one click away in the model list); `data` the dataset to train on."""
-    values = dict(app_ops.DEMO_SETTINGS) if cpu else {"model": next(iter(KNOWN_MODELS)),
-                                                       **preset_values(DEFAULT_METHOD)}
-    values.update(preset_values(vram=vram))
+    """What the form shows first: on a CPU, or with the Hub off and SD 1.5 never downloaded, the README's offline
+    demo on demo-sd1; on a GPU SD 1.5 with the LoRA preset for its memory (the offline models stay one click
+    away in the model list); `data` the dataset to train on."""
+    from sdtune_ui.models.loading import unavailable_offline
+
+    real_model = next(iter(KNOWN_MODELS))
+    if cpu or unavailable_offline(real_model):  # the demo's own settings (batch size 4) win over the preset's
+        values = {**preset_values(vram=vram), **app_ops.DEMO_SETTINGS}
+    else:
+        values = {"model": real_model, **preset_values(DEFAULT_METHOD)}
+        values.update(preset_values(vram=vram))
     values["data"] = data
     return app_ops.config_from_values(values)
 
@@ -88,7 +94,7 @@ def build(ctx: Any, options: Any) -> TrainTab:
                            info="Precision, batch size and memory savers for your GPU (detected by default).")
         use_method_presets = gr.Checkbox(True, label="Apply the method's recommended settings when switching method "
                                          "or adapter type", elem_id="use-method-presets")
-        demo = gr.Button("Quick CPU demo settings (tiny-sd1, example dataset, ~1 min)", size="sm",
+        demo = gr.Button("Quick CPU demo settings (demo-sd1, example dataset, ~1 min)", size="sm",
                          elem_id="demo-settings")
     form = build_form(defaults, datasets=dataset_choices(shared) if shared else [],
                       allow_local_paths=options.allow_local_paths,

@@ -1,0 +1,19 @@
+"""The pre-trained offline demo model, shipped as package data: a tiny SD1 pipeline that really draws.
+
+`demo-sd1` was trained by scripts/pretrain_demo_model.py on the captioned toy scenes of `scenes.py`
+(robots, cats, houses, cars and trees in eleven colours on five backgrounds, 64x64 pixels). Unlike the
+random `tiny-*` models it draws what the prompt says, so a fine-tune visibly learns a subject.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEMO_MODELS: dict[str, Path] = {"demo-sd1": Path(__file__).resolve().parent / "demo-sd1"}
+
+
+def demo_model_path(name: str) -> Path:
+    """The shipped diffusers folder of a demo model."""
+    if name not in DEMO_MODELS:
+        raise ValueError(f"unknown demo model {name!r}; choose one of {', '.join(DEMO_MODELS)}")
+    return DEMO_MODELS[name]
