@@ -90,7 +90,7 @@ def test_each_image_trains_on_its_caption_or_its_concepts_prompt(tmp_path):
         by_concept.setdefault(example.concept, set()).add(example.caption)
     # robot's own captions; square has neither caption nor concept prompt: the run's prompt is its fallback
     assert by_concept["robot"] == {f"{ROBOT_PROMPT} {place}" for place in
-                                   ("on a beach", "in a forest", "in a city", "on a table")}
+                                   ("on a beach", "in a forest", "in a city", "on a table", "in the snow")}
     assert by_concept["square"] == {"a photo of something"}
     assert "own caption" in note and "fallback" in note
 
