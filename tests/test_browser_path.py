@@ -153,12 +153,13 @@ def test_first_user_path(tmp_path):
         wait_text(page, "#form-validation", "Ready to start", "Textual inversion", "demo-sd1", "toy_robot")
         assert page.locator("#cfg-data input").input_value() == "toy_robot"
 
-        # A short, named textual-inversion run with checkpoints; a generation queued behind it.
+        # A named textual-inversion run with checkpoints; a generation queued behind it. 400 steps: on demo-sd1 40
+        # steps end in seconds, before the generation can be seen waiting behind them.
         pick_method(page, "Textual inversion")
-        for field, value in (("max_train_steps", "40"), ("checkpointing_steps", "10"), ("validation_steps", "20")):
+        for field, value in (("max_train_steps", "400"), ("checkpointing_steps", "100"), ("validation_steps", "200")):
             fill(page, field, value)
         fill(page, "run_name", "sks-token", "#run-name")
-        wait_text(page, "#form-validation", "Ready to start", "40 steps")
+        wait_text(page, "#form-validation", "Ready to start", "400 steps")
         page.screenshot(path=str(ARTIFACTS / "path-train-form.png"), full_page=True)
         page.locator("#start-training").click()
         run_id = wait_text(page, "#live-status", "sks-token")
@@ -169,7 +170,7 @@ def test_first_user_path(tmp_path):
         page.locator("#gen-prompt textarea").fill("a photo of a robot")
         page.locator("#gen-steps input[type=number]").fill("2")
         page.locator("#gen-generate").click()
-        queue = wait_match(page, "#queue-table", r"training sks-token[^]*step [1-9]\d* of 40[^]*Generating[^]*"
+        queue = wait_match(page, "#queue-table", r"training sks-token[^]*step [1-9]\d* of 400[^]*Generating[^]*"
                            r"waiting \(1 ahead\)", timeout=LONG)
         assert "you" in queue
         page.evaluate("window.scrollTo(0, 0)")
@@ -232,7 +233,7 @@ def test_first_user_path(tmp_path):
         wait_text(page, "#live-status", run_id)
         page.get_by_text("Settings of this run (read-only)").click()
         settings = wait_text(page, "#run-settings", "textual_inversion")
-        assert "40" in settings
+        assert "400" in settings
         page.screenshot(path=str(ARTIFACTS / "path-train-attached.png"), full_page=True)
         page.get_by_role("tab", name="Dataset").click()
         page.locator("#dataset-gallery img").first.wait_for()
