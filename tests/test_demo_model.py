@@ -11,21 +11,12 @@ import time
 
 import numpy as np
 import pytest
-import torch
+from generate_helpers import one_torch_thread  # noqa: F401 - autouse fixture (one torch thread)
 
 from sdtune_ui.models import DEMO_MODELS, OFFLINE_MODELS, load_pipeline, resolve_model
 from tests import demo_probe
 
 SEEDS = range(4)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """A 2 MB model gains nothing from intra-op threads; on a busy 2-core machine they make it far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
