@@ -297,6 +297,7 @@ def measure_row(row: str, args: argparse.Namespace, env: dict, peers: dict) -> d
         peers[key]["log_tail"] = log[-1500:] if peers[key]["returncode"] != 0 else None
         remaining = args.deadline - time.time() if args.deadline else 1e9
     suffix = "-small" if "small" in flags else "-again" if again else ""
+    suffix += "".join("-" + re.sub(r"\W+", "", flag) for flag in args.ours_extra.split())  # its own output folder
     out = work / f"ours-{name}{suffix}"
     extra = args.ours_extra.split() + (smallest_memory_flags() if "small" in flags else [])
     ours = run_process(our_command(model, method, steps, weights, images, out, extra), out,
@@ -351,6 +352,8 @@ def main() -> None:
     for row in args.rows:
         started = time.time()
         result = measure_row(row, args, env, peers)
+        if args.ours_extra:
+            result["ours_extra"] = args.ours_extra
         result.update(device=device, torch=torch.__version__, seconds=round(time.time() - started, 1))
         line = json.dumps(result)
         if args.out == "-":

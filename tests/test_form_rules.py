@@ -4,6 +4,7 @@ kept; bucketing follows the images' shapes; the validation the form shows is the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -125,3 +126,15 @@ def test_the_shown_validation_is_what_start_applies(tmp_path, monkeypatch):
                            form_values(model="someone/never-downloaded"), public=False)
     assert not list(tmp_path.iterdir())  # no run folder for a model that cannot load
     assert TrainConfig().initializer_token == "dog"  # the default the form replaces with the dataset's class
+
+
+def test_a_runs_settings_table_starts_with_what_it_trains_on_what_and_for_how_long(tmp_path):
+    from sdtune_ui.ui.train_form import settings_rows
+
+    config = {**dataclasses.asdict(TrainConfig()), "model": "demo-sd1", "method": "textual_inversion",
+              "data": "datasets/toy", "validation_steps": 200, "max_train_steps": 400, "learning_rate": 5e-4}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    rows = settings_rows(tmp_path)
+    assert [name for name, _ in rows[:5]] == ["model", "method", "data", "max_train_steps", "learning_rate"]
+    assert ["max_train_steps", "400"] in rows and ["validation_steps", "200"] in rows
+    assert "seed" not in dict(rows)  # at its default: not repeated

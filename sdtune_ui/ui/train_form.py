@@ -28,13 +28,14 @@ USER_CHOSE = "user"        # `filled` marker: the values came from the user (a l
 
 
 def settings_rows(run_path: Path, shown: Callable[[str], str] = str) -> list[list[str]]:
-    """A run's settings for people: what it trains and on what, then everything not at its default (`shown`:
-    the texts as the viewer may see them, e.g. the dataset's folder relative to the workspace)."""
+    """A run's settings for people: what it trains, on what, how long and how fast, then everything not at its
+    default (`shown`: the texts as the viewer may see them, e.g. the dataset's folder relative to the workspace).
+    The first rows are the ones a long table would scroll out of sight."""
     config = RunDir(run_path).config()
     if not config:
         return []
     defaults = dataclasses.asdict(TrainConfig())
-    first = ("model", "method", "data")
+    first = ("model", "method", "data", "max_train_steps", "learning_rate")
     rows = [[name, shown(_shown(config.get(name)))] for name in first if name in config]
     for name, value in config.items():
         if name in first or name not in defaults or value == defaults[name]:
