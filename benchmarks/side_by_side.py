@@ -5,7 +5,8 @@
     python benchmarks/side_by_side.py --peer-scripts DIR ... sd35m:lora:100 flux:lora:100 flux:lora:100:small
     python benchmarks/side_by_side.py --peer-scripts DIR ... sd15:controlnet:100 sd15-inpaint:lora:200:ours
 
-Each row is MODEL:METHOD:STEPS (":again" = only our second run of a row measured before: warm caches; ":small" =
+Each row is MODEL:METHOD:STEPS (":again" = only our second run of a row measured before: warm caches; ":ckpt" = both
+trainers with gradient checkpointing (Flux at 1024 px crashes without it on torch 2.11, kernel_check.py); ":small" =
 only ours, with the memory savers of the smallest configuration: gradient checkpointing, Adafactor, and an NF4 base
 where bitsandbytes is installed; ":ours" = our run only, no peer). Models: sd15, sdxl, sd35m (SD3.5 Medium), flux
 (Flux.1-dev), all at batch 1; sd15-inpaint is SD1.5 with a 9-channel UNet (the inpainting LoRA's base). Method
@@ -46,7 +47,7 @@ PROMPT = "a photo of sks dog"
 ESTIMATE = {("sd15", "lora"): (32, 0.24, 25, 0.05), ("sd15", "ti"): (32, 0.19, 25, 0.06),
             ("sd15", "dreambooth"): (40, 0.22, 35, 0.08), ("sdxl", "lora"): (83, 0.38, 45, 0.15),
             # not measured yet: guesses from the sizes (loading ~34 GB of bf16 weights for Flux)
-            ("sd35m", "lora"): (120, 0.5, 90, 0.5), ("flux", "lora"): (240, 1.2, 180, 1.2),
+            ("sd35m", "lora"): (70, 0.35, 50, 0.3), ("flux", "lora"): (120, 0.9, 90, 0.7),
             ("sd15-inpaint", "lora"): (32, 0.24, 25, 0.05), ("sd15", "controlnet"): (35, 0.35, 28, 0.1)}
 
 
@@ -239,10 +240,13 @@ def our_details(run: Path) -> dict:
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines() if line.strip()]
     steps = [e for e in events if e["kind"] == "step"]
     phases = {e["phase"]: e["seconds"] for e in events if e["kind"] == "log" and "phase" in e}
+    phase_peaks = {e["phase"]: e["peak_gib"] for e in events if e["kind"] == "log" and "peak_gib" in e}
     first = events[0]["t"] if events else None
     running = next((e["t"] for e in events if e["kind"] == "status" and e.get("status") == "running"), None)
     last_step = steps[-1]["t"] if steps else None
     return {"steady_it_s": steps[-1]["it_s"] if steps else None, "phases_s": phases, "first_event_t": first,
+            "allocated_peak_gib_by_phase_end": phase_peaks,
+            "allocated_peak_gib": max((e.get("gpu_mem_gib") or 0 for e in steps), default=None),
             "events_first_to_running_s": round(running - first, 2) if running and first else None,
             "running_to_last_step_s": round(last_step - running, 2) if last_step and running else None,
             "logs": [e["message"] for e in events if e["kind"] == "log"][-12:],
@@ -288,10 +292,15 @@ def measure_row(row: str, args: argparse.Namespace, env: dict, peers: dict) -> d
     if need > remaining:
         return {**result, "skipped": f"needs ~{need:.0f} s, {remaining:.0f} s left before the deadline"}
     name = f"{model}-{method}-{steps}"
+    checkpointing = "ckpt" in flags   # both trainers with gradient checkpointing
+    if checkpointing:
+        name, key, result["gradient_checkpointing"] = f"{name}-ckpt", (*key, "ckpt"), True
     if not again and not ours_only:
         out = work / f"peer-{name}"
-        peers[key] = run_process(peer_command(Path(args.peer_scripts), model, method, steps, weights, images, out),
-                                 out, work / f"peer-{name}.log", remaining, env)
+        command = peer_command(Path(args.peer_scripts), model, method, steps, weights, images, out)
+        peer_env = {**env, "PYTHONPATH": args.peer_pythonpath} if args.peer_pythonpath else env
+        peers[key] = run_process(command + (["--gradient_checkpointing"] if checkpointing else []),
+                                 out, work / f"peer-{name}.log", remaining, peer_env)
         log = (work / f"peer-{name}.log").read_text(errors="replace")
         peers[key]["steady_it_s"] = peer_steady_rate(log, steps)
         peers[key]["log_tail"] = log[-1500:] if peers[key]["returncode"] != 0 else None
@@ -300,6 +309,7 @@ def measure_row(row: str, args: argparse.Namespace, env: dict, peers: dict) -> d
     suffix += "".join("-" + re.sub(r"\W+", "", flag) for flag in args.ours_extra.split())  # its own output folder
     out = work / f"ours-{name}{suffix}"
     extra = args.ours_extra.split() + (smallest_memory_flags() if "small" in flags else [])
+    extra += ["--gradient-checkpointing"] if checkpointing and "--gradient-checkpointing" not in extra else []
     ours = run_process(our_command(model, method, steps, weights, images, out, extra), out,
                        work / f"ours-{name}{suffix}.log", remaining, env)
     if (out / "events.jsonl").exists():
@@ -326,6 +336,8 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=0, help="Epoch seconds: rows that cannot finish by "
                         "then are written as skipped.")
     parser.add_argument("--ours-only", action="store_true", help="Measure our runs only (no peer).")
+    parser.add_argument("--peer-pythonpath", default="", help="PYTHONPATH for the peer's process only, e.g. a "
+                        "sitecustomize.py that gives it the environment fix our trainer makes itself.")
     parser.add_argument("--ours-extra", default="", help="Extra flags for our CLI, e.g. '--cuda-graph off'.")
     parser.add_argument("--weights", default="", help="Use this diffusers folder instead of random full-size "
                         "weights (a CPU smoke test of the commands with a tiny model).")

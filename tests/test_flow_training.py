@@ -95,3 +95,34 @@ def test_resumed_run_equals_an_uninterrupted_one(model, toy_dataset, tmp_path):
     assert a.keys() == b.keys() and all(k.startswith("transformer.") for k in a)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("model", FLOW_MODELS)
+def test_text_encoders_take_turns_on_the_gpu_while_the_prompts_are_cached(model, toy_dataset, tmp_path, monkeypatch):
+    # The set-up's peak is then T5-XXL alone (8.9 GiB), not every encoder together: each comes to the device once for
+    # a batch of prompts, and a batch encodes each prompt exactly as encoding it alone would.
+    import sdtune_ui.train.caches as caches
+
+    arrivals: list[str] = []
+    move = caches.move_to_device
+    monkeypatch.setattr(caches, "move_to_device",
+                        lambda module, *args: (arrivals.append(type(module).__name__), move(module, *args))[1])
+    compared: list[float] = []
+    encode_all = Trainer._encode_all_prompts
+
+    def encode_and_compare(self):
+        cache = encode_all(self)
+        family, parts = self.parts.family, self.parts
+        for prompt, (hidden, pooled) in cache.items():
+            alone, alone_pooled = family.encode(parts.text_encoders, family.tokenize(parts.tokenizers, [prompt]))
+            compared.append(float((alone[0].to(hidden.dtype) - hidden).abs().max()))
+            compared.append(float((alone_pooled[0].to(pooled.dtype) - pooled).abs().max()))
+        return cache
+
+    monkeypatch.setattr(Trainer, "_encode_all_prompts", encode_and_compare)
+    run_training(config(model, toy_dataset, method="lora", instance_prompt=INSTANCE_PROMPT,
+                        validation_prompts=[INSTANCE_PROMPT, "a robot"]), tmp_path / "run")
+    encoders = ["CLIPTextModelWithProjection"] * 2 + ["T5EncoderModel"] if model == "tiny-sd3" else [
+        "CLIPTextModel", "T5EncoderModel"]
+    assert arrivals == encoders   # one visit each: four prompts are one batch
+    assert compared and max(compared) < 1e-5

@@ -39,20 +39,20 @@ class Flux(FlowMatchingFamily):
     license = "other"
     license_name = "flux-1-dev-non-commercial-license"
     license_link = "https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md"
-    # Flux.1-dev's sizes (CLIP-L without projection, T5-XXL), counted on the meta device; activations not measured.
+    # Flux.1-dev's sizes (CLIP-L without projection, T5-XXL), counted on the meta device. Activations: an H200 LoRA r4
+    # run at 1024 px peaked at 46.5 GiB allocated in its steps, 24.2 above the bf16 transformer
+    # (benchmarks/results/h200-issue15-call3.jsonl).
     memory = MemoryProfile(
         unet_params=11_901_408_320, text_encoder_params=(123_060_480, 4_762_310_656), vae_params=VAE_PARAMS,
         lora_params_per_rank={"attention": 1_634_304, "attention_ff": 3_385_344, "all": 5_372_992},
         text_encoder_lora_params_per_rank=73_728, token_embedding_params=(37_945_344,),
-        activation_gib_per_megapixel=None)
-    # Estimated (activations borrowed from SD1.x, not yet measured): Flux.1 LoRA rank 16 at 1024 px needs ~26 GiB in
-    # bf16 even with gradient checkpointing, ~14 with an int8 base, ~8 with NF4 (7.4 at 512 px with 8-bit AdamW).
+        activation_gib_per_megapixel=23.1)
+    trains_with_cudnn_attention = False   # its joint attention crashes cuDNN's kernel in backward (base.py)
+    # Measured (issue 15): with an NF4 transformer and gradient checkpointing the run peaked at 15.9 GiB allocated
+    # (17.1 GB on the whole GPU), in the set-up, while T5-XXL cached the prompts beside the quantised transformer,
+    # which loads onto the GPU. A bf16 base with checkpointing needs ~26 GiB. So one preset: 24 GB, NF4.
     memory_presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "8 GB": dict(mixed_precision="bf16", gradient_checkpointing=True, train_batch_size=1, optimizer="adamw8bit",
-                     quantize_base="nf4", resolution=512),
-        "12 GB": dict(mixed_precision="bf16", gradient_checkpointing=True, train_batch_size=1, quantize_base="nf4"),
-        "16 GB": dict(mixed_precision="bf16", gradient_checkpointing=True, train_batch_size=1, quantize_base="nf4"),
-        "24 GB+": dict(mixed_precision="bf16", gradient_checkpointing=True, train_batch_size=1, quantize_base="int8"),
+        "24 GB+": dict(mixed_precision="bf16", gradient_checkpointing=True, train_batch_size=1, quantize_base="nf4"),
     }
 
     def __init__(self, prediction_type: str = "flow_matching", native_resolution: int = 1024):

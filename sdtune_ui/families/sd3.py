@@ -20,17 +20,20 @@ TEXT_ENCODER_PARAMS = (123_650_304, 694_659_840, 4_762_310_656)   # CLIP-L, CLIP
 VAE_PARAMS = 83_819_683                                             # 16 latent channels, no quant convs
 
 
-def _profile(transformer: int, attention: int, attention_ff: int, every: int) -> MemoryProfile:
+def _profile(transformer: int, attention: int, attention_ff: int, every: int,
+             activations: float | None) -> MemoryProfile:
     return MemoryProfile(
         unet_params=transformer, text_encoder_params=TEXT_ENCODER_PARAMS, vae_params=VAE_PARAMS,
         lora_params_per_rank={"attention": attention, "attention_ff": attention_ff, "all": every},
         text_encoder_lora_params_per_rank=73_728 + 327_680, token_embedding_params=(37_945_344, 63_242_240),
-        activation_gib_per_megapixel=None)
+        activation_gib_per_megapixel=activations)
 
 
-# Counted on the meta device from the released configs (benchmarks/fit_memory.py way); activations not measured.
-SD35_MEDIUM = _profile(2_243_171_520, 746_496, 1_468_416, 2_038_272)
-SD35_LARGE = _profile(8_056_627_520, 1_473_792, 3_297_792, 4_581_888)
+# Counted on the meta device from the released configs (benchmarks/fit_memory.py way). Medium's activations: an H200
+# LoRA r4 run at 1024 px peaked at 13.56 GiB allocated in its steps (benchmarks/results/h200-issue15-call3.jsonl),
+# 9.30 GiB above the bf16 transformer; Large's are not measured.
+SD35_MEDIUM = _profile(2_243_171_520, 746_496, 1_468_416, 2_038_272, activations=8.87)
+SD35_LARGE = _profile(8_056_627_520, 1_473_792, 3_297_792, 4_581_888, activations=None)
 
 
 @register
@@ -56,14 +59,14 @@ class SD3(FlowMatchingFamily):
     license_name = "stabilityai-ai-community"
     license_link = "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium/blob/main/LICENSE.md"
     memory = SD35_MEDIUM
-    # Estimated (activations borrowed from SD1.x, not yet measured): SD3.5 Medium LoRA rank 16 at 1024 px needs
-    # ~10 GiB with GPU overheads, ~6 with gradient checkpointing, ~2.6 with an NF4 base as well.
+    # Measured on an H200 (issue 15, results/h200-issue15-*.jsonl), SD3.5 Medium LoRA at 1024 px, allocated peaks:
+    # 13.6 GiB in the steps without gradient checkpointing; the set-up's, while T5-XXL caches the prompts (8.9 GiB in
+    # bf16, the other encoders off the GPU meanwhile), 9.4 GiB, or 11.0 with an NF4 transformer already loaded, which
+    # is why no preset here quantises: below 12 GB T5-XXL does not fit, so no 8 GB preset.
     memory_presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "8 GB": dict(mixed_precision="bf16", gradient_checkpointing=True, train_batch_size=1, optimizer="adamw8bit",
-                     quantize_base="nf4"),
         "12 GB": dict(mixed_precision="bf16", gradient_checkpointing=True, train_batch_size=1),
         "16 GB": dict(mixed_precision="bf16", gradient_checkpointing=False, train_batch_size=1),
-        "24 GB+": dict(mixed_precision="bf16", gradient_checkpointing=False, train_batch_size=2),
+        "24 GB+": dict(mixed_precision="bf16", gradient_checkpointing=False, train_batch_size=1),
     }
 
     def __init__(self, prediction_type: str = "flow_matching", native_resolution: int = 1024):

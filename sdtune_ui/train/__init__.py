@@ -65,6 +65,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, events: EventLog | None =
     events = events or (run.events() if main else None)
     trainer = None
     extra: dict[str, Any] = {}
+    cudnn_attention = torch.backends.cuda.cudnn_sdp_enabled()  # a family may turn it off for its run (trainer.py)
     try:
         # offline_model_threads: one CPU thread for the built-in demo models (cpu_threads.py says why).
         with _interrupt_on_sigterm(run), offline_model_threads(config.model):
@@ -105,6 +106,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, events: EventLog | None =
             log.exception("training crashed")
     finally:
         del trainer
+        torch.backends.cuda.enable_cudnn_sdp(cudnn_attention)
         free_memory()  # give cached GPU memory back so the next run (or generation) can start
     try:
         if events is not None:

@@ -4,7 +4,14 @@ SD3, Flux). A mixin of Trainer (it reads the trainer's parts and data)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
+
+from sdtune_ui.train.setup import move_to_device
+
+PROMPTS_PER_BATCH = 16  # prompts encoded together when the encoders take turns (T5-XXL's activations stay small)
 
 
 class Caches:
@@ -28,15 +35,50 @@ class Caches:
             prompts.update(self.method.expand_prompt(p) for p in self.config.validation_prompts)
         return prompts
 
+    @property
+    def encoders_take_turns(self) -> bool:
+        """The families whose text encoders are freed once the prompts are cached (T5-XXL: SD3, Flux) bring them to
+        the GPU one at a time, so the set-up's peak is the largest encoder, not all of them together."""
+        cfg = self.config
+        return bool(cfg.cache_text_embeddings and cfg.offload_frozen_encoders and not self.method.trains_text_encoders()
+                    and self.parts.family.frees_cached_text_encoders)
+
+    @contextlib.contextmanager
+    def _one_encoder_on_the_gpu(self) -> Iterator[None]:
+        """Each encoder comes to the GPU when it is called and sends the one before it back to CPU memory."""
+        resident: list[torch.nn.Module] = []
+
+        def arrive(module: torch.nn.Module, args: tuple) -> None:
+            if resident and resident[0] is not module:
+                resident.pop().to("cpu")
+            if not resident:
+                move_to_device(module, self.accelerator.device, self.weight_dtype)
+                resident.append(module)
+
+        handles = [encoder.register_forward_pre_hook(arrive) for encoder in self.parts.text_encoders]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
     @torch.no_grad()
     def _encode_all_prompts(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
         family, parts = self.parts.family, self.parts
+        prompts = sorted(self._all_prompts())
+        # Taking turns, the prompts go in batches, so each encoder visits the GPU once per batch, not per prompt
+        # (padded to the encoders' fixed lengths, a prompt encodes the same alone or in a batch).
+        size = PROMPTS_PER_BATCH if self.encoders_take_turns else 1
+        turns = self._one_encoder_on_the_gpu() if self.encoders_take_turns else contextlib.nullcontext()
         cache = {}
-        for prompt in sorted(self._all_prompts()):
-            ids = [ids.to(self.accelerator.device) for ids in family.tokenize(parts.tokenizers, [prompt])]
-            hidden, pooled = family.encode(parts.text_encoders, ids)
-            pooled = None if pooled is None else pooled[0].to(self.weight_dtype)
-            cache[prompt] = (hidden[0].to(self.weight_dtype), pooled)
+        with turns:
+            for start in range(0, len(prompts), size):
+                batch = prompts[start:start + size]
+                ids = [ids.to(self.accelerator.device) for ids in family.tokenize(parts.tokenizers, batch)]
+                hidden, pooled = family.encode(parts.text_encoders, ids)
+                for i, prompt in enumerate(batch):
+                    cache[prompt] = (hidden[i].to(self.weight_dtype),
+                                     None if pooled is None else pooled[i].to(self.weight_dtype))
         return cache
 
     def _park_cached_encoders(self) -> list[torch.nn.Module]:

@@ -9,6 +9,7 @@ benchmarks/results/*.jsonl; the fit and its table: benchmarks/fit_memory.py, doc
          + images per GPU x megapixels x the family's activation GiB per megapixel (eager LoRA step)
            x full fine-tuning factor x (gradient checkpointing or compiled-UNet factor)
          + a small constant
+    or, when larger, the set-up's peak while the text encoders cache the prompts (caching_peak_gib).
 
 It estimates torch's *allocated* peak (`torch.cuda.max_memory_allocated`); the GPU also holds the CUDA
 context and the allocator's slack, so `fits()` keeps a margin. Model sizes are those of each family's
@@ -40,6 +41,7 @@ CONTROLNET_ACTIVATION = 1.5
 CHECKPOINTING_ACTIVATION = 0.133     # gradient checkpointing keeps only block inputs
 COMPILED_ACTIVATION = {"whole": 0.64, "blocks": 0.82}  # torch.compile fuses intermediates away (no checkpointing)
 CONSTANT_GIB = 0.04
+CACHING_ACTIVATION_GIB = 0.6   # T5-XXL encoding the prompts: 0.3 (256 tokens, SD3) to 0.6 GiB (512, Flux) on an H200
 # The settings the estimate reads (the app refreshes its memory line when one of them changes).
 ESTIMATE_FIELDS = ("model", "method", "resolution", "train_batch_size", "rank", "lora_targets", "train_text_encoder",
                    "gradient_checkpointing", "optimizer", "mixed_precision", "use_ema", "cache_latents",
@@ -163,6 +165,13 @@ def estimate_memory(config: TrainConfig, family: type[Family] | Family | None = 
     parts = {"weights": frozen / GIB, "trainable state": state / GIB,
              "ema and ddp": extra / GIB, "activations": activations, "other": CONSTANT_GIB}
     total = sum(parts.values())
+    turns = family.frees_cached_text_encoders
+    caching = caching_peak_gib(config, profile, half, encoders_take_turns=turns)
+    if caching > total:
+        held = "the largest of them on the GPU" if turns else "all on the GPU at once"
+        notes.append(f"The peak is the set-up's, {caching:.1f} GiB, while the text encoders cache the prompts ({held});"
+                     f" the steps need {total:.1f} GiB.")
+        total = caching
     what = config.method_class.label
     if config.has(ADAPTER):
         if config.adapter != adapters.DEFAULT_ADAPTER:
@@ -174,6 +183,21 @@ def estimate_memory(config: TrainConfig, family: type[Family] | Family | None = 
                f"{', gradient checkpointing' if config.gradient_checkpointing else ''}"
                f"{', ' + config.optimizer if config.optimizer != 'adamw' else ''}")
     return MemoryEstimate(round(total, 2), {k: round(v, 3) for k, v in parts.items()}, notes, summary)
+
+
+def caching_peak_gib(config: TrainConfig, profile: Any, half: int, *, encoders_take_turns: bool = False) -> float:
+    """The set-up's peak when the prompts are cached: the text encoders on the GPU (all at once, or the largest when
+    they take turns: T5-XXL alone is 8.9 GiB in bf16), the VAE, and a quantised denoiser, which is on the GPU from
+    loading (the others come after the caches). 0 when the encoders stay on the GPU for the whole run (the steps'
+    estimate counts them then)."""
+    trains_encoders = config.train_text_encoder or config.has(TOKENS)
+    if not (config.cache_text_embeddings and config.offload_frozen_encoders) or trains_encoders:
+        return 0.0
+    encoders = max(profile.text_encoder_params) if encoders_take_turns else sum(profile.text_encoder_params)
+    weights = encoders * half + profile.vae_params * (4 if profile.vae_in_fp32 else half)
+    if config.quantize_base != "none" and config.has(ADAPTER):
+        weights += profile.unet_params * BYTES_PER_PARAMETER[config.quantize_base]
+    return weights / GIB + CACHING_ACTIVATION_GIB + CONSTANT_GIB
 
 
 def native_resolution(family: type[Family] | Family) -> int:

@@ -13,9 +13,12 @@ from sdtune_ui.train import compile_cache, graphed_step, speed
 
 class StepSpeed:
     def _phase(self, name: str, text: str, started: float) -> None:
-        """Log how long a phase of the set-up took (the run's overhead, visible to the user and benchmarks)."""
+        """Log how long a phase of the set-up took (the run's overhead, visible to the user and benchmarks), and on a
+        GPU the allocated peak so far: which phase set the run's peak (loading, the caches' encoders, the steps)."""
         seconds = time.perf_counter() - started
-        self.emit("log", level="info", message=f"{text} in {seconds:.1f} s", phase=name, seconds=round(seconds, 3))
+        peak = {"peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)} if torch.cuda.is_available() else {}
+        self.emit("log", level="info", message=f"{text} in {seconds:.1f} s", phase=name, seconds=round(seconds, 3),
+                  **peak)
 
     def _graph_if_safe(self) -> None:
         capture, reason = self.graph_plan

@@ -85,6 +85,10 @@ class Trainer(Batches, Caches, Conditioning, StepSpeed, Resumes):
         inputs = load_training_inputs(cfg, acc, self.log, self._stop_if_cancelled, self.pipeline)
         self._phase("load", "Dataset and model loaded", started)
         self.parts, self.resolution = inputs.parts, inputs.resolution
+        if acc.device.type == "cuda" and not self.parts.family.trains_with_cudnn_attention:
+            torch.backends.cuda.enable_cudnn_sdp(False)   # for this run; train() puts it back
+            self.log(f"cuDNN attention is left out: it fails on {self.parts.family.label} in training "
+                     "(flash / memory-efficient attention instead)")
         self.data = TrainingData(inputs.examples, inputs.class_examples, resolution=self.resolution,
                                  bucketing=cfg.bucketing, center_crop=cfg.center_crop or cfg.cache_latents,
                                  random_flip=cfg.random_flip, seed=cfg.seed, sampling=inputs.sampling,
@@ -99,8 +103,8 @@ class Trainer(Batches, Caches, Conditioning, StepSpeed, Resumes):
         def to_device(module: torch.nn.Module) -> None:
             move_to_device(module, acc.device, torch.float32 if id(module) in keep_fp32 else self.weight_dtype)
 
-        for module in (parts.vae, *parts.text_encoders):
-            to_device(module)
+        for module in (parts.vae, *([] if self.encoders_take_turns else parts.text_encoders)):
+            to_device(module)   # encoders that take turns come to the GPU as they encode (caches.py)
         if parts.vae.config.get("force_upcast"):
             parts.vae.to(dtype=torch.float32)  # SDXL's VAE overflows in fp16
         self.method.prepare(parts)

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Issue 15's second Flux call. In the first (results/h200-issue15-flux-call1.jsonl) both trainers, the peer's
+# train_dreambooth_lora_flux.py and ours, died in the first backward of a bf16 Flux LoRA step at 1024 px with "an
+# illegal memory access"; with gradient checkpointing and an NF4 base ours trained. This call finds the kernel
+# (kernel_check.py, while the weights are saved), then runs both trainers side by side with gradient checkpointing,
+# then, if leaving cuDNN attention out is what fixes the block, ours without checkpointing and without cuDNN attention.
+#   BUDGET_S=550 bash benchmarks/run_issue15_flux_call.sh PEER_SCRIPTS_DIR [STEPS]
+set -u
+peers="$1"; steps="${2:-50}"
+export PYTHONUNBUFFERED=1 SDTUNE_HOME=/tmp/sdt HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+out=${OUT:-/tmp/out}; mkdir -p "$out" /tmp/sbs
+deadline=$(( $(date +%s) + ${BUDGET_S:-550} ))
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.txt" 2>&1
+python3 -c 'import torch, diffusers; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version(), diffusers.__version__)' >> "$out/gpu.txt" 2>&1
+python3 benchmarks/kernel_check.py > "$out/kernels.jsonl" 2> "$out/kernels.err" &
+checker=$!
+python3 benchmarks/side_by_side.py --save-weights flux /tmp/sbs/weights-flux 2>> "$out/side_by_side.err" \
+  && echo "== weights saved" >&2
+wait $checker
+cat "$out/kernels.jsonl"
+sbs() { python3 benchmarks/side_by_side.py --peer-scripts "$peers" --work /tmp/sbs --out "$out/e2e.jsonl" \
+          --deadline "$deadline" "$@" 2>> "$out/side_by_side.err"; }
+sbs "flux:lora:$steps:ckpt"
+if grep -q '"flux:all", "ok": false' "$out/kernels.jsonl" && grep -q '"flux:no-cudnn", "ok": true' "$out/kernels.jsonl"; then
+  mkdir -p /tmp/nocudnn && echo 'import torch; torch.backends.cuda.enable_cudnn_sdp(False)' > /tmp/nocudnn/sitecustomize.py
+  PYTHONPATH=/tmp/nocudnn sbs --ours-only "flux:lora:$steps:ours"
+fi
+tar czf "$out/logs.tar.gz" -C /tmp/sbs $(cd /tmp/sbs && ls *.log */events.jsonl 2>/dev/null)
+echo "== done, $(( deadline - $(date +%s) )) s before the deadline" >&2
+python3 - "$out/e2e.jsonl" <<'PY'
+import json, sys, pathlib
+path = pathlib.Path(sys.argv[1])
+for line in (path.read_text().splitlines() if path.exists() else []):
+    r = json.loads(line)
+    o, p = r.get("ours") or {}, r.get("peer") or {}
+    print(f"{r['model']} {r['method']} {r['steps']} {r.get('run')}: ratio {r.get('e2e_ratio')} | ours {o.get('wall_s')} s "
+          f"{o.get('steady_it_s')} it/s {o.get('peak_mib')} MiB rc {o.get('returncode')} | peer {p.get('wall_s')} s "
+          f"{p.get('steady_it_s')} it/s {p.get('peak_mib')} MiB rc {p.get('returncode')} {r.get('skipped') or ''}")
+    print("  ours phases", o.get("phases_s"), o.get("allocated_peak_gib_by_phase_end"))
+    for who, run in (("ours", o), ("peer", p)):
+        if run.get("log_tail"):
+            print(who, "log tail:", run["log_tail"][-1500:])
+PY
