@@ -50,7 +50,7 @@ def test_the_smallest_memory_row_runs_ours_alone_with_the_memory_savers(tmp_path
 
     monkeypatch.setattr(sbs, "run_process", fake_run)
     args = argparse.Namespace(work=str(tmp_path), weights=str(tmp_path / "w"), deadline=0, ours_only=False,
-                              peer_scripts=str(tmp_path), ours_extra="")
+                              peer_scripts=str(tmp_path), ours_extra="", peer_pythonpath="")
     result = sbs.measure_row("flux:lora:100:small", args, {}, {})
     assert len(ran) == 1 and ran[0][1:3] == ["-m", "sdtune_ui"] and "--gradient-checkpointing" in ran[0]
     assert result["run"] == "smallest memory"
