@@ -1,6 +1,6 @@
 """An installed wheel works on its own: `pip install .`, then from another folder the CLI trains the packaged
-demo model demo-sd1 on the packaged example dataset and the app's "Load the example" finds it (package data,
-not the repository)."""
+demo model demo-sd1 on the packaged example dataset, the metrics load the packaged demo-dino and the app's "Load
+the example" finds it (package data, not the repository)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,13 @@ def test_pip_installed_package_trains_on_its_packaged_example_from_another_folde
     probe = subprocess.run([python, "-c", where], capture_output=True, text=True, cwd=elsewhere, env=env, timeout=120)
     demo = Path(probe.stdout.strip().splitlines()[-1])
     assert str(env_dir) in str(demo) and (demo / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    # So does its feature model demo-dino, which the metrics load by name.
+    where = ("from sdtune_ui.evaluate.features import feature_models; "
+             "print(feature_models().get('dino', 'demo-dino').model.name_or_path)")
+    probe = subprocess.run([python, "-c", where], capture_output=True, text=True, cwd=elsewhere, env=env, timeout=120)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    demo_dino = Path(probe.stdout.strip().splitlines()[-1])
+    assert str(env_dir) in str(demo_dino) and (demo_dino / "model.safetensors").exists()
     result = subprocess.run(
         [python, "-m", "sdtune_ui", "train", "--model", "demo-sd1", "--data", example, "--steps", "2",
          "--checkpointing-steps", "0", "--validation-steps", "0", "--output", str(tmp_path / "run")],

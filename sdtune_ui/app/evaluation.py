@@ -46,8 +46,8 @@ PLOT_SERIES = {"checkpoints": "#4c78a8", "base model": "#9d9d9d", "training prob
 def eval_settings(values: dict | None, *, allow_local_paths: bool = True, public: bool = False) -> EvalSettings:
     """EvalSettings from widget or API values: unknown names refused, numbers converted and within the limits of
     generation (`public`: a public app's), feature models checked (where the app may not read host paths, only
-    the built-in tiny ones or Hub ids)."""
-    from sdtune_ui.evaluate.tiny import TINY_FEATURE_MODELS
+    the built-in ones or Hub ids)."""
+    from sdtune_ui.evaluate.tiny import OFFLINE_FEATURE_MODELS
 
     if values is not None and not isinstance(values, dict):
         raise SdtuneError("Give the evaluation settings as a JSON object, e.g. {\"num_images\": 2}.")
@@ -76,13 +76,13 @@ def eval_settings(values: dict | None, *, allow_local_paths: bool = True, public
     settings = dataclasses.replace(defaults, **changes).validate()
     _check_limits(settings, public=public)
     for kind, model in (("CLIP", settings.clip_model), ("DINO", settings.dino_model)):
-        if model in TINY_FEATURE_MODELS or (HUB_ID.match(model) and ".." not in model):
+        if model in OFFLINE_FEATURE_MODELS or (HUB_ID.match(model) and ".." not in model):
             continue
         if allow_local_paths and Path(model).expanduser().is_dir():
             continue
         where = ", or a local model folder" if allow_local_paths else ""
         raise SdtuneError(f"{kind} model {model[:100]!r}: give a Hub id (user/name){where}, or "
-                          f"{' / '.join(TINY_FEATURE_MODELS)} for the offline demo.")
+                          f"{' / '.join(OFFLINE_FEATURE_MODELS)} for the offline demo.")
     return settings
 
 

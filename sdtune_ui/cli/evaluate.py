@@ -7,7 +7,8 @@
     python -m sdtune_ui promote sweeps/x --out runs/best   # copy a sweep's winner to a normal run
 
 Offline, pass --clip-model tiny-clip --dino-model tiny-dino (built-in, random weights: numbers are
-deterministic but mean little) or local folders of real models.
+deterministic but mean little), --dino-model demo-dino (trained on the demo model's scenes: meaningful for runs
+on demo-sd1) or local folders of real models.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def _add_eval_options(parser: argparse.ArgumentParser, *, default_images: int) -
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--size", type=int, default=0, help="Image size (0 = the model's native size).")
     parser.add_argument("--clip-model", default=DEFAULT_CLIP, help="CLIP model: Hub id, folder, or tiny-clip.")
-    parser.add_argument("--dino-model", default=DEFAULT_DINO, help="DINOv2 model: Hub id, folder, or tiny-dino.")
+    parser.add_argument("--dino-model", default=DEFAULT_DINO,
+                        help="DINOv2 model: Hub id, folder, tiny-dino or demo-dino.")
     parser.add_argument("--fid-features", choices=FID_FEATURES, default="auto",
                         help="Features of FID/KID: Inception (needs torch-fidelity), dino or clip; auto = "
                              "Inception when installed and online, else DINO.")

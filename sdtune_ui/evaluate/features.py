@@ -2,7 +2,8 @@
 
 CLIP (`CLIPModel` + its processor) gives image features for CLIP-I and text features for CLIP-T; DINOv2
 (`Dinov2Model`, its CLS token) gives the image features of the DINO metric. Any Hub id or local folder of
-those architectures works; `tiny-clip` / `tiny-dino` are built offline (evaluate/tiny.py).
+those architectures works; `tiny-clip` / `tiny-dino` are built offline and `demo-dino` ships trained for the
+demo model's pictures (evaluate/tiny.py).
 
 Models are loaded once per process and kept (`FeatureModels`); `release_feature_models()` frees them, e.g.
 before a training run needs the GPU.
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from sdtune_ui.errors import ModelLoadError, SdtuneError
-from sdtune_ui.evaluate.tiny import TINY_FEATURE_MODELS, tiny_feature_model_path
+from sdtune_ui.evaluate.tiny import OFFLINE_FEATURE_MODELS, offline_feature_model_path
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 DEFAULT_DINO = "facebook/dinov2-small"
@@ -96,8 +97,8 @@ class DinoFeatures(FeatureExtractor):
 
 
 def resolve_feature_model(model_id: str) -> str:
-    """A tiny name -> its cached folder; anything else (Hub id, local folder) unchanged."""
-    return str(tiny_feature_model_path(model_id)) if model_id in TINY_FEATURE_MODELS else model_id
+    """A built-in name (tiny-clip, tiny-dino, demo-dino) -> its folder; anything else (Hub id, folder) unchanged."""
+    return str(offline_feature_model_path(model_id)) if model_id in OFFLINE_FEATURE_MODELS else model_id
 
 
 def load_extractor(kind: str, model_id: str, device: str | None = None) -> FeatureExtractor:
@@ -115,7 +116,7 @@ def load_extractor(kind: str, model_id: str, device: str | None = None) -> Featu
         model, processor = AutoModel.from_pretrained(source), AutoImageProcessor.from_pretrained(source)
     except (OSError, ValueError) as err:
         offline = "" if Path(source).exists() else (
-            " Without network access use a local folder, or the offline tiny-clip / tiny-dino.")
+            " Without network access use a local folder, or the offline tiny-clip / tiny-dino / demo-dino.")
         raise ModelLoadError(f"Could not load the {kind.upper()} model {model_id!r}: {err}.{offline}") from err
     if not hasattr(model.config, "model_type") or "dinov2" not in model.config.model_type:
         raise ModelLoadError(f"{model_id} is a {model.config.model_type} model, not DINOv2 (e.g. {DEFAULT_DINO}).")

@@ -7,6 +7,11 @@ are deterministic functions of the pixels (identical images score 1, different o
 a trained CLIP or DINOv2 would make. Initialised wider than transformers' default (0.02), the CLS feature
 follows the picture rather than the fixed CLS/position embeddings: on the example dataset at the default
 width, pure noise scored closer to the robots (0.95) than the robots to each other (0.92); now 0.32 vs 0.55.
+
+`demo-dino` is the trained one: a DINOv2 of the same size class whose weights were trained on the demo model's
+scenes (scripts/pretrain_demo_features.py) and ship with the package (sdtune_ui/models/demo/demo-dino). Its
+features see object, colour, background and the example subject, so on demo-sd1's pictures its numbers are
+judgements of what the pictures show, like a real DINO's; on any other pictures they mean little.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from pathlib import Path
 
 import torch
 
+from sdtune_ui.models.demo import DEMO_FEATURE_MODELS
 from sdtune_ui.paths import cache_dir
 
 TINY_FEATURE_MODELS = ("tiny-clip", "tiny-dino")
+OFFLINE_FEATURE_MODELS = (*TINY_FEATURE_MODELS, *DEMO_FEATURE_MODELS)   # loadable by name, no network
 TINY_IMAGE_SIZE = 64
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -59,6 +66,13 @@ def _tiny_dino() -> tuple[torch.nn.Module, object]:
         crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}, do_normalize=True,
         image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, do_convert_rgb=True)
     return Dinov2Model(config), processor
+
+
+def offline_feature_model_path(name: str) -> Path:
+    """The folder of a built-in feature model: demo-dino's shipped one, or a tiny model's (built on first use)."""
+    if name in DEMO_FEATURE_MODELS:
+        return DEMO_FEATURE_MODELS[name]
+    return tiny_feature_model_path(name)
 
 
 def tiny_feature_model_path(name: str) -> Path:

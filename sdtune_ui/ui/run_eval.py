@@ -56,7 +56,7 @@ def build_settings(prefix: str) -> SettingsWidgets:
         clip = gr.Textbox(defaults.clip_model, label="CLIP model", elem_id=f"{prefix}-clip-model",
                           info="Hub id; tiny-clip offline (random: numbers only)")
         dino = gr.Textbox(defaults.dino_model, label="DINOv2 model", elem_id=f"{prefix}-dino-model",
-                          info="Hub id; tiny-dino offline")
+                          info="Hub id; offline: demo-dino (for demo-sd1 runs) or tiny-dino")
         fid = gr.Dropdown(list(FID_FEATURES), value=defaults.fid_features, label="FID/KID features",
                           elem_id=f"{prefix}-fid-features")
     return SettingsWidgets({"metrics": metrics, "max_drift": max_drift, "num_images": num_images,
