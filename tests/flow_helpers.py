@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from sdtune_ui.models import load_pipeline
+from tests.generate_helpers import one_torch_thread  # noqa: F401 - the SD3 / Flux tests import the fixture from here
 from tests.train_helpers import INSTANCE_PROMPT, TI_PROMPT
 
 FLOW_MODELS = ["tiny-sd3", "tiny-flux"]
@@ -26,15 +26,6 @@ METHOD_SETTINGS = {
 }
 COMMON = dict(resolution=32, max_train_steps=3, log_every=1, checkpointing_steps=2, validation_steps=0,
               validation_inference_steps=2, caption_dropout=0.0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads on a shared 2-core machine (they only wait for each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def add_embedding(pipe, state: dict, token: str = "<sks>") -> None:
