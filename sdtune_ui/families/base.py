@@ -71,6 +71,7 @@ class MemoryProfile:
     text_encoder_lora_params_per_rank: int        # all text encoders together
     token_embedding_params: tuple[int, ...]       # vocabulary x width, per text encoder (textual inversion)
     activation_gib_per_megapixel: float | None    # eager step, batch 1, LoRA, no gradient checkpointing
+    activation_source: str = ""                   # not measured on this architecture: where the figure comes from
     vae_in_fp32: bool = False                     # the VAE is kept in fp32 (SDXL's overflows in fp16)
 
 

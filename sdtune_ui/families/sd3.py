@@ -20,20 +20,25 @@ TEXT_ENCODER_PARAMS = (123_650_304, 694_659_840, 4_762_310_656)   # CLIP-L, CLIP
 VAE_PARAMS = 83_819_683                                             # 16 latent channels, no quant convs
 
 
-def _profile(transformer: int, attention: int, attention_ff: int, every: int,
-             activations: float | None) -> MemoryProfile:
+def _profile(transformer: int, attention: int, attention_ff: int, every: int, activations: float,
+             source: str = "") -> MemoryProfile:
     return MemoryProfile(
         unet_params=transformer, text_encoder_params=TEXT_ENCODER_PARAMS, vae_params=VAE_PARAMS,
         lora_params_per_rank={"attention": attention, "attention_ff": attention_ff, "all": every},
         text_encoder_lora_params_per_rank=73_728 + 327_680, token_embedding_params=(37_945_344, 63_242_240),
-        activation_gib_per_megapixel=activations)
+        activation_gib_per_megapixel=activations, activation_source=source)
 
 
 # Counted on the meta device from the released configs (benchmarks/fit_memory.py way). Medium's activations: an H200
 # LoRA r4 run at 1024 px peaked at 13.56 GiB allocated in its steps (benchmarks/results/h200-issue15-call3.jsonl),
-# 9.30 GiB above the bf16 transformer; Large's are not measured.
-SD35_MEDIUM = _profile(2_243_171_520, 746_496, 1_468_416, 2_038_272, activations=8.87)
-SD35_LARGE = _profile(8_056_627_520, 1_473_792, 3_297_792, 4_581_888, activations=None)
+# 9.30 GiB above the bf16 transformer. Large's are Medium's scaled by depth x width (38 x 2432 against 24 x 1536
+# hidden units: 2.51x), not measured; SD1.x's figure would have told a 24 GB GPU that a Large LoRA fits without
+# gradient checkpointing (~19 GiB estimated instead of ~37).
+MEDIUM_ACTIVATIONS = 8.87
+SD35_MEDIUM = _profile(2_243_171_520, 746_496, 1_468_416, 2_038_272, activations=MEDIUM_ACTIVATIONS)
+SD35_LARGE = _profile(8_056_627_520, 1_473_792, 3_297_792, 4_581_888,
+                      activations=round(MEDIUM_ACTIVATIONS * (38 * 2432) / (24 * 1536), 2),
+                      source="SD3.5 Large's are SD3.5 Medium's (measured) scaled by depth x width")
 
 
 @register

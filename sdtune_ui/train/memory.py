@@ -105,6 +105,8 @@ def estimate_memory(config: TrainConfig, family: type[Family] | Family | None = 
         coefficient = next(cls.memory.activation_gib_per_megapixel for cls in reversed(family_classes())
                            if cls.memory and cls.memory.activation_gib_per_megapixel)
         notes.append(f"{family.label} was never measured: activations assume the SD1.x figure per megapixel.")
+    elif profile.activation_source:
+        notes.append(f"Activations not measured on this model: {profile.activation_source}.")
     half = 4 if config.mixed_precision == "no" else 2  # "auto" is bf16 or fp16 on a GPU
     state_bytes = 4 + 4 + OPTIMIZER_STATE_BYTES.get(config.optimizer, 8)   # fp32 weight, gradient, optimizer
     encoders = sum(profile.text_encoder_params)
