@@ -105,11 +105,11 @@ class Family:
     denoiser_lora_targets: ClassVar[dict[str, tuple[str, ...]] | None] = None
     # Samplers: UNet families take any of the generation options' schedulers; flow-matching ones keep their own.
     flow_matching: ClassVar[bool] = False
-    # The whole-step CUDA graph (train/graphed_step.py) was checked against the eager step on this family's models.
     # False where cuDNN's attention kernel fails in training (Flux.1 at 1024 px, torch 2.11 + cuDNN 9.19 on an H200:
     # "mha_graph.execute ... is_good()" then an illegal memory access; benchmarks/kernel_check.py): the trainer
     # leaves it out and SDPA takes the flash / memory-efficient kernels.
     trains_with_cudnn_attention: ClassVar[bool] = True
+    # The whole-step CUDA graph (train/graphed_step.py) was checked against the eager step on this family's models.
     cuda_graph_checked: ClassVar[bool] = True
     # Conditioning: SDXL-like families add pooled text embeddings and size/crop time ids.
     uses_pooled_embeddings: ClassVar[bool] = False

@@ -68,8 +68,9 @@ class Caches:
         prompts = sorted(self._all_prompts())
         # Taking turns, the prompts go in batches, so each encoder visits the GPU once per batch, not per prompt
         # (padded to the encoders' fixed lengths, a prompt encodes the same alone or in a batch).
-        size = PROMPTS_PER_BATCH if self.encoders_take_turns else 1
-        turns = self._one_encoder_on_the_gpu() if self.encoders_take_turns else contextlib.nullcontext()
+        taking_turns = self.encoders_take_turns
+        size = PROMPTS_PER_BATCH if taking_turns else 1
+        turns = self._one_encoder_on_the_gpu() if taking_turns else contextlib.nullcontext()
         cache = {}
         with turns:
             for start in range(0, len(prompts), size):
