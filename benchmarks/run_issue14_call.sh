@@ -17,16 +17,4 @@ python3 benchmarks/side_by_side.py --peer-scripts "$peers" --work /tmp/sbs --out
   --deadline "$deadline" ${ROWS:-sd15:controlnet:100 sd15-inpaint:lora:150:ours} 2> "$out/side_by_side.err"
 tar czf "$out/logs.tar.gz" -C /tmp/sbs $(cd /tmp/sbs && ls *.log */events.jsonl 2>/dev/null)
 echo "== done, $(( deadline - $(date +%s) )) s before the deadline" >&2
-python3 - "$out/e2e.jsonl" <<'PY'
-import json, sys, pathlib
-path = pathlib.Path(sys.argv[1])
-for line in (path.read_text().splitlines() if path.exists() else []):
-    r = json.loads(line)
-    o, p = r.get("ours") or {}, r.get("peer") or {}
-    print(f"{r['model']} {r['method']} {r['steps']}: ratio {r.get('e2e_ratio')} | ours {o.get('wall_s')} s "
-          f"{o.get('steady_it_s')} it/s {o.get('peak_mib')} MiB rc {o.get('returncode')} | peer {p.get('wall_s')} s "
-          f"{p.get('steady_it_s')} it/s {p.get('peak_mib')} MiB rc {p.get('returncode')} {r.get('skipped') or ''}")
-    for who, run in (("ours", o), ("peer", p)):
-        if run.get("log_tail"):
-            print(who, "log tail:", run["log_tail"][-1200:])
-PY
+python3 benchmarks/side_by_side.py --summary "$out/e2e.jsonl"

@@ -28,17 +28,4 @@ fi
 sbs "$model:lora:$steps:small"
 tar czf "$out/logs.tar.gz" -C /tmp/sbs $(cd /tmp/sbs && ls *.log */events.jsonl 2>/dev/null)
 echo "== done, $(( deadline - $(date +%s) )) s before the deadline" >&2
-python3 - "$out/e2e.jsonl" <<'PY'
-import json, sys, pathlib
-path = pathlib.Path(sys.argv[1])
-for line in (path.read_text().splitlines() if path.exists() else []):
-    r = json.loads(line)
-    o, p = r.get("ours") or {}, r.get("peer") or {}
-    print(f"{r['model']} {r['method']} {r['steps']} {r.get('run')}: ratio {r.get('e2e_ratio')} | ours {o.get('wall_s')} s "
-          f"{o.get('steady_it_s')} it/s {o.get('peak_mib')} MiB rc {o.get('returncode')} | peer {p.get('wall_s')} s "
-          f"{p.get('steady_it_s')} it/s {p.get('peak_mib')} MiB rc {p.get('returncode')} {r.get('skipped') or ''}")
-    print("  ours phases", o.get("phases_s"), "first->running", o.get("events_first_to_running_s"))
-    for who, run in (("ours", o), ("peer", p)):
-        if run.get("log_tail"):
-            print(who, "log tail:", run["log_tail"][-1500:])
-PY
+python3 benchmarks/side_by_side.py --summary "$out/e2e.jsonl"

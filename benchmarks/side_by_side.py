@@ -327,6 +327,23 @@ def measure_row(row: str, args: argparse.Namespace, env: dict, peers: dict) -> d
     return result
 
 
+def summary_lines(path: Path) -> list[str]:
+    """A results file as a few lines a person reads at the end of a device call: ratio, wall, rate and memory of
+    both trainers per row, our set-up phases with their allocated peaks, and the log tail of a failed run."""
+    lines = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        row = json.loads(line)
+        ours, peer = row.get("ours") or {}, row.get("peer") or {}
+        lines.append(f"{row['model']} {row['method']} {row['steps']} {row.get('run')}: ratio {row.get('e2e_ratio')} | "
+                     + " | ".join(f"{who} {run.get('wall_s')} s {run.get('steady_it_s')} it/s {run.get('peak_mib')} "
+                                  f"MiB rc {run.get('returncode')}" for who, run in (("ours", ours), ("peer", peer)))
+                     + f" {row.get('skipped') or ''}")
+        lines.append(f"  ours phases {ours.get('phases_s')} {ours.get('allocated_peak_gib_by_phase_end')}")
+        lines += [f"{who} log tail: {run['log_tail'][-1500:]}" for who, run in (("ours", ours), ("peer", peer))
+                  if run.get("log_tail")]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rows", nargs="*", help="MODEL:METHOD:STEPS[:again], in priority order")
@@ -344,7 +361,11 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=0, help="Override the model's resolution (smoke tests).")
     parser.add_argument("--save-weights", nargs=2, metavar=("MODEL", "FOLDER"), help=argparse.SUPPRESS)
     parser.add_argument("--save-inpaint-weights", nargs=2, metavar=("BASE", "FOLDER"), help=argparse.SUPPRESS)
+    parser.add_argument("--summary", metavar="RESULTS", help="Print a short table of a results file and stop.")
     args = parser.parse_args()
+    if args.summary:
+        print("\n".join(summary_lines(Path(args.summary))))
+        return
     if args.save_weights:
         save_weights(args.save_weights[0], Path(args.save_weights[1]))
         return

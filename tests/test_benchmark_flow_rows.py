@@ -5,6 +5,7 @@ row ours alone; and the full-size models are the architectures the memory estima
 from __future__ import annotations
 
 import argparse
+import json
 import importlib.util
 import sys
 from pathlib import Path
@@ -67,3 +68,16 @@ def test_full_size_models_are_the_ones_the_memory_estimate_counts(model, family)
     assert sum(p.numel() for p in pipe.transformer.parameters()) == profile.unet_params
     encoders = [pipe.text_encoder, pipe.text_encoder_2] + ([pipe.text_encoder_3] if family == "sd3" else [])
     assert tuple(sum(p.numel() for p in e.parameters()) for e in encoders) == profile.text_encoder_params
+
+
+def test_a_calls_results_are_summarised_in_a_line_per_row_with_a_failed_runs_log(tmp_path):
+    sbs = load("side_by_side")
+    rows = [{"model": "flux", "method": "lora", "steps": 50, "run": "first", "e2e_ratio": 1.99,
+             "ours": {"wall_s": 50.9, "steady_it_s": 1.79, "peak_mib": 48887, "returncode": 0,
+                      "phases_s": {"caches": 2.4}, "allocated_peak_gib_by_phase_end": {"caches": 9.6}},
+             "peer": {"wall_s": 101.3, "returncode": 1, "log_tail": "illegal memory access"}}]
+    results = tmp_path / "e2e.jsonl"
+    results.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    lines = sbs.summary_lines(results)
+    assert lines[0].startswith("flux lora 50 first: ratio 1.99 | ours 50.9 s 1.79 it/s 48887 MiB rc 0 | peer 101.3 s")
+    assert "'caches': 9.6" in lines[1] and lines[2] == "peer log tail: illegal memory access"
