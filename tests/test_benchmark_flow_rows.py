@@ -5,8 +5,8 @@ row ours alone; and the full-size models are the architectures the memory estima
 from __future__ import annotations
 
 import argparse
-import json
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
