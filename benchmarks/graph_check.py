@@ -4,7 +4,11 @@
 
 For each method: the same random pipeline (copied), the same data and seed, once eager and once captured;
 prints one JSON line per method with both loss curves, their largest relative difference, the largest difference
-of the trained weights, whether the graph was captured (or why not) and the captured run's steps/s.
+of the trained weights, whether the graph was captured (or why not), each run's steps/s and peak allocated memory.
+
+`--gradient-checkpointing` checks both runs with checkpointing, letting the trainer capture the step anyway
+(`capture_plan` refuses that until this check has passed on the GPU); `--no-rng-stash` also stops
+torch.utils.checkpoint from saving the CUDA generator's state per block (the UNets have no dropout to replay).
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from sdtune_ui.runs import RunDir  # noqa: E402
 from sdtune_ui.train.trainer import Trainer  # noqa: E402
 
 
-def train(pipeline, config: TrainConfig, folder: Path) -> tuple[list[float], dict, list[str], float]:
+def train(pipeline, config: TrainConfig, folder: Path) -> tuple[list[float], dict, list[str], float, float]:
     run = RunDir(folder).create()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     trainer = Trainer(config, run, pipeline=pipeline)
     trainer.setup()
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
@@ -44,9 +50,30 @@ def train(pipeline, config: TrainConfig, folder: Path) -> tuple[list[float], dic
     losses = [e["loss"] for e in events if e["kind"] == "step"]
     logs = [e["message"] for e in events if e["kind"] == "log" and ("graph" in e["message"] or "eager" in e["message"])]
     state = {k: v.float().cpu() for k, v in trainer.method.trainable_state(trainer.parts).items()}
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
     del trainer
     torch.cuda.empty_cache()
-    return losses, state, logs, config.max_train_steps / seconds
+    return losses, state, logs, config.max_train_steps / seconds, peak
+
+
+def allow_checkpointing_capture(no_rng_stash: bool) -> None:
+    """The experiment: capture_plan's answer as if gradient checkpointing were not set."""
+    import dataclasses
+    import functools
+
+    import torch.utils.checkpoint
+
+    from sdtune_ui.train import graphed_step
+
+    plan = graphed_step.capture_plan
+
+    def plan_ignoring_checkpointing(config: TrainConfig, **kwargs):
+        return plan(dataclasses.replace(config, gradient_checkpointing=False), **kwargs)
+
+    graphed_step.capture_plan = plan_ignoring_checkpointing
+    if no_rng_stash:
+        torch.utils.checkpoint.checkpoint = functools.partial(torch.utils.checkpoint.checkpoint,
+                                                              preserve_rng_state=False)
 
 
 def main() -> None:
@@ -55,7 +82,13 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["lora", "ti"])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test of this script with the tiny model.")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="Both runs with gradient checkpointing; the captured one captures anyway.")
+    parser.add_argument("--no-rng-stash", action="store_true",
+                        help="Checkpointing without saving and restoring the CUDA generator per block.")
     args = parser.parse_args()
+    if args.gradient_checkpointing:
+        allow_checkpointing_capture(no_rng_stash=args.no_rng_stash)
     resolution = 64 if args.tiny else 1024 if args.model == "sdxl" else 512
     work = Path(tempfile.mkdtemp())
     make_dataset(work / "data", resolution, count=5)
@@ -74,7 +107,8 @@ def main() -> None:
         common = dict(model=f"random-{args.model}", method=method, data=str(work / "data"), resolution=resolution,
                       mixed_precision="bf16", max_train_steps=args.steps, checkpointing_steps=0, validation_steps=0,
                       log_every=1, instance_prompt=prompt, learning_rate=1e-4 if name != "ti" else 5e-4,
-                      lr_scheduler="linear", lr_warmup_steps=3, compile_unet="none")
+                      lr_scheduler="linear", lr_warmup_steps=3, compile_unet="none",
+                      gradient_checkpointing=args.gradient_checkpointing)
         eager = train(copy.deepcopy(original), TrainConfig(cuda_graph="off", **common), work / f"{name}-eager")
         graphed = train(copy.deepcopy(original), TrainConfig(cuda_graph="auto", **common), work / f"{name}-graph")
         loss_diff = max(abs(a - b) / max(abs(a), 1e-8) for a, b in zip(eager[0], graphed[0]))
@@ -83,6 +117,8 @@ def main() -> None:
                           "eager_losses": eager[0], "graph_losses": graphed[0], "max_rel_loss_diff": loss_diff,
                           "max_abs_weight_diff": weight_diff, "graph_logs": graphed[2],
                           "eager_steps_per_s": round(eager[3], 2), "graph_steps_per_s": round(graphed[3], 2),
+                          "eager_peak_gib": round(eager[4], 2), "graph_peak_gib": round(graphed[4], 2),
+                          "gradient_checkpointing": args.gradient_checkpointing, "no_rng_stash": args.no_rng_stash,
                           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}),
               flush=True)
 

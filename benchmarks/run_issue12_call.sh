@@ -5,6 +5,9 @@
 # PART 1: SD1.5 LoRA 400 (+ a second run), the graph-vs-eager check, batch-16 MFU, TI 400, SDXL steady state.
 # PART 2: DreamBooth 400, SDXL LoRA 400, SD1.5 LoRA 1000.
 # PART 3: SD1.5 LoRA 400 and TI 400 again (after a change to what runs before the first step).
+# PART 4: SDXL LoRA 400 at the 12 GB settings (ours with gradient checkpointing, now captured; the peer at its
+#         default), the checkpointed captured step's steady rate, what a fresh process's first steps pay by
+#         attention backend (first_step.py), and the captured step against the eager one for TI with checkpointing.
 # Results: $OUT/e2e.jsonl (side_by_side.py), $OUT/steady.jsonl (graph_check.py, bench_train.py), logs archived.
 set -u
 peers="$1"; part="${2:-1}"
@@ -32,6 +35,16 @@ if [ "$part" = 1 ]; then
   steady 80 --model sdxl --method lora --batch 1 --cuda-graph auto --steps 20 --warmup 4
 elif [ "$part" = 2 ]; then
   e2e sd15:dreambooth:400 sdxl:lora:400 sd15:lora:1000
+elif [ "$part" = 4 ]; then
+  python3 benchmarks/side_by_side.py --peer-scripts "$peers" --work /tmp/sbs --out "$out/e2e.jsonl" \
+    --deadline "$deadline" --ours-extra "--gradient-checkpointing" sdxl:lora:400 2>> "$logs/side_by_side.err"
+  steady 80 --model sdxl --method lora --batch 1 --cuda-graph auto --gradient-checkpointing --steps 20 --warmup 4
+  [ "$(left)" -gt 100 ] && timeout 90 python3 benchmarks/first_step.py --model sd15 >> "$out/first_step.jsonl" \
+    2>> "$logs/first_step.err"
+  limit=$(left); [ "$limit" -gt 60 ] && limit=60
+  [ "$limit" -gt 30 ] && timeout "$limit" python3 benchmarks/graph_check.py --model sd15 --methods ti --steps 8 \
+    --gradient-checkpointing >> "$out/steady.jsonl" 2>> "$logs/graph_check.err"
+  cat "$out/first_step.jsonl" 2>/dev/null
 else
   e2e sd15:lora:400 sd15:ti:400
 fi

@@ -482,12 +482,13 @@ def setting_applies(name: str, method: str, adapter: str | None = None) -> bool:
     return owners is None or adapter is None or adapter in owners
 
 
-# Memory-aware settings by GPU memory (GiB). Picked from measured peaks; see benchmarks/README.md.
+# Memory-aware settings by GPU memory (GiB). Picked from measured peaks; see benchmarks/README.md. Precision "auto":
+# bf16 where the card has it (Ampere and newer; the step can then be captured), fp16 on older cards such as the T4.
 VRAM_PRESETS: dict[str, dict[str, Any]] = {
-    "8 GB": dict(mixed_precision="fp16", gradient_checkpointing=True, train_batch_size=1, optimizer="adamw8bit"),
-    "12 GB": dict(mixed_precision="fp16", gradient_checkpointing=True, train_batch_size=1),
-    "16 GB": dict(mixed_precision="bf16", gradient_checkpointing=False, train_batch_size=2),
-    "24 GB+": dict(mixed_precision="bf16", gradient_checkpointing=False, train_batch_size=4),
+    "8 GB": dict(mixed_precision="auto", gradient_checkpointing=True, train_batch_size=1, optimizer="adamw8bit"),
+    "12 GB": dict(mixed_precision="auto", gradient_checkpointing=True, train_batch_size=1),
+    "16 GB": dict(mixed_precision="auto", gradient_checkpointing=False, train_batch_size=2),
+    "24 GB+": dict(mixed_precision="auto", gradient_checkpointing=False, train_batch_size=4),
     "CPU": dict(mixed_precision="no", gradient_checkpointing=False, train_batch_size=1),
 }
 

@@ -122,7 +122,7 @@ def test_first_form_values_follow_the_hardware(monkeypatch):
     assert on_cpu.train_batch_size == 4 and on_cpu.with_prior_preservation and on_cpu.train_text_encoder
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # the Hub reachable
     on_gpu = default_config(cpu=False, vram="24 GB+")
-    assert on_gpu.model != "demo-sd1" and on_gpu.mixed_precision == "bf16" and on_gpu.train_batch_size == 4
+    assert on_gpu.model != "demo-sd1" and on_gpu.mixed_precision == "auto" and on_gpu.train_batch_size == 4
     # With the Hub switched off and SD 1.5 never downloaded, a GPU machine starts on the offline demo too.
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     assert default_config(cpu=False, vram="24 GB+").model == "demo-sd1"

@@ -53,12 +53,16 @@ def test_a_single_gpu_run_is_captured_by_default():
     assert plan()[0] is True
 
 
+def test_a_run_with_gradient_checkpointing_is_captured_too():
+    """The 12 GB settings checkpoint; their step is captured with the recomputation inside the graph."""
+    assert plan(gradient_checkpointing=True)[0] is True
+
+
 @pytest.mark.parametrize("situation, reason", [
     (dict(cuda_graph="off"), "off"),
     (dict(device_type="cpu"), "CUDA GPU"),
     (dict(processes=2), "DDP"),
     (dict(sharded=True), "FSDP"),
-    (dict(gradient_checkpointing=True), "checkpointing"),
     (dict(gradient_accumulation_steps=4), "accumulation"),
     (dict(mixed_precision="fp16"), "loss scaler"),
     (dict(optimizer="prodigy"), "AdamW"),
@@ -86,6 +90,8 @@ def forced_graph(monkeypatch):
     ("lora", dict(model="tiny-sd1-inpaint", masked_loss=True, mask_variants=3)),
     # The ControlNet runs inside the step, its condition pictures copied in per step.
     ("controlnet", dict(conditioning="canny")),
+    # Checkpointed blocks recompute their forward inside the backward, inside the same graph.
+    ("lora", dict(gradient_checkpointing=True)),
 ])
 def test_the_graphed_step_learns_exactly_what_the_plain_step_learns(toy_dataset, tmp_path, forced_graph, method,
                                                                     extra):

@@ -45,8 +45,9 @@ def capture_plan(config: TrainConfig, *, device_type: str, processes: int, shard
         return False, "CUDA graphs need a CUDA GPU"
     if processes > 1 or sharded:
         return False, "several processes exchange gradients outside the step (DDP/FSDP), which is not captured"
-    if config.gradient_checkpointing:
-        return False, "gradient checkpointing recomputes activations inside the backward pass (not captured)"
+    # Gradient checkpointing is captured too: the recomputed forward is more kernels in the same graph
+    # (checked against the eager step on SDXL at 1024 px, benchmarks/README.md). Only torch.compile's own CUDA
+    # graphs (reduce-overhead) cannot hold it (speed.py).
     if config.gradient_accumulation_steps > 1:
         return False, "gradient accumulation splits an optimizer step over several batches (not captured)"
     if mixed_precision == "fp16":
