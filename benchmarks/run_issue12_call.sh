@@ -37,10 +37,12 @@ elif [ "$part" = 2 ]; then
   e2e sd15:dreambooth:400 sdxl:lora:400 sd15:lora:1000
 elif [ "$part" = 4 ]; then
   python3 benchmarks/side_by_side.py --peer-scripts "$peers" --work /tmp/sbs --out "$out/e2e.jsonl" \
-    --deadline "$deadline" --ours-extra "--gradient-checkpointing" sdxl:lora:400 2>> "$logs/side_by_side.err"
+    --deadline "$deadline" --ours-extra=--gradient-checkpointing sdxl:lora:400 2>> "$logs/side_by_side.err"
   steady 80 --model sdxl --method lora --batch 1 --cuda-graph auto --gradient-checkpointing --steps 20 --warmup 4
-  [ "$(left)" -gt 100 ] && timeout 90 python3 benchmarks/first_step.py --model sd15 >> "$out/first_step.jsonl" \
-    2>> "$logs/first_step.err"
+  for model in sd15 sdxl; do
+    [ "$(left)" -gt 130 ] && timeout 120 python3 benchmarks/first_step.py --model $model >> "$out/first_step.jsonl" \
+      2>> "$logs/first_step.err"
+  done
   limit=$(left); [ "$limit" -gt 60 ] && limit=60
   [ "$limit" -gt 30 ] && timeout "$limit" python3 benchmarks/graph_check.py --model sd15 --methods ti --steps 8 \
     --gradient-checkpointing >> "$out/steady.jsonl" 2>> "$logs/graph_check.err"
