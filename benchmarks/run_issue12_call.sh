@@ -8,6 +8,8 @@
 # PART 4: SDXL LoRA 400 at the 12 GB settings (ours with gradient checkpointing, now captured; the peer at its
 #         default), the checkpointed captured step's steady rate, what a fresh process's first steps pay by
 #         attention backend (first_step.py), and the captured step against the eager one for TI with checkpointing.
+# PART 5: SD1.5 LoRA 1000, LoRA 400, TI 400, LoRA 400 again (after the start-up phase in the log and cuDNN
+#         attention left out of short runs; each first run with an empty kernel cache of its own).
 # Results: $OUT/e2e.jsonl (side_by_side.py), $OUT/steady.jsonl (graph_check.py, bench_train.py), logs archived.
 set -u
 peers="$1"; part="${2:-1}"
@@ -38,15 +40,17 @@ elif [ "$part" = 2 ]; then
 elif [ "$part" = 4 ]; then
   python3 benchmarks/side_by_side.py --peer-scripts "$peers" --work /tmp/sbs --out "$out/e2e.jsonl" \
     --deadline "$deadline" --ours-extra=--gradient-checkpointing sdxl:lora:400 2>> "$logs/side_by_side.err"
-  steady 80 --model sdxl --method lora --batch 1 --cuda-graph auto --gradient-checkpointing --steps 20 --warmup 4
   for model in sd15 sdxl; do
     [ "$(left)" -gt 130 ] && timeout 120 python3 benchmarks/first_step.py --model $model >> "$out/first_step.jsonl" \
       2>> "$logs/first_step.err"
   done
+  steady 80 --model sdxl --method lora --batch 1 --cuda-graph auto --gradient-checkpointing --steps 20 --warmup 4
   limit=$(left); [ "$limit" -gt 60 ] && limit=60
   [ "$limit" -gt 30 ] && timeout "$limit" python3 benchmarks/graph_check.py --model sd15 --methods ti --steps 8 \
     --gradient-checkpointing >> "$out/steady.jsonl" 2>> "$logs/graph_check.err"
   cat "$out/first_step.jsonl" 2>/dev/null
+elif [ "$part" = 5 ]; then
+  e2e sd15:lora:1000 sd15:lora:400 sd15:ti:400 sd15:lora:400:again
 else
   e2e sd15:lora:400 sd15:ti:400
 fi

@@ -8,7 +8,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from sdtune_ui.config import TrainConfig
 from sdtune_ui.families import family_named
-from sdtune_ui.train.speed import compile_plan, compile_scope, eager
+from sdtune_ui.train.speed import (
+    CUDNN_ATTENTION_PAYS_FROM_IMAGES,
+    compile_plan,
+    compile_scope,
+    cudnn_attention_plan,
+    eager,
+)
 
 SD1, SDXL = family_named("sd1")(), family_named("sdxl")()
 
@@ -162,3 +168,18 @@ def test_a_second_run_loads_the_compile_cache_and_compiles_nothing(toy_dataset, 
     logs = [e["message"] for e in second.read_events() if e["kind"] == "log"]
     assert any("from the compile cache" in m for m in logs)
     torch._dynamo.reset()
+
+
+def test_cudnn_attention_is_used_only_where_building_its_kernels_pays():
+    """A new machine builds cuDNN's attention kernels for each shape (~7 s for SD1.5): short runs go without."""
+    flux = family_named("flux")()
+    short, long = 400, CUDNN_ATTENTION_PAYS_FROM_IMAGES
+    assert TrainConfig().cudnn_attention == "auto"
+    assert cudnn_attention_plan(TrainConfig(), SD1, images=short)[0] is False
+    assert cudnn_attention_plan(TrainConfig(), SD1, images=long)[0] is True
+    assert cudnn_attention_plan(TrainConfig(cudnn_attention="on"), SD1, images=short)[0] is True
+    assert cudnn_attention_plan(TrainConfig(cudnn_attention="off"), SDXL, images=long)[0] is False
+    # A family whose training crashes in cuDNN's kernel never gets it, whatever the setting.
+    use, why = cudnn_attention_plan(TrainConfig(cudnn_attention="on"), flux, images=long)
+    assert use is False and "fails" in why
+

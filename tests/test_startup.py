@@ -191,3 +191,13 @@ def test_an_uncached_hub_model_without_a_unet_is_read_from_its_transformer_confi
     monkeypatch.setattr(hub, "hf_hub_download", download)
     assert family_of_model("someone/an-sd3-model").name == "sd3"
     assert asked == ["unet/config.json", "transformer/config.json"]
+
+
+def test_the_run_log_says_how_long_the_process_took_to_start(toy_dataset, tmp_path):
+    from train_helpers import quick_config, run_training
+
+    run = run_training(quick_config(toy_dataset, max_train_steps=2), tmp_path / "run")
+    logs = {e.get("phase"): e for e in run.read_events() if e["kind"] == "log"}
+    start = logs["start"]
+    assert 0 < start["before_trainer_s"] < start["seconds"] and start["imports_s"] >= 0
+    assert "Started in" in start["message"]

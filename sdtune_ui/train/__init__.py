@@ -6,6 +6,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,8 +41,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, events: EventLog | None =
     While it runs, the process owns the folder (owner.json and a heartbeat); SIGTERM stops it at the next
     step with a checkpoint, as "interrupted".
     """
-    from sdtune_ui.train.speed import start_cuda_in_background
+    from sdtune_ui.train.speed import process_age_s, start_cuda_in_background
 
+    entered, age_at_entry = time.perf_counter(), process_age_s()
     start_cuda_in_background()  # overlaps the CUDA start with the imports below (seconds each)
     from diffusers.training_utils import free_memory
 
@@ -50,6 +52,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, events: EventLog | None =
     from sdtune_ui.train.tensorboard import with_tensorboard
     from sdtune_ui.train.trainer import Trainer
 
+    imports_s = time.perf_counter() - entered
     run = RunDir(Path(run_dir))
     main = is_main_process()
     changes: dict[str, Any] = {}
@@ -65,7 +68,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, events: EventLog | None =
     events = events or (run.events() if main else None)
     trainer = None
     extra: dict[str, Any] = {}
-    cudnn_attention = torch.backends.cuda.cudnn_sdp_enabled()  # a family may turn it off for its run (trainer.py)
+    cudnn_attention = torch.backends.cuda.cudnn_sdp_enabled()  # the trainer decides for its run (speed.py)
     try:
         # offline_model_threads: one CPU thread for the built-in demo models (cpu_threads.py says why).
         with _interrupt_on_sigterm(run), offline_model_threads(config.model):
@@ -76,6 +79,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, events: EventLog | None =
             trainer = Trainer(config, run, events=events, cancel=cancel)
             if events is not None:
                 events.emit("status", status="starting", method=config.method, model=config.model)
+                _log_start(events, age_at_entry, imports_s)
                 if changes:
                     events.emit("log", level="info", message=f"Resuming with changed settings: "
                                                              f"{describe_changes(changes)}")
@@ -121,6 +125,21 @@ def train(config: TrainConfig, run_dir: str | Path, *, events: EventLog | None =
         if events is not None and hasattr(events, "close"):
             events.close()
     return status
+
+
+def _log_start(events: EventLog, age_at_entry: float | None, imports_s: float) -> None:
+    """How long the process took to get here (the start-up a user waits through before the first step), in the
+    run's log beside the other set-up phases: before train() (Python, the command's own imports and checks) and
+    the trainer's imports (torch, diffusers, peft, accelerate: seconds that every diffusers-based trainer pays)."""
+    from sdtune_ui.train.speed import process_age_s
+
+    age = process_age_s()
+    if age is None or age_at_entry is None:
+        return
+    events.emit("log", level="info", message=f"Started in {age:.1f} s ({age_at_entry:.1f} s to the trainer, "
+                                             f"{imports_s:.1f} s importing diffusers and the trainer)",
+                phase="start", seconds=round(age, 3), before_trainer_s=round(age_at_entry, 3),
+                imports_s=round(imports_s, 3))
 
 
 def _refuse_if_owned_elsewhere(run: RunDir) -> None:

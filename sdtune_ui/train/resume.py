@@ -33,7 +33,7 @@ MAY_CHANGE = frozenset({
     "max_grad_norm", "mixed_precision", "ema_decay", "seed", "snr_gamma", "noise_offset", "lora_dropout",
     # speed switches, and copies for other tools
     "cache_latents", "cache_text_embeddings", "offload_frozen_encoders", "compile_unet", "compile_scope",
-    "cuda_graph", "channels_last", "tool_files",
+    "cuda_graph", "cudnn_attention", "channels_last", "tool_files",
     # checkpoints, logging, validation
     "checkpointing_steps", "checkpoints_total_limit", "log_every", "validation_prompts", "validation_steps",
     "num_validation_images", "validation_guidance_scale", "validation_inference_steps", "validation_seed",

@@ -85,10 +85,12 @@ class Trainer(Batches, Caches, Conditioning, StepSpeed, Resumes):
         inputs = load_training_inputs(cfg, acc, self.log, self._stop_if_cancelled, self.pipeline)
         self._phase("load", "Dataset and model loaded", started)
         self.parts, self.resolution = inputs.parts, inputs.resolution
-        if acc.device.type == "cuda" and not self.parts.family.trains_with_cudnn_attention:
-            torch.backends.cuda.enable_cudnn_sdp(False)   # for this run; train() puts it back
-            self.log(f"cuDNN attention is left out: it fails on {self.parts.family.label} in training "
-                     "(flash / memory-efficient attention instead)")
+        if acc.device.type == "cuda":   # decided before the caches: their encoders' attention builds kernels too
+            images = (cfg.max_train_steps * cfg.gradient_accumulation_steps * acc.num_processes * cfg.train_batch_size
+                      or cfg.num_train_epochs * len(inputs.examples))
+            cudnn, why = speed.cudnn_attention_plan(cfg, self.parts.family, images)
+            torch.backends.cuda.enable_cudnn_sdp(cudnn)   # for this run; train() puts it back
+            self.log(f"Attention: {'cuDNN' if cudnn else 'flash / memory-efficient (cuDNN left out)'}: {why}")
         self.data = TrainingData(inputs.examples, inputs.class_examples, resolution=self.resolution,
                                  bucketing=cfg.bucketing, center_crop=cfg.center_crop or cfg.cache_latents,
                                  random_flip=cfg.random_flip, seed=cfg.seed, sampling=inputs.sampling,
