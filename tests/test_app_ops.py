@@ -6,9 +6,10 @@ import pytest
 
 from sdtune_ui.app import ops as app_ops
 from sdtune_ui.app.jobs import JobQueue
-from sdtune_ui.config import TrainConfig, field_applies, preset_values
+from sdtune_ui.config import TrainConfig, field_applies
 from sdtune_ui.errors import ConfigError, DatasetError, SdtuneError
 from sdtune_ui.methods import ADAPTER
+from sdtune_ui.presets import preset_values
 from sdtune_ui.runs import RunDir
 
 

@@ -8,9 +8,10 @@ import pytest
 
 from sdtune_ui.cli.main import build_parser
 from sdtune_ui.cli.train import config_from_args
-from sdtune_ui.config import VRAM_PRESETS, TrainConfig, method_presets, preset, preset_values
+from sdtune_ui.config import TrainConfig
 from sdtune_ui.errors import ConfigError
 from sdtune_ui.methods import method_names
+from sdtune_ui.presets import VRAM_PRESETS, method_presets, preset, preset_values
 
 METHOD_PRESETS = method_presets()
 METHODS = method_names()

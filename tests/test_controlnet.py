@@ -238,7 +238,7 @@ def test_the_train_form_settles_a_controlnet_run_on_the_datasets_conditions(tmp_
 
     from sdtune_ui.app.form_rules import dataset_hints, settle
     from sdtune_ui.app.ops import widget_values
-    from sdtune_ui.config import preset
+    from sdtune_ui.presets import preset
 
     data = tmp_path / "data"
     shutil.copytree(EXAMPLE_DATASET, data)

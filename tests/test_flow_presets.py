@@ -8,10 +8,11 @@ import importlib.util
 
 import pytest
 
-from sdtune_ui.config import VRAM_PRESETS, TrainConfig, family_memory_preset, preset_values
+from sdtune_ui.config import TrainConfig
 from sdtune_ui.errors import ConfigError
 from sdtune_ui.families import family_named
 from sdtune_ui.models import KNOWN_MODELS, TINY_MODELS
+from sdtune_ui.presets import VRAM_PRESETS, family_memory_preset, preset_values
 from sdtune_ui.train.memory import estimate_memory
 from sdtune_ui.train.quantize import check_quantization
 

@@ -15,10 +15,11 @@ from safetensors.torch import save_file
 from sdtune_ui.app import ops
 from sdtune_ui.app.form_rules import dataset_hints, init_from_choices, settle, validation_report
 from sdtune_ui.app.workspace import Workspace
-from sdtune_ui.config import TrainConfig, preset_values
+from sdtune_ui.config import TrainConfig
 from sdtune_ui.errors import ConfigError
 from sdtune_ui.examples import EXAMPLE_DATASET
 from sdtune_ui.methods import method_names
+from sdtune_ui.presets import preset_values
 from sdtune_ui.runs import RunDir
 from tests.concept_helpers import ROBOT_PROMPT, SQUARE_PROMPT, kohya_two_subjects, two_subjects
 

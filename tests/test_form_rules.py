@@ -14,9 +14,10 @@ from PIL import Image
 from sdtune_ui.app import ops
 from sdtune_ui.app.form_rules import dataset_hints, settle, validation_report
 from sdtune_ui.app.workspace import Workspace
-from sdtune_ui.config import VRAM_PRESETS, TrainConfig, preset_switch_values
+from sdtune_ui.config import TrainConfig
 from sdtune_ui.examples import EXAMPLE_DATASET
 from sdtune_ui.methods import method_names
+from sdtune_ui.presets import VRAM_PRESETS, preset_switch_values
 
 
 def form_values(**changes) -> dict:

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdtune_ui.config import TrainConfig, installed_optimizer, preset, preset_values
+from sdtune_ui.config import TrainConfig, installed_optimizer
 from sdtune_ui.families import family_named
+from sdtune_ui.presets import preset, preset_values
 from sdtune_ui.train.memory import MemoryEstimate, estimate_memory, memory_line, next_memory_saving
 from sdtune_ui.train.setup import build_optimizer
 

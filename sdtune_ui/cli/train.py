@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sdtune_ui.config import TrainConfig, field_info, method_presets, preset_values
+from sdtune_ui.config import TrainConfig, field_info
 from sdtune_ui.methods import DEFAULT_METHOD
+from sdtune_ui.presets import method_presets, preset_values
 
 # Short spellings users expect from other trainers' CLIs.
 ALIASES = {"max_train_steps": ["--steps"], "data": ["--dataset"], "train_batch_size": ["--batch-size"],

@@ -16,9 +16,10 @@ import gradio as gr
 from sdtune_ui.app import ops as app_ops
 from sdtune_ui.app.form_rules import dataset_hints, init_from_choices, settle, validation_report
 from sdtune_ui.app.text import code, error_markdown, escape_html, escape_markdown
-from sdtune_ui.config import TrainConfig, family_memory_preset, preset_switch_values, preset_values
+from sdtune_ui.config import TrainConfig
 from sdtune_ui.errors import ConfigError
 from sdtune_ui.methods import method_named, method_names
+from sdtune_ui.presets import family_memory_preset, preset_switch_values, preset_values
 from sdtune_ui.runs import RunDir
 from sdtune_ui.ui.common import discard_upload, errors_for, workspace_of
 from sdtune_ui.ui.form import Form

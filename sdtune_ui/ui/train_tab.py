@@ -18,11 +18,12 @@ from sdtune_ui.app import live
 from sdtune_ui.app import ops as app_ops
 from sdtune_ui.app.form_rules import init_from_choices
 from sdtune_ui.app.text import escape_html
-from sdtune_ui.config import VRAM_PRESETS, TrainConfig, preset_values
+from sdtune_ui.config import TrainConfig
 from sdtune_ui.errors import SdtuneError
 from sdtune_ui.examples import EXAMPLE_DATASET
 from sdtune_ui.methods import DEFAULT_METHOD
 from sdtune_ui.models import KNOWN_MODELS
+from sdtune_ui.presets import VRAM_PRESETS, preset_values
 from sdtune_ui.runs import list_runs
 from sdtune_ui.train.memory import ESTIMATE_FIELDS
 from sdtune_ui.ui import run_eval, run_view, sweep_panel, train_form
