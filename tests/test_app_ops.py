@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sdtune_ui.app import ops as app_ops
+from sdtune_ui.app import public_rules
 from sdtune_ui.app.jobs import JobQueue
 from sdtune_ui.config import TrainConfig, field_applies
 from sdtune_ui.errors import ConfigError, DatasetError, SdtuneError
@@ -54,14 +55,14 @@ def test_presets_and_hardware():
 def test_public_app_reads_only_its_own_data(tmp_path):
     data_dir = tmp_path / "app"
     inside = TrainConfig(data=str(data_dir / "datasets" / "d"), model="org/model-v1.5")
-    app_ops.check_public_config(inside, data_dir)
+    public_rules.check_public_config(inside, data_dir)
     for config, field in ((TrainConfig(data="/etc"), "data"),
                           (TrainConfig(data=str(data_dir / "datasets" / ".." / ".." / "x")), "data"),
                           (TrainConfig(data=str(data_dir / "d"), model="/root/model.safetensors"), "model"),
                           (TrainConfig(data=str(data_dir / "d"), model="../models"), "model"),
                           (TrainConfig(data=str(data_dir / "d"), class_data="/tmp/x"), "class_data")):
         with pytest.raises(ConfigError) as err:
-            app_ops.check_public_config(config, data_dir)
+            public_rules.check_public_config(config, data_dir)
         assert field in err.value.field_errors
 
 

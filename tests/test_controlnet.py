@@ -252,7 +252,7 @@ def test_the_train_form_settles_a_controlnet_run_on_the_datasets_conditions(tmp_
 
 
 def test_a_public_app_takes_controlnets_and_depth_models_from_the_hub_only(tmp_path):
-    from sdtune_ui.app.ops import check_public_config
+    from sdtune_ui.app.public_rules import check_public_config
     from sdtune_ui.errors import ConfigError
 
     def refused(**fields) -> list[str]:

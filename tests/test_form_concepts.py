@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sdtune_ui.app import ops
+from sdtune_ui.app import ops, public_rules
 from sdtune_ui.app.form_rules import dataset_hints, init_from_choices, settle, validation_report
 from sdtune_ui.app.workspace import Workspace
 from sdtune_ui.config import TrainConfig
@@ -123,8 +123,8 @@ def test_a_public_app_starts_only_from_its_own_runs(tmp_path):
     shutil.copytree(EXAMPLE_DATASET, data_dir / "datasets" / "toy")
     config = TrainConfig(data=str(data_dir / "datasets" / "toy"), init_from=str(outside.path))
     with pytest.raises(ConfigError) as err:
-        ops.check_public_config(config, data_dir)
+        public_rules.check_public_config(config, data_dir)
     assert "this app's runs" in err.value.field_errors["init_from"]
     inside = make_run(data_dir / "runs", "mine")
-    ops.check_public_config(TrainConfig(data=config.data, init_from=f"{inside.path}@step-5"), data_dir)
+    public_rules.check_public_config(TrainConfig(data=config.data, init_from=f"{inside.path}@step-5"), data_dir)
     assert json.loads(inside.config_path.read_text())["method"] == "lora"

@@ -10,6 +10,7 @@ import pytest
 from apphelpers import running_app
 
 from sdtune_ui.app import ops as app_ops
+from sdtune_ui.app import public_rules
 from sdtune_ui.app.jobs import JobQueue
 from sdtune_ui.config import TrainConfig, limit_errors
 from sdtune_ui.errors import ConfigError
@@ -67,10 +68,10 @@ def test_the_forms_live_check_names_the_field_and_its_limit(ctx):
               "train_batch_size": 100_000.0}
     errors, config = validation_report(values)  # the owner's machine: only what no GPU honours
     assert config is None and set(errors) == {"train_batch_size"}
-    errors, _ = validation_report(values, check=lambda c: app_ops.check_public_config(c, ctx.data_dir))
+    errors, _ = validation_report(values, check=lambda c: public_rules.check_public_config(c, ctx.data_dir))
     assert "between 1 and 1,024" in errors["train_batch_size"]
     errors, _ = validation_report({**values, "train_batch_size": 1.0},
-                                  check=lambda c: app_ops.check_public_config(c, ctx.data_dir))
+                                  check=lambda c: public_rules.check_public_config(c, ctx.data_dir))
     assert set(errors) == {"resolution"} and "public app takes at most 1,024" in errors["resolution"]
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from sdtune_ui.app.ops import HUB_ID, run_dir
+from sdtune_ui.app.ops import run_dir
+from sdtune_ui.app.public_rules import HUB_ID
 from sdtune_ui.app.text import escape_markdown
 from sdtune_ui.errors import SdtuneError
 from sdtune_ui.evaluate.evaluation import (

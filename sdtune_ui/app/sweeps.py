@@ -119,7 +119,8 @@ def spec_for(workspace: Any, config_values: dict, learning_rates: Any, steps: An
     """A sweep over settings from the form or an API caller, checked like a run the app starts in `workspace`
     (app/workspace.py): what its trials may read, and which feature models its evaluations may load."""
     from sdtune_ui.app.evaluation import eval_settings
-    from sdtune_ui.app.ops import check_workspace_rules, checked_config
+    from sdtune_ui.app.ops import checked_config
+    from sdtune_ui.app.public_rules import check_workspace_rules
 
     config = checked_config(config_values, workspace, public=public)
     measured = eval_settings(settings, allow_local_paths=allow_local_paths, public=public)

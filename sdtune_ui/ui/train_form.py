@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from sdtune_ui.app import ops as app_ops
+from sdtune_ui.app import public_rules
 from sdtune_ui.app.form_rules import dataset_hints, init_from_choices, settle, validation_report
 from sdtune_ui.app.text import code, error_markdown, escape_html, escape_markdown
 from sdtune_ui.config import TrainConfig
@@ -81,7 +82,7 @@ def wire(ctx: Any, options: Any, form: Form, *, notes: gr.Markdown, validation: 
 
     def checks_for(workspace: Any) -> Callable[[TrainConfig], None]:
         def check(config: TrainConfig) -> None:
-            app_ops.check_workspace_rules(config, workspace, public=options.public)
+            public_rules.check_workspace_rules(config, workspace, public=options.public)
             app_ops.check_model_available(config)
         return check
 
