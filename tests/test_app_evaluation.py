@@ -97,6 +97,16 @@ def test_the_metrics_plot_and_the_best_checkpoint_line(tmp_path):
     assert empty.metric is None and "not evaluated yet" in empty.best_text and empty.frame["value"].isna().all()
 
 
+def test_evaluating_a_run_again_starts_from_its_last_evaluation_s_settings(tmp_path):
+    run = scored_run(tmp_path / "run")
+    settings = app_eval.last_settings(run.path)
+    assert set(settings) <= set(app_eval.SETTING_FIELDS)
+    assert (settings["dino_model"], settings["num_images"], settings["size"]) == ("tiny-dino", 2, 32)
+    assert app_eval.eval_settings(settings) == FAST   # what the form sends back measures like the last time
+    assert app_eval.last_settings(RunDir(tmp_path / "new").create().path) is None
+    assert app_eval.last_settings(None) is None
+
+
 def test_grid_rows_carry_their_scores_and_the_best_is_marked(tmp_path):
     run = scored_run(tmp_path / "run")
     assert score_notes(run.path) == {2: "best\nDINO 0.410\ndrift 0.010\nloss 0.6000",

@@ -31,7 +31,8 @@ FAST_EVAL = {"clip-model": "tiny-clip", "dino-model": "tiny-dino", "num-images":
 def fast_eval_settings(page, prefix: str) -> None:
     """Offline feature models, 2 images per prompt, 3 denoising steps at 32 px; DINO, drift and loss only.
     Each value is read back before going on: one run of the whole suite in two workers evaluated with the default
-    DINO model although tiny-dino had been typed here (cause not found; the text boxes are not refreshed by code)."""
+    DINO model although tiny-dino had been typed here (cause not found). Only a change of the shown run refreshes
+    these boxes (with that run's last evaluation settings), so call this once the run is shown."""
     for name, value in FAST_EVAL.items():
         selector = f"#{prefix}-{name}"
         for _ in range(3):

@@ -185,6 +185,16 @@ def empty_frame() -> pd.DataFrame:
                          "series": list(PLOT_SERIES)})
 
 
+def last_settings(run_path: Path | None) -> dict[str, Any] | None:
+    """The settings (SETTING_FIELDS) of the run's newest evaluation, for "Evaluate this run" to start from: scores
+    are only compared with scores measured the same way. None when the run was never evaluated."""
+    records = latest_records(run_path) if run_path is not None else []
+    if not records:
+        return None
+    settings = max(records, key=lambda r: r.get("t") or 0).get("settings") or {}
+    return {name: settings[name] for name in SETTING_FIELDS if name in settings} or None
+
+
 def metrics_view(run_path: Path, probes: list[dict], metric: str | None = None) -> MetricsView:
     """The metrics plot's data for `metric` (default: the one the best checkpoint is ranked by), the best line."""
     from sdtune_ui.generate.artifacts import checkpoint_steps

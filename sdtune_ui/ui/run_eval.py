@@ -1,6 +1,7 @@
 """The scores part of a run view: a metrics plot over steps (beside the loss curve), the best checkpoint with
-its reason, "Evaluate this run" through the GPU queue (its progress shows in the queue panel), and "Use this
-checkpoint". The evaluation settings widgets are shared with the Sweep panel."""
+its reason, "Evaluate this run" through the GPU queue (its progress shows in the queue panel; a run evaluated
+before brings back its last settings), and "Use this checkpoint". The evaluation settings widgets are shared with
+the Sweep panel."""
 
 from __future__ import annotations
 
@@ -182,6 +183,13 @@ def wire(ctx: Any, options: Any, section: EvalSection, run_id: Any) -> None:
 
         return render(path, live.read_snapshot(path).probes, metric, step)
 
+    def on_run(run: str, request: gr.Request = None) -> list[Any]:
+        """A run that was evaluated before brings its settings back (comparable scores); others keep the form's."""
+        path = app_ops.run_path(workspace_of(ctx, request).runs_dir_of(run), run) if run else None
+        settings = app_eval.last_settings(path) or {}
+        return [settings.get(name, gr.skip()) for name in section.settings.widgets]
+
+    run_id.change(on_run, [run_id], section.settings.components, show_progress="hidden", api_visibility="private")
     # No Gradio limit: the GPU job queue is what makes evaluations take turns (and shows them to every page).
     evaluated = section.evaluate.click(on_evaluate, [run_id, section.checkpoints, *section.settings.components],
                                        [section.status, section.best], api_visibility="private",
