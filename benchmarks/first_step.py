@@ -52,7 +52,7 @@ def measure(case: str, model: str) -> dict:
     with torch.device("cuda"):
         unet = build(model).unet.to(torch.bfloat16)
     unet.requires_grad_(False)
-    for module in unet.modules():   # a trainable stand-in for LoRA: the attention projections' biases-free inputs
+    for module in unet.modules():   # one trainable weight (the first square Linear), a stand-in for an adapter
         if isinstance(module, torch.nn.Linear) and module.out_features == module.in_features:
             module.weight.requires_grad_(True)
             break

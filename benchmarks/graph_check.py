@@ -6,9 +6,9 @@ For each method: the same random pipeline (copied), the same data and seed, once
 prints one JSON line per method with both loss curves, their largest relative difference, the largest difference
 of the trained weights, whether the graph was captured (or why not), each run's steps/s and peak allocated memory.
 
-`--gradient-checkpointing` checks both runs with checkpointing, letting the trainer capture the step anyway
-(`capture_plan` refuses that until this check has passed on the GPU); `--no-rng-stash` also stops
-torch.utils.checkpoint from saving the CUDA generator's state per block (the UNets have no dropout to replay).
+`--gradient-checkpointing` checks both runs with checkpointing (the captured one then recomputes inside the
+graph); `--no-rng-stash` also stops torch.utils.checkpoint from saving the CUDA generator's state per block (the
+UNets have no dropout to replay; the check that made capture_plan accept checkpointing ran both ways).
 """
 
 from __future__ import annotations
@@ -56,24 +56,13 @@ def train(pipeline, config: TrainConfig, folder: Path) -> tuple[list[float], dic
     return losses, state, logs, config.max_train_steps / seconds, peak
 
 
-def allow_checkpointing_capture(no_rng_stash: bool) -> None:
-    """The experiment: capture_plan's answer as if gradient checkpointing were not set."""
-    import dataclasses
+def checkpoint_without_rng_stash() -> None:
+    """torch.utils.checkpoint without saving and restoring the CUDA generator's state per block."""
     import functools
 
     import torch.utils.checkpoint
 
-    from sdtune_ui.train import graphed_step
-
-    plan = graphed_step.capture_plan
-
-    def plan_ignoring_checkpointing(config: TrainConfig, **kwargs):
-        return plan(dataclasses.replace(config, gradient_checkpointing=False), **kwargs)
-
-    graphed_step.capture_plan = plan_ignoring_checkpointing
-    if no_rng_stash:
-        torch.utils.checkpoint.checkpoint = functools.partial(torch.utils.checkpoint.checkpoint,
-                                                              preserve_rng_state=False)
+    torch.utils.checkpoint.checkpoint = functools.partial(torch.utils.checkpoint.checkpoint, preserve_rng_state=False)
 
 
 def main() -> None:
@@ -82,13 +71,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["lora", "ti"])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test of this script with the tiny model.")
-    parser.add_argument("--gradient-checkpointing", action="store_true",
-                        help="Both runs with gradient checkpointing; the captured one captures anyway.")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="Both runs with gradient checkpointing.")
     parser.add_argument("--no-rng-stash", action="store_true",
                         help="Checkpointing without saving and restoring the CUDA generator per block.")
     args = parser.parse_args()
-    if args.gradient_checkpointing:
-        allow_checkpointing_capture(no_rng_stash=args.no_rng_stash)
+    if args.no_rng_stash:
+        checkpoint_without_rng_stash()
     resolution = 64 if args.tiny else 1024 if args.model == "sdxl" else 512
     work = Path(tempfile.mkdtemp())
     make_dataset(work / "data", resolution, count=5)

@@ -237,7 +237,8 @@ class TrainConfig:
     cudnn_attention: str = _field("auto", "Let attention use cuDNN's kernels in training. They are ~7% faster per "
                                   "step but are built the first time a machine meets each shape (~7 s for SD1.5 "
                                   "on an H200, kept by the driver's kernel cache afterwards), so 'auto' uses them "
-                                  "only in runs long enough to win that back (4,500 images and more) and flash / "
+                                  "only in runs long enough to win that back (4,500 images per GPU and more; "
+                                  "measured on SD1.5, bigger models and aspect buckets build more) and flash / "
                                   "memory-efficient attention otherwise; 'on' and 'off' decide for every run.",
                                   choices=("auto", "on", "off"), advanced=True)
     channels_last: bool = _field(False, "Keep the UNet's activations in channels-last layout (cuDNN's native one).",

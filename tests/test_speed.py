@@ -14,6 +14,7 @@ from sdtune_ui.train.speed import (
     compile_scope,
     cudnn_attention_plan,
     eager,
+    images_per_process,
 )
 
 SD1, SDXL = family_named("sd1")(), family_named("sdxl")()
@@ -183,3 +184,9 @@ def test_cudnn_attention_is_used_only_where_building_its_kernels_pays():
     use, why = cudnn_attention_plan(TrainConfig(cudnn_attention="on"), flux, images=long)
     assert use is False and "fails" in why
 
+
+def test_the_images_a_run_spreads_that_cost_over_are_one_process_s():
+    """Each process builds its own kernels, so a run's images count per process (class images included)."""
+    assert images_per_process(TrainConfig(max_train_steps=400, train_batch_size=2), examples=5, processes=4) == 800
+    assert images_per_process(TrainConfig(max_train_steps=400, with_prior_preservation=True), 5, 1) == 800
+    assert images_per_process(TrainConfig(max_train_steps=0, num_train_epochs=100), examples=40, processes=2) == 2000

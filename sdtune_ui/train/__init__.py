@@ -128,18 +128,22 @@ def train(config: TrainConfig, run_dir: str | Path, *, events: EventLog | None =
 
 
 def _log_start(events: EventLog, age_at_entry: float | None, imports_s: float) -> None:
-    """How long the process took to get here (the start-up a user waits through before the first step), in the
-    run's log beside the other set-up phases: before train() (Python, the command's own imports and checks) and
-    the trainer's imports (torch, diffusers, peft, accelerate: seconds that every diffusers-based trainer pays)."""
+    """How long the process took to get here (the start-up a user waits through before loading), in the run's log
+    beside the other set-up phases: before train() (Python, torch and peft, the command's own checks), the
+    trainer's imports (diffusers, transformers, accelerate: seconds that every diffusers-based trainer pays), and
+    the rest (validation, the run folder, TensorBoard's writer). Under `accelerate launch` the launcher's own
+    start is not counted."""
     from sdtune_ui.train.speed import process_age_s
 
     age = process_age_s()
     if age is None or age_at_entry is None:
         return
+    rest = max(age - age_at_entry - imports_s, 0.0)
     events.emit("log", level="info", message=f"Started in {age:.1f} s ({age_at_entry:.1f} s to the trainer, "
-                                             f"{imports_s:.1f} s importing diffusers and the trainer)",
+                                             f"{imports_s:.1f} s importing diffusers and the trainer, {rest:.1f} s "
+                                             "preparing the run)",
                 phase="start", seconds=round(age, 3), before_trainer_s=round(age_at_entry, 3),
-                imports_s=round(imports_s, 3))
+                imports_s=round(imports_s, 3), preparing_s=round(rest, 3))
 
 
 def _refuse_if_owned_elsewhere(run: RunDir) -> None:

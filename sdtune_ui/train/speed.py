@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,18 +134,29 @@ def ddp_settings(config: TrainConfig) -> Any:
 # cuDNN attention's first use on a machine builds its kernels for each new shape: SD1.5's first forward+backward
 # at batch 1 took 7.7 s with it and 0.8 s without (benchmarks/first_step.py, H200, empty kernel cache); once built
 # (the driver keeps them on disk) its captured step is 1.5 ms faster (20.2 vs 21.7 ms). Break-even: ~4,500 images.
+# Measured on one SD1.5 shape: aspect buckets and bigger models build more kernels, so this errs towards cuDNN.
 CUDNN_ATTENTION_PAYS_FROM_IMAGES = 4500
 
 
+def images_per_process(config: TrainConfig, examples: int, processes: int) -> int:
+    """How many images one process pushes through the UNet in this run (class images of prior preservation
+    included): what the one-time cost of building kernels is spread over, since every process builds its own."""
+    per_step = config.train_batch_size * config.gradient_accumulation_steps
+    per_step *= 2 if config.with_prior_preservation else 1
+    if config.max_train_steps:
+        return config.max_train_steps * per_step
+    return config.num_train_epochs * examples * (2 if config.with_prior_preservation else 1) // max(processes, 1)
+
+
 def cudnn_attention_plan(config: TrainConfig, family: Family, images: int) -> tuple[bool, str]:
-    """(use cuDNN attention?, why): `images` is how many images the run trains on (steps x batch)."""
+    """(use cuDNN attention?, why): `images` is how many images one process trains on (images_per_process)."""
     if not family.trains_with_cudnn_attention:
         return False, f"it fails on {family.label} in training"
     if config.cudnn_attention != "auto":
         return config.cudnn_attention == "on", f"cudnn_attention is {config.cudnn_attention}"
     if images < CUDNN_ATTENTION_PAYS_FROM_IMAGES:
         return False, (f"building its kernels on a new machine (~7 s) costs more than it saves in {images} images; "
-                       "runs from 4,500 images use it")
+                       f"runs from {CUDNN_ATTENTION_PAYS_FROM_IMAGES:,} images use it")
     return True, f"{images} images win back building its kernels on a new machine"
 
 
@@ -152,10 +164,11 @@ def process_age_s() -> float | None:
     """Seconds since this process started (Linux: /proc), for the start-up phase in the run's log; None elsewhere."""
     try:
         fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")   # field 22 of stat: start time, in ticks
-    except (OSError, ValueError, IndexError):
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")   # field 22 of stat: start time, in ticks since boot
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - started   # the clock that start time counts on
+    except (OSError, ValueError, IndexError, AttributeError):
         return None
+    return age if age >= 0 else None
 
 
 def start_cuda_in_background() -> threading.Thread | None:

@@ -45,6 +45,7 @@ class StepSpeed:
         settings = {name: getattr(cfg, name, None) for name in (
             "adapter", "rank", "lora_alpha", "lora_dropout", "lora_targets", "lokr_factor", "decompose_both",
             "train_text_encoder", "gradient_checkpointing", "channels_last", "num_vectors")}
+        settings["cudnn_attention"] = torch.backends.cuda.cudnn_sdp_enabled()   # 7% apart: measured apart
         self.speed_key = compile_cache.run_shape_key(self.parts.unet, method=cfg.method, adapter=settings,
                                                      batch_shape=latent_shape, dtype=self.weight_dtype,
                                                      device=acc.device)

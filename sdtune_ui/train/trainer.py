@@ -86,8 +86,7 @@ class Trainer(Batches, Caches, Conditioning, StepSpeed, Resumes):
         self._phase("load", "Dataset and model loaded", started)
         self.parts, self.resolution = inputs.parts, inputs.resolution
         if acc.device.type == "cuda":   # decided before the caches: their encoders' attention builds kernels too
-            images = (cfg.max_train_steps * cfg.gradient_accumulation_steps * acc.num_processes * cfg.train_batch_size
-                      or cfg.num_train_epochs * len(inputs.examples))
+            images = speed.images_per_process(cfg, len(inputs.examples), acc.num_processes)
             cudnn, why = speed.cudnn_attention_plan(cfg, self.parts.family, images)
             torch.backends.cuda.enable_cudnn_sdp(cudnn)   # for this run; train() puts it back
             self.log(f"Attention: {'cuDNN' if cudnn else 'flash / memory-efficient (cuDNN left out)'}: {why}")

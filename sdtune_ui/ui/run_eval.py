@@ -184,7 +184,9 @@ def wire(ctx: Any, options: Any, section: EvalSection, run_id: Any) -> None:
         return render(path, live.read_snapshot(path).probes, metric, step)
 
     def on_run(run: str, request: gr.Request = None) -> list[Any]:
-        """A run that was evaluated before brings its settings back (comparable scores); others keep the form's."""
+        """A run that was evaluated before brings the form's settings of its last evaluation back, so that scores
+        compare (seed and guidance have no widgets: an evaluation made through the API with others is not
+        matched); a run never evaluated keeps the form's."""
         path = app_ops.run_path(workspace_of(ctx, request).runs_dir_of(run), run) if run else None
         settings = app_eval.last_settings(path) or {}
         return [settings.get(name, gr.skip()) for name in section.settings.widgets]
