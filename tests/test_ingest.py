@@ -319,19 +319,32 @@ def test_hub_dataset_rows_are_checked_and_written_with_captions(tmp_path):
     assert read_captions(tmp_path / "ds") == {"0001.png": "red", "0002.png": "clear"}
 
 
-def test_hub_dataset_by_name_goes_through_load_dataset(tmp_path, monkeypatch):
+def test_hub_dataset_by_name_is_streamed_and_only_the_rows_ingested_are_read(tmp_path, monkeypatch):
+    """A big split is not downloaded whole: the import reads the rows it keeps (and one more, to say there are more)."""
     import datasets
 
-    calls = []
+    calls, pulled = [], []
 
-    def fake_load(name, config=None, split=None, token=None):
-        calls.append((name, config, split, token))
-        return _local_hub_dataset()
+    def rows():
+        for index in range(1000):
+            pulled.append(index)
+            colour = (index % 256, index // 256, 0)   # each row its own: identical images are kept once
+            yield {"image": Image.new("RGB", (32, 32), colour), "caption": f"row {index}"}
+
+    def fake_load(name, config=None, split=None, token=None, streaming=False):
+        calls.append((name, config, split, token, streaming))
+        return datasets.IterableDataset.from_generator(rows)
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    report = ingest_hub_dataset("someone/pets", tmp_path / "ds", token="hf_abcdefghijklmnop", max_images=1)
-    assert calls == [("someone/pets", None, "train", "hf_abcdefghijklmnop")]
-    assert [k.source for k in report.kept] == ["someone/pets[0]"]
+    report = ingest_hub_dataset("someone/pets", tmp_path / "ds", token="hf_abcdefghijklmnop", max_images=2)
+    assert calls == [("someone/pets", None, "train", "hf_abcdefghijklmnop", True)]
+    assert [(k.source, k.caption) for k in report.kept] == [("someone/pets[0]", "row 0"), ("someone/pets[1]", "row 1")]
+    assert len(pulled) <= 3   # the columns come from the first row when the stream does not describe them
+
+    pulled.clear()
+    limited = ingest_hub_dataset("someone/pets", tmp_path / "ds2", limits=IngestLimits(max_files=3))
+    assert len(limited.kept) == 3 and len(pulled) <= 5
+    assert any("more rows; only the first 3 were ingested" in w for w in limited.warnings)
 
 
 def test_hub_load_error_never_shows_the_token(tmp_path, monkeypatch):

@@ -79,9 +79,11 @@ def ingest_hub_dataset(
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
 ) -> IngestReport:
-    """Copy a Hub dataset (a repo id, or an already-loaded `datasets.Dataset`) into `out_dir`.
+    """Copy a Hub dataset (a repo id, or an already-loaded `datasets.Dataset` / `IterableDataset`) into `out_dir`.
 
-    Images go through the same checks as uploads (raw bytes are decoded by us, not by `datasets`).
+    A repo id is streamed: only the rows ingested are downloaded (at most `max_images`, and never more than the
+    ingest limit's files), not the whole split. Images go through the same checks as uploads (raw bytes are
+    decoded by us, not by `datasets`, where the column says it holds images).
     """
     limits = limits or IngestLimits()
     name = dataset if isinstance(dataset, str) else "dataset"
@@ -90,29 +92,31 @@ def ingest_hub_dataset(
         if split not in table:
             raise DatasetError(f"{name} has no split {split!r}; its splits are {list(table.keys())}.")
         table = table[split]
-    columns = list(table.column_names)
+    columns = _column_names(table)
     image_column = _pick_image_column(table, columns, image_column, name)
     caption_column = pick_caption_column(columns, caption_column, where=name)
     table = _raw_bytes_view(table, image_column)
-    count = min(len(table), max_images or len(table), limits.max_files)
-    if len(table) > count and not max_images:
-        warning = f"{name} has {len(table)} rows; only the first {count} were ingested (max files limit)."
-    else:
-        warning = None
+    known = _row_count(table, split)
+    wanted = min(max_images or limits.max_files, limits.max_files)
+    count = min(wanted, known) if known is not None else wanted
     run = _Run(Path(out_dir).expanduser().resolve(), resolution, limits, progress, cancel)
     run.total = count
+    rows = iter(table)
     for index in range(count):
         if not run.tick():
             break
-        row = table[index]
+        row = next(rows, None)
+        if row is None:   # a stream shorter than its count
+            break
         label = f"{name}[{index}]"
         caption = _caption_value(row.get(caption_column)) if caption_column else None
         value = row.get(image_column)
         run.keep(label, _row_image(value, label, resolution, limits), caption, stem=_row_stem(value))
         run.advance()
     run.writer.finish()
-    if warning:
-        run.report.warnings.append(warning)
+    if not max_images and (known > count if known is not None else next(rows, None) is not None):
+        rows_text = f"{known} rows" if known is not None else "more rows"
+        run.report.warnings.append(f"{name} has {rows_text}; only the first {count} were ingested (max files limit).")
     return run.report
 
 
@@ -122,10 +126,29 @@ def _load_table(repo_id: str, split: str, config_name: str | None, token: str | 
     except ImportError as err:
         raise DatasetError("Reading Hub datasets needs the `datasets` package: pip install datasets") from err
     try:
-        return datasets.load_dataset(repo_id, config_name, split=split, token=token or None)
+        return datasets.load_dataset(repo_id, config_name, split=split, token=token or None, streaming=True)
     except Exception as err:  # noqa: BLE001 - datasets/hub raise many types; all mean "cannot load it"
         message = scrub(f"{type(err).__name__}: {err}", token)
         raise DatasetError(f"Could not load the Hub dataset {repo_id!r}: {message}") from None
+
+
+def _column_names(table: Any) -> list[str]:
+    """The columns; a stream whose features the Hub does not describe says them with its first row."""
+    names = getattr(table, "column_names", None)
+    if names is None:
+        first = next(iter(table), None)
+        names = list(first) if first else []
+    return list(names)
+
+
+def _row_count(table: Any, split: str) -> int | None:
+    """Rows in the table: a Dataset's length, a stream's split size where the Hub's card gives it, else None."""
+    try:
+        return len(table)
+    except TypeError:
+        splits = getattr(getattr(table, "info", None), "splits", None) or {}
+        size = getattr(splits.get(split), "num_examples", None) if hasattr(splits, "get") else None
+        return size if isinstance(size, int) and size > 0 else None
 
 
 def _pick_image_column(table: Any, columns: list[str], given: str | None, name: str) -> str:
