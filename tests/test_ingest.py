@@ -362,6 +362,24 @@ def test_hub_load_error_never_shows_the_token(tmp_path, monkeypatch):
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
 
 
+def test_a_stream_that_fails_midway_keeps_the_rows_imported_and_says_why(tmp_path, monkeypatch):
+    import datasets
+
+    token = "hf_secretSECRETsecret123"
+
+    def rows():
+        for index in range(2):
+            yield {"image": Image.new("RGB", (32, 32), (index * 100, 0, 0)), "caption": f"row {index}"}
+        raise ConnectionError(f"connection reset while reading shard 2 with {token}")
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.IterableDataset.from_generator(rows))
+    report = ingest_hub_dataset("someone/pets", tmp_path / "ds", token=token, max_images=10)
+    assert [k.caption for k in report.kept] == ["row 0", "row 1"]
+    assert read_captions(tmp_path / "ds") == {"0001.png": "row 0", "0002.png": "row 1"}
+    assert any("stopped after 2 rows" in w and "import again" in w for w in report.warnings)
+    assert not any(token in w for w in report.warnings)
+
+
 class FakeApi:
     def __init__(self, token, fail=None):
         self.token, self.fail, self.calls = token, fail, []

@@ -101,12 +101,12 @@ def ingest_hub_dataset(
     count = min(wanted, known) if known is not None else wanted
     run = _Run(Path(out_dir).expanduser().resolve(), resolution, limits, progress, cancel)
     run.total = count
-    rows = iter(table)
+    rows = _RowStream(table, name, token)
     for index in range(count):
         if not run.tick():
             break
-        row = next(rows, None)
-        if row is None:   # a stream shorter than its count
+        row = rows.next()
+        if row is None:   # the end of a stream shorter than its count, or its connection lost (a warning says)
             break
         label = f"{name}[{index}]"
         caption = _caption_value(row.get(caption_column)) if caption_column else None
@@ -114,10 +114,33 @@ def ingest_hub_dataset(
         run.keep(label, _row_image(value, label, resolution, limits), caption, stem=_row_stem(value))
         run.advance()
     run.writer.finish()
-    if not max_images and (known > count if known is not None else next(rows, None) is not None):
+    if not max_images and not rows.failure and (known > count if known is not None else rows.next() is not None):
         rows_text = f"{known} rows" if known is not None else "more rows"
         run.report.warnings.append(f"{name} has {rows_text}; only the first {count} were ingested (max files limit).")
+    if rows.failure:
+        run.report.warnings.append(rows.failure)
     return run.report
+
+
+class _RowStream:
+    """The table's rows one at a time. A stream that fails midway (the network) ends there: the rows already
+    imported are kept and the report says why it stopped (with any token scrubbed from the message)."""
+
+    def __init__(self, table: Any, name: str, token: str | None):
+        self.rows, self.name, self.token = iter(table), name, token
+        self.read, self.failure = 0, ""
+
+    def next(self) -> dict | None:
+        if self.failure:
+            return None
+        try:
+            row = next(self.rows, None)
+        except Exception as err:  # noqa: BLE001 - datasets/hub raise many types; all end the stream
+            self.failure = (f"Reading {self.name} stopped after {self.read} rows: "
+                            f"{scrub(f'{type(err).__name__}: {err}', self.token)}; import again to try the rest.")
+            return None
+        self.read += row is not None
+        return row
 
 
 def _load_table(repo_id: str, split: str, config_name: str | None, token: str | None) -> Any:
