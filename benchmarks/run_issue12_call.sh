@@ -38,8 +38,7 @@ if [ "$part" = 1 ]; then
 elif [ "$part" = 2 ]; then
   e2e sd15:dreambooth:400 sdxl:lora:400 sd15:lora:1000
 elif [ "$part" = 4 ]; then
-  python3 benchmarks/side_by_side.py --peer-scripts "$peers" --work /tmp/sbs --out "$out/e2e.jsonl" \
-    --deadline "$deadline" --ours-extra=--gradient-checkpointing sdxl:lora:400 2>> "$logs/side_by_side.err"
+  e2e --ours-extra=--gradient-checkpointing sdxl:lora:400
   for model in sd15 sdxl; do
     [ "$(left)" -gt 130 ] && timeout 120 python3 benchmarks/first_step.py --model $model >> "$out/first_step.jsonl" \
       2>> "$logs/first_step.err"
@@ -56,23 +55,17 @@ else
 fi
 tar czf "$out/logs.tar.gz" -C / tmp/issue12_logs $(cd / && ls -d tmp/sbs/*.log tmp/sbs/ours-*/events.jsonl 2>/dev/null)
 echo "== done, $(left) s before the deadline" >&2
-python3 - "$out" <<'EOF'
+python3 benchmarks/side_by_side.py --summary "$out/e2e.jsonl"
+python3 - "$out/steady.jsonl" <<'EOF'
 import json, sys, pathlib
-out = pathlib.Path(sys.argv[1])
-for name in ("e2e.jsonl", "steady.jsonl"):
-    path = out / name
-    for line in (path.read_text().splitlines() if path.exists() else []):
-        r = json.loads(line)
-        if name == "e2e.jsonl":
-            o, p = r.get("ours") or {}, r.get("peer") or {}
-            print(f"{r['model']} {r['method']} {r['steps']} {r['run'][:6]}: ratio {r.get('e2e_ratio')} | ours {o.get('wall_s')} s "
-                  f"{o.get('steady_it_s')} it/s {o.get('peak_mib')} MiB | peer {p.get('wall_s')} s {p.get('steady_it_s')} it/s "
-                  f"{p.get('peak_mib')} MiB {r.get('skipped') or ''}")
-        elif r.get("check"):
-            print(f"check {r['method']}: rel loss diff {r['max_rel_loss_diff']:.2e}, weight diff {r['max_abs_weight_diff']:.2e}, "
-                  f"eager {r['eager_steps_per_s']} graph {r['graph_steps_per_s']} steps/s {r['graph_logs'][-1:] }")
-        else:
-            print(f"steady {r.get('model')} {r.get('method')} bs{r.get('batch')}: {r.get('steps_per_s')} steps/s "
-                  f"mfu {r.get('mfu')} peak {r.get('peak_allocated_gib')}/{r.get('peak_reserved_gib')} GiB "
-                  f"graph {r.get('cuda_graph')} {r.get('error', '')[:300] if r.get('error') else ''}")
+path = pathlib.Path(sys.argv[1])
+for line in (path.read_text().splitlines() if path.exists() else []):
+    r = json.loads(line)
+    if r.get("check"):
+        print(f"check {r['method']}: rel loss diff {r['max_rel_loss_diff']:.2e}, weight diff {r['max_abs_weight_diff']:.2e}, "
+              f"eager {r['eager_steps_per_s']} graph {r['graph_steps_per_s']} steps/s {r.get('graph_logs', [])[-1:]}")
+    else:
+        print(f"steady {r.get('model')} {r.get('method')} bs{r.get('batch')}: {r.get('steps_per_s')} steps/s "
+              f"mfu {r.get('mfu')} peak {r.get('peak_allocated_gib')}/{r.get('peak_reserved_gib')} GiB "
+              f"graph {r.get('cuda_graph')} {r.get('error', '')[:300] if r.get('error') else ''}")
 EOF
