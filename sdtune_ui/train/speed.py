@@ -141,11 +141,10 @@ CUDNN_ATTENTION_PAYS_FROM_IMAGES = 4500
 def images_per_process(config: TrainConfig, examples: int, processes: int) -> int:
     """How many images one process pushes through the UNet in this run (class images of prior preservation
     included): what the one-time cost of building kernels is spread over, since every process builds its own."""
-    per_step = config.train_batch_size * config.gradient_accumulation_steps
-    per_step *= 2 if config.with_prior_preservation else 1
+    with_class = 2 if config.with_prior_preservation else 1   # each instance image brings a class image
     if config.max_train_steps:
-        return config.max_train_steps * per_step
-    return config.num_train_epochs * examples * (2 if config.with_prior_preservation else 1) // max(processes, 1)
+        return config.max_train_steps * config.train_batch_size * config.gradient_accumulation_steps * with_class
+    return config.num_train_epochs * examples * with_class // max(processes, 1)
 
 
 def cudnn_attention_plan(config: TrainConfig, family: Family, images: int) -> tuple[bool, str]:
